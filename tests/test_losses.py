@@ -1,0 +1,146 @@
+"""Losses: CLIP InfoNCE and SimCLR NT-Xent against direct formulas, and exactness under two gloo
+processes (the gathered local loss gives the single-process full-batch loss and gradients), plus
+the global BatchNorm of SLIP's head."""
+
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from tinyclip.losses import GlobalBatchNorm1d, SimCLRHead, clip_loss, simclr_loss
+
+
+def reference_clip_loss(img, txt, scale):
+    """The textbook symmetric InfoNCE, written with explicit log-softmax sums."""
+    logits = scale * img @ txt.T
+    n = logits.shape[0]
+    i2t = -(logits.log_softmax(1).diagonal()).mean()
+    t2i = -(logits.T.log_softmax(1).diagonal()).mean()
+    return (i2t + t2i) / 2 if n else None
+
+
+def reference_ntxent(z1, z2, t):
+    """NT-Xent over 2N views by explicit loops: view k's positive is its twin, negatives all others."""
+    z = F.normalize(torch.cat([z1, z2]), dim=-1)
+    n = z1.shape[0]
+    total = 0.0
+    for k in range(2 * n):
+        twin = (k + n) % (2 * n)
+        sims = torch.stack([z[k] @ z[j] / t for j in range(2 * n) if j != k])
+        others = [j for j in range(2 * n) if j != k]
+        total = total - (sims[others.index(twin)] - torch.logsumexp(sims, 0))
+    return total / (2 * n)
+
+
+def unit(x):
+    return F.normalize(x, dim=-1)
+
+
+def test_clip_loss_matches_reference():
+    torch.manual_seed(0)
+    img, txt = unit(torch.randn(8, 16)), unit(torch.randn(8, 16))
+    terms = clip_loss(img, txt, torch.tensor(14.3))
+    assert set(terms) == {"loss", "clip"}
+    assert torch.allclose(terms["loss"], reference_clip_loss(img, txt, 14.3), atol=1e-6)
+
+
+def test_clip_loss_perfect_alignment_is_small_and_chance_is_log_n():
+    eye = torch.eye(6)
+    assert clip_loss(eye, eye, torch.tensor(100.0))["loss"] < 1e-6
+    same = unit(torch.ones(6, 4))
+    assert math.isclose(clip_loss(same, same, torch.tensor(10.0))["loss"].item(), math.log(6), rel_tol=1e-6)
+
+
+def test_simclr_loss_matches_loop_reference():
+    torch.manual_seed(1)
+    z1, z2 = torch.randn(5, 8), torch.randn(5, 8)
+    terms = simclr_loss(z1, z2, temperature=0.1)
+    assert set(terms) == {"loss", "ssl"}
+    assert torch.allclose(terms["loss"], reference_ntxent(z1, z2, 0.1), atol=1e-5)
+
+
+def test_head_shapes_and_bad_norm():
+    head = SimCLRHead(32, hidden_dim=64, out_dim=16, norm="layer")
+    assert head(torch.randn(3, 32)).shape == (3, 16)
+    with pytest.raises(ValueError, match="norm"):
+        SimCLRHead(32, norm="group")
+
+
+def test_global_batchnorm_equals_batchnorm_on_one_process():
+    torch.manual_seed(2)
+    ours, ref = GlobalBatchNorm1d(6), torch.nn.BatchNorm1d(6)
+    x = torch.randn(10, 6)
+    assert torch.equal(ours(x), ref(x))
+
+
+# -----------------------------------------------------------------------------
+# two gloo processes
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _losses_and_grads(img, txt, z1, z2, w, bn_head):
+    """Full loss terms and the gradients wrt every input, for the (local) rows given."""
+    img, txt, z1, z2, w = (t.clone().requires_grad_() for t in (img, txt, z1, z2, w))
+    clip = clip_loss(unit(img), unit(txt), w.exp())["loss"]
+    ssl = simclr_loss(bn_head(z1), bn_head(z2))["loss"]
+    (clip + ssl).backward()
+    return clip.detach(), ssl.detach(), img.grad, txt.grad, z1.grad, z2.grad, w.grad
+
+
+def _make_inputs():
+    g = torch.Generator().manual_seed(3)
+    return [torch.randn(8, 12, generator=g) for _ in range(4)] + [torch.tensor(2.0)]
+
+
+def _make_head():
+    torch.manual_seed(4)
+    return torch.nn.Sequential(torch.nn.Linear(12, 12), GlobalBatchNorm1d(12))
+
+
+def _worker(rank, world, port, results):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    img, txt, z1, z2, w = _make_inputs()
+    n = img.shape[0] // world
+    rows = slice(rank * n, (rank + 1) * n)
+    head = _make_head()
+    clip, ssl, *grads = _losses_and_grads(img[rows], txt[rows], z1[rows], z2[rows], w, head)
+    # DDP averages the ranks' gradients; the logit scale and head weights are replicated, features local
+    dist.all_reduce(grads[-1])
+    weight_grad = head[0].weight.grad.clone()
+    dist.all_reduce(weight_grad)
+    for t in (clip, ssl):
+        dist.all_reduce(t)
+    results[rank] = [clip / world, ssl / world, *(g / world for g in grads[:-1]), grads[-1] / world,
+                     weight_grad / world]
+    dist.destroy_process_group()
+
+
+def test_two_processes_equal_full_batch():
+    img, txt, z1, z2, w = _make_inputs()
+    head = _make_head()
+    clip, ssl, *grads = _losses_and_grads(img, txt, z1, z2, w, head)
+    expected = [clip, ssl, *grads, head[0].weight.grad]
+
+    results = mp.Manager().dict()
+    mp.spawn(_worker, args=(2, _free_port(), results), nprocs=2, join=True)
+    n = img.shape[0] // 2
+    for rank in range(2):
+        got = results[rank]
+        assert torch.allclose(got[0], expected[0], atol=1e-6)
+        assert torch.allclose(got[1], expected[1], atol=1e-5)
+        for g, e in zip(got[2:6], expected[2:6]):   # per-sample feature gradients: our rows
+            # rank r's feature gradient sums every rank's loss; DDP's mean over ranks divides by world
+            assert torch.allclose(g, e[rank * n:(rank + 1) * n], atol=1e-6)
+        assert torch.allclose(got[6], expected[6], atol=1e-6)   # logit scale
+        assert torch.allclose(got[7], expected[7], atol=1e-5)   # head weight through global BN
