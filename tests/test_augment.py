@@ -1,0 +1,344 @@
+"""Tests for tinyclip/augment.py: hand-written image transforms and the named presets.
+
+Checked on small hand-made images: flips mirror exactly; grayscale has equal channels; crops stay
+in bounds and keep the requested size; RandomResizedCrop's box has an area fraction inside the
+scale range and an aspect inside the ratio range (and the known fallback box); normalisation hits
+[-1, 1] exactly for "pm1" and the known CLIP mean/std values for a constant image; every preset is
+reproducible from its rng alone (same seed -> identical tensor, different seed -> different, global
+RNGs neither used nor disturbed) and survives pickling; RandAugment applies exactly the N ops that
+`choose_ops` reports; every RandAugment op but identity changes a textured image; solarize,
+posterize, hue and the magnitude scale give known answers; the eval transform equals resize to
+S / 0.875 then the known centre-crop box; other PIL modes become RGB; bad input raises clearly.
+"""
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tinyclip import augment as A
+
+
+def textured(width=48, height=40, seed=0, low=30, high=200):
+    """A random RGB texture whose values avoid the extremes (so autocontrast has work to do)."""
+    pixels = np.random.default_rng(seed).integers(low, high, size=(height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def as_array(img):
+    return np.asarray(img, dtype=np.int64)
+
+
+# --- geometry
+
+
+def test_hflip_mirrors_exactly():
+    img = textured(17, 9)
+    assert np.array_equal(as_array(A.hflip(img)), as_array(img)[:, ::-1])
+    flipped = A.RandomHorizontalFlip(p=1.0)(img, random.Random(0))
+    assert np.array_equal(as_array(flipped), as_array(img)[:, ::-1])
+    assert A.RandomHorizontalFlip(p=0.0)(img, random.Random(0)) is img
+
+
+def test_grayscale_has_equal_channels():
+    gray = as_array(A.grayscale(textured()))
+    assert np.array_equal(gray[..., 0], gray[..., 1]) and np.array_equal(gray[..., 1], gray[..., 2])
+    # ITU-R 601 luma: 0.299 * 200 + 0.587 * 50 + 0.114 * 10 = 90.4
+    assert A.grayscale(Image.new("RGB", (2, 2), (200, 50, 10))).getpixel((0, 0)) == (90, 90, 90)
+    gray_img = A.RandomGrayscale(p=1.0)(textured(), random.Random(0))
+    x = A.make_transform("none", 16, normalize="pm1")(gray_img)
+    assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
+
+
+@pytest.mark.parametrize("size", [(300, 20), (20, 300), (37, 101), (5, 5), (1000, 1)])
+def test_random_resized_crop_box_in_bounds_and_output_size(size):
+    width, height = size
+    rng = random.Random(1)
+    for scale in [(0.08, 1.0), (0.5, 1.0), (0.9, 1.0)]:
+        for _ in range(200):
+            left, top, right, bottom = A.random_resized_crop_box(width, height, rng, scale)
+            assert 0 <= left < right <= width and 0 <= top < bottom <= height
+    img = textured(width, height)
+    out = A.RandomResizedCrop(24, (0.08, 1.0))(img, random.Random(3))
+    box = A.random_resized_crop_box(width, height, random.Random(3), (0.08, 1.0))
+    assert out.size == (24, 24)
+    assert np.array_equal(as_array(out), as_array(img.resize((24, 24), Image.BICUBIC, box=box)))
+
+
+def test_random_resized_crop_area_and_aspect_within_range():
+    width, height, scale, ratio = 1000, 800, (0.3, 0.6), (3 / 4, 4 / 3)
+    rng = random.Random(0)
+    fractions, aspects = [], []
+    for _ in range(500):
+        left, top, right, bottom = A.random_resized_crop_box(width, height, rng, scale, ratio)
+        w, h = right - left, bottom - top
+        fractions.append(w * h / (width * height))
+        aspects.append(w / h)
+    # rounding w and h to integers moves a fraction by < 0.3% on a 1000 x 800 image
+    assert min(fractions) >= scale[0] - 0.003 and max(fractions) <= scale[1] + 0.003
+    assert min(aspects) >= ratio[0] - 0.01 and max(aspects) <= ratio[1] + 0.01
+    assert min(fractions) < 0.33 and max(fractions) > 0.57  # the whole range is sampled
+    assert min(aspects) < 0.8 and max(aspects) > 1.25
+
+
+def test_random_resized_crop_falls_back_to_centre_box():
+    # a 1000 x 10 strip: no box of >= 90% of its area has an aspect in [3/4, 4/3], so all 10
+    # attempts fail and the fallback is the centred box of aspect 4/3 at full height
+    assert A.random_resized_crop_box(1000, 10, random.Random(0), (0.9, 1.0)) == (493, 0, 506, 10)
+    # and for the 10 x 1000 strip, full width and h = round(10 / (3/4)) = 13
+    assert A.random_resized_crop_box(10, 1000, random.Random(0), (0.9, 1.0)) == (0, 493, 10, 506)
+    # h = round(10 / 0.6) = 17, not 16
+    assert A.random_resized_crop_box(10, 1000, random.Random(0), (0.9, 1.0), (0.6, 1.0)) == (0, 491, 10, 508)
+
+
+def test_random_resized_crop_aspect_is_log_uniform_and_retries():
+    rng = random.Random(2)
+    aspects = []
+    for _ in range(1000):
+        left, top, right, bottom = A.random_resized_crop_box(1000, 1000, rng, (0.01, 0.02), (1 / 4, 4))
+        aspects.append((right - left) / (bottom - top))
+    # log-uniform on [1/4, 4] puts half the mass below 1 (uniform would put a fifth there)
+    assert 0.45 < np.mean(np.array(aspects) < 1) < 0.55
+    # on a square image with scale (0.9, 1) an attempt fits only for aspects near 1 (about one in
+    # five); with 10 attempts ~10% fall back, with one attempt ~80% would
+    fallbacks = sum(A.random_resized_crop_box(100, 100, rng, (0.9, 1.0)) == (0, 0, 100, 100)
+                    for _ in range(300))
+    assert fallbacks < 0.5 * 300
+
+
+def test_resize_and_centre_crop_sizes():
+    assert A.resized_shorter_size(400, 300, 64) == (85, 64)  # 64 * 400 / 300 = 85.3, truncated
+    assert A.resized_shorter_size(300, 400, 64) == (64, 85)
+    assert A.resized_shorter_size(350, 300, 64) == (74, 64)  # 74.7, truncated like torchvision
+    assert A.resize_shorter(textured(400, 300), 64).size == (85, 64)
+    assert A.centre_crop_box(85, 64, 64) == (10, 0, 74, 64)  # (85 - 64) / 2 = 10.5 rounds to even
+    assert A.centre_crop_box(87, 64, 64) == (12, 0, 76, 64)  # 11.5 rounds to even, upwards
+    assert A.centre_crop(textured(85, 64), 64).size == (64, 64)
+
+
+def test_eval_transform_is_resize_to_size_over_ratio_then_known_centre_box():
+    img = textured(400, 300, seed=3)
+    assert A.eval_size(64) == 73 and A.eval_size(224) == 256 and A.eval_size(64, 0.8) == 80
+    assert A.eval_size(224, 0.9) == 248  # 248.9, floored as timm does
+    # 64 / 0.875 = 73.1 -> shorter side 73, longer int(73 * 4 / 3) = 97; box from (97 - 64) / 2 = 16.5
+    # and (73 - 64) / 2 = 4.5, both rounded half to even
+    expected = img.resize((97, 73), Image.BICUBIC).crop((16, 4, 80, 68))
+    t = A.eval_transform(64, normalize="pm1")
+    assert torch.equal(t(img), A.to_tensor(expected, "pm1"))
+    assert torch.equal(t(img), t(img, random.Random(5)))  # deterministic, rng optional
+    assert A.centre_crop_box(*A.resized_shorter_size(500, 375, 256), 224) == (58, 16, 282, 240)
+
+
+# --- normalisation
+
+
+def test_pm1_normalisation_is_exact():
+    black_white = Image.fromarray(np.array([[[0, 0, 0], [255, 255, 255]]], dtype=np.uint8))
+    x = A.to_tensor(black_white, "pm1")
+    assert x.dtype == torch.float32 and x.shape == (3, 1, 2)
+    assert torch.equal(x[:, 0, 0], torch.full((3,), -1.0)) and torch.equal(x[:, 0, 1], torch.ones(3))
+    y = A.make_transform("randaug", 32, normalize="pm1")(textured(seed=1), random.Random(0))
+    assert y.min() >= -1.0 and y.max() <= 1.0
+
+
+def test_clip_normalisation_maps_constant_image_to_known_value():
+    x = A.to_tensor(Image.new("RGB", (4, 3), (255, 128, 0)), "clip")
+    expected = [(255 / 255 - 0.48145466) / 0.26862954, (128 / 255 - 0.4578275) / 0.26130258,
+                (0 / 255 - 0.40821073) / 0.27577711]
+    assert x.shape == (3, 3, 4)
+    for channel in range(3):
+        assert torch.allclose(x[channel], torch.full((3, 4), expected[channel]), atol=1e-6)
+
+
+# --- presets: shape, determinism, independence from global RNGs, pickling
+
+
+@pytest.mark.parametrize("preset", A.AUGMENT_PRESETS)
+@pytest.mark.parametrize("normalize", A.NORMALIZATIONS)
+def test_preset_is_reproducible_from_rng_alone(preset, normalize):
+    t = A.make_transform(preset, 32, normalize=normalize)
+    img = textured(57, 43, seed=2)
+    first = t(img, random.Random(123))
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)  # global RNGs must not matter
+    again = t(img, random.Random(123))
+    assert first.shape == (3, 32, 32) and first.dtype == torch.float32
+    assert torch.equal(first, again)
+    others = [t(img, random.Random(seed)) for seed in range(4)]
+    if preset == "none":
+        assert all(torch.equal(first, other) for other in others)
+    else:
+        assert not any(torch.equal(first, other) for other in others)
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    t(img, random.Random(7))
+    assert random.getstate() == random.Random(9).getstate()  # untouched by the transform
+    assert np.random.randint(1 << 30) == np.random.RandomState(9).randint(1 << 30)
+    assert torch.equal(torch.rand(3), torch.rand(3, generator=torch.Generator().manual_seed(9)))
+    restored = pickle.loads(pickle.dumps(t))  # data-loader workers may receive it by pickling
+    assert torch.equal(restored(img, random.Random(123)), first)
+
+
+def test_presets_are_made_of_the_documented_steps():
+    def steps(preset):
+        return [repr(step) for step in A.make_transform(preset, 224).steps]
+
+    crop_flip = ["RandomResizedCrop(size=224, scale=(0.5, 1.0), ratio=(0.75, 1.3333333333333333))",
+                 "RandomHorizontalFlip(p=0.5)"]
+    randaug = "RandAugment(num_ops=2, magnitude=10.0, fill=(128, 128, 128))"
+    colour = ["RandomApply(step=ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1), p=0.8)",
+              "RandomGrayscale(p=0.2)", "RandomApply(step=GaussianBlur(sigma=(0.1, 2.0)), p=0.5)"]
+    assert steps("none") == ["ResizeCentreCrop(resize=224, size=224)"]
+    assert steps("crop-flip") == crop_flip
+    assert steps("randaug") == crop_flip + [randaug]
+    assert steps("stacked-randaug") == crop_flip + [randaug] + colour
+    simclr_crop = "RandomResizedCrop(size=224, scale=(0.08, 1.0), ratio=(0.75, 1.3333333333333333))"
+    assert steps("simclr") == [simclr_crop] + colour + ["RandomHorizontalFlip(p=0.5)"]
+    assert [repr(s) for s in A.eval_transform(224).steps] == ["ResizeCentreCrop(resize=256, size=224)"]
+    blur = A.make_transform("simclr", 112).steps[3].step
+    assert blur.sigma == pytest.approx((0.05, 1.0))  # sigma scales with the view size
+
+
+def test_unknown_preset_and_bad_arguments():
+    with pytest.raises(ValueError, match="none, crop-flip, randaug, stacked-randaug, simclr"):
+        A.make_transform("autoaugment", 32)
+    with pytest.raises(ValueError, match="normalize"):
+        A.make_transform("none", 32, normalize="imagenet")
+    with pytest.raises(TypeError, match="image_size"):
+        A.make_transform("none", 32.0)
+    with pytest.raises(ValueError, match="image_size"):
+        A.eval_transform(0)
+    with pytest.raises(TypeError, match="rng"):
+        A.make_transform("crop-flip", 32)(textured())
+    with pytest.raises(TypeError, match="PIL"):
+        A.make_transform("none", 32)(np.zeros((8, 8, 3), np.uint8), random.Random(0))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "LA", "P", "CMYK", "1", "I"])
+def test_other_modes_become_rgb(mode):
+    img = textured(30, 20).convert(mode)
+    x = A.make_transform("stacked-randaug", 16)(img, random.Random(0))
+    assert x.shape == (3, 16, 16)
+    if mode in ("L", "1"):
+        y = A.make_transform("none", 16, "pm1")(img, random.Random(0))
+        assert torch.equal(y[0], y[1]) and torch.equal(y[1], y[2])
+
+
+def test_transparency_composites_over_white():
+    clear = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert A.to_rgb(clear).getpixel((0, 0)) == (255, 255, 255)
+    palette = Image.new("P", (4, 4), 0)
+    palette.info["transparency"] = 0
+    assert A.to_rgb(palette).getpixel((0, 0)) == (255, 255, 255)
+
+
+# --- colour ops
+
+
+def test_colour_ops_known_answers():
+    red = Image.new("RGB", (2, 2), (255, 0, 0))
+    assert A.adjust_hue(red, 1 / 3).getpixel((0, 0)) == (0, 255, 0)
+    assert A.adjust_hue(red, 0.0) is red
+    assert A.adjust_brightness(textured(), 0.0).getextrema() == ((0, 0),) * 3
+    img = textured()
+    assert np.array_equal(as_array(A.ColorJitter(0, 0, 0, 0)(img, random.Random(0))), as_array(img))
+    jittered = {A.ColorJitter()(img, random.Random(s)).tobytes() for s in range(5)}
+    assert len(jittered) == 5
+
+
+def test_colour_jitter_random_order_and_ranges():
+    jitter, img = A.ColorJitter(0.4, 0.3, 0.2, 0.1), textured(seed=7)
+    orders = set()
+    for seed in range(300):
+        chosen = jitter.choose_ops(random.Random(seed))
+        orders.add(tuple(op.__name__ for op, _ in chosen))
+        factors = {op.__name__: f for op, f in chosen}
+        assert 0.6 <= factors["adjust_brightness"] <= 1.4 and 0.7 <= factors["adjust_contrast"] <= 1.3
+        assert 0.8 <= factors["adjust_saturation"] <= 1.2 and -0.1 <= factors["adjust_hue"] <= 0.1
+        if seed < 10:  # __call__ applies exactly these, in this order
+            expected = img
+            for op, factor in chosen:
+                expected = op(expected, factor)
+            assert np.array_equal(as_array(jitter(img, random.Random(seed))), as_array(expected))
+    assert len(orders) == 24  # every permutation of the four ops occurs
+    brightness_only = A.ColorJitter(0.4, 0, 0, 0).choose_ops(random.Random(0))
+    assert [op.__name__ for op, _ in brightness_only] == ["adjust_brightness"]
+
+
+def test_gaussian_blur_smooths():
+    img = textured(64, 64)
+    assert as_array(A.gaussian_blur(img, 2.0)).std() < 0.5 * as_array(img).std()
+
+
+def grey_row(values):
+    return Image.fromarray(np.array([[[v] * 3 for v in values]], dtype=np.uint8))
+
+
+def test_solarize_known_answer():
+    row = grey_row([0, 100, 127, 128, 200, 255])
+    assert as_array(A.solarize(row, 128))[0, :, 0].tolist() == [0, 100, 127, 127, 55, 0]
+    assert A.randaug_op_value("solarize", 0) == 256  # nothing inverted
+    assert A.randaug_op_value("solarize", 5) == 128
+    assert A.randaug_op_value("solarize", 10) == 0  # full negative
+
+
+def test_posterize_known_answer():
+    row = grey_row([0, 15, 16, 200, 255])
+    assert as_array(A.posterize(row, 4))[0, :, 0].tolist() == [0, 0, 16, 192, 240]
+    assert as_array(A.posterize(row, 1))[0, :, 0].tolist() == [0, 0, 0, 128, 128]
+    assert [A.randaug_op_value("posterize", m) for m in (0, 4, 5, 10, 30)] == [8, 6, 6, 4, 1]
+
+
+# --- RandAugment
+
+
+def test_randaug_magnitude_scale():
+    assert A.randaug_op_value("rotate", 10, -1.0) == pytest.approx(-30.0)
+    assert A.randaug_op_value("shear_x", 5) == pytest.approx(0.15)
+    assert A.randaug_op_value("translate_y", 10, -1.0) == pytest.approx(-0.45)
+    assert A.randaug_op_value("brightness", 10, -1.0) == pytest.approx(0.1)
+    assert A.randaug_op_value("contrast", 10, 1.0) == pytest.approx(1.9)
+    assert A.randaug_op_value("color", 20, -1.0) == 0.0  # extrapolated, clamped at 0
+    assert A.randaug_op_value("equalize", 10) is None
+    with pytest.raises(ValueError, match="translate_x"):
+        A.randaug_op_value("cutout", 10)
+
+
+def test_randaug_applies_exactly_the_chosen_ops():
+    img = textured(seed=4)
+    seen, signs = set(), set()
+    for num_ops in (0, 1, 2, 3):
+        augment = A.RandAugment(num_ops=num_ops, magnitude=10)
+        for seed in range(30):
+            chosen = augment.choose_ops(random.Random(seed))
+            assert len(chosen) == num_ops
+            seen.update(name for name, _ in chosen)
+            signs.update(value > 0 for name, value in chosen if name in ("rotate", "shear_x", "shear_y"))
+            expected = img
+            for name, value in chosen:
+                expected = A.apply_randaug_op(expected, name, value)
+            assert np.array_equal(as_array(augment(img, random.Random(seed))), as_array(expected))
+    assert seen == set(A.RANDAUG_OPS)  # every op is drawn
+    assert signs == {True, False}  # signed ops come in both directions
+    assert A.RandAugment(num_ops=0)(img, random.Random(0)) is img
+
+
+@pytest.mark.parametrize("name", A.RANDAUG_OPS)
+def test_each_randaug_op_changes_a_textured_image(name):
+    img = textured(seed=5)
+    for magnitude in (5, 10):
+        for sign in (-1.0, 1.0):
+            out = A.apply_randaug_op(img, name, A.randaug_op_value(name, magnitude, sign))
+            assert out.size == img.size and out.mode == "RGB"
+            changed = not np.array_equal(as_array(out), as_array(img))
+            assert changed == (name != "identity"), (name, magnitude, sign)
+
+
+def test_affine_ops_known_geometry():
+    img = textured(20, 10, seed=6)
+    arr = as_array(img)
+    moved = as_array(A.translate_x(img, 0.25, fill=(0, 0, 0)))  # 5 pixels right
+    assert np.array_equal(moved[:, 5:], arr[:, :-5]) and (moved[:, :5] == 0).all()
+    moved = as_array(A.translate_y(img, -0.3, fill=(0, 0, 0)))  # 3 pixels up
+    assert np.array_equal(moved[:-3], arr[3:]) and (moved[-3:] == 0).all()
+    assert np.array_equal(as_array(A.rotate(textured(8, 8), 0.0)), as_array(textured(8, 8)))
