@@ -1,0 +1,82 @@
+"""Compute per training sample, the x-axis of "Scaling (Down) CLIP" (Li et al. 2024:
+total compute = GFLOPs per sample x samples seen).
+
+FLOPs are measured, not estimated: the model runs once under torch.utils.flop_counter's
+FlopCounterMode on the meta device (tensors with shapes but no data), so even ViT-L costs nothing
+and needs no memory. FlopCounterMode counts matrix multiplies, convolutions and attention, with
+one multiply-add = 2 FLOPs; normalisations, activations, pooling and the softmax are not counted
+(they are a few percent at most). Published model sizes ("4.4 GFLOPs" for ViT-B/32) usually count
+multiply-adds; gmacs_per_sample gives those.
+
+Strategies (the names train.py uses):
+  clip, clip-aug  one image and one text per sample (augmentation costs no model compute);
+  flip            the image tower sees round((1 - mask_ratio) * N) of its N patch tokens
+                  (Li et al. 2023);
+  slip            the image tower also encodes two augmented views for the SimCLR loss
+                  (Mu et al. 2021): x3 image-tower cost, plus the SSL head if one is given.
+The contrastive loss itself (a B x B similarity matrix) grows with the batch and is left out.
+"""
+
+import copy
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+STRATEGIES = ("clip", "clip-aug", "flip", "slip")
+
+
+def meta_copy(module: nn.Module) -> nn.Module:
+    """The same architecture on the meta device, without copying any weights when we can."""
+    if hasattr(module, "config"):
+        from tinyclip.model import build_model  # imported here: model.py does not need flops.py
+        with torch.device("meta"):
+            return build_model(module.config)
+    return copy.deepcopy(module).to("meta")
+
+
+def count_flops(fn, train: bool) -> int:
+    """FLOPs of fn() (its forward), plus the backward of its output's sum when train."""
+    with FlopCounterMode(display=False) as counter, torch.set_grad_enabled(train):
+        out = fn()
+        if train:
+            out.float().sum().backward()
+    return counter.get_total_flops()
+
+
+def gflops_per_sample(model: nn.Module, strategy: str = "clip", mask_ratio: float = 0.5,
+                      train: bool = True, batch: int = 2, ssl_head: nn.Module | None = None) -> dict:
+    """GFLOPs per sample of `model` (a CLIP) under a training strategy.
+
+    Returns {"image": ..., "text": ..., "total": ...} in GFLOPs (10^9 FLOPs, a multiply-add counted
+    as 2). train=True counts forward + backward (about 3x the forward), train=False the forward
+    only. mask_ratio applies to strategy "flip" only. ssl_head (SLIP's projector, fed the image
+    tower's output) is counted on the two extra views when strategy is "slip".
+
+    Attention is counted only on the meta device (on CPU, fused attention kernels are invisible
+    to FlopCounterMode), which is why the model is rebuilt there."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+    ratio = mask_ratio if strategy == "flip" else 0.0
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+    meta = meta_copy(model).train(train)
+    S, L = meta.visual.image_size, meta.context_length
+    images = torch.randn(batch, 3, S, S, device="meta")
+    ids = torch.zeros(batch, L, dtype=torch.long, device="meta")
+
+    image = count_flops(lambda: meta.encode_image(images, mask_ratio=ratio), train) / batch
+    text = count_flops(lambda: meta.encode_text(ids), train) / batch
+    if strategy == "slip":
+        image *= 3  # the CLIP view plus SimCLR's two augmented views
+        if ssl_head is not None:
+            head = meta_copy(ssl_head).train(train)
+            in_dim = next(m for m in head.modules() if isinstance(m, nn.Linear)).in_features
+            features = torch.randn(batch, in_dim, device="meta")
+            image += 2 * count_flops(lambda: head(features), train) / batch
+    return {"image": image / 1e9, "text": text / 1e9, "total": (image + text) / 1e9}
+
+
+def gmacs_per_sample(model: nn.Module, **kwargs) -> dict:
+    """gflops_per_sample / 2: billions of multiply-adds, the unit most papers quote."""
+    return {k: v / 2 for k, v in gflops_per_sample(model, **kwargs).items()}

@@ -1,0 +1,299 @@
+"""CLIP: an image tower, a text tower and a learned temperature (Radford et al. 2021, "Learning
+Transferable Visual Models From Natural Language Supervision").
+
+Both towers map their input to the same `embed_dim`-wide space; training pulls matching image and
+text features together (losses.py). This module holds:
+  - the registry: VISION_TOWERS {kind: class} and VISION_PRESETS {name: dict(kind=..., **tower
+    kwargs)}; a tower is built as VISION_TOWERS[kind](**kwargs, image_size=..., output_dim=embed_dim)
+    (plus quick_gelu=... if its constructor takes it). A new tower is one file plus one line in
+    each table (and, optionally, one PRESET_DEFAULTS line);
+  - TEXT_PRESETS: text towers chosen independently with `text_arch` (the paper fixes a ViT-B-sized
+    text tower (Li et al. 2024): pass text_arch="vit-b"; OpenAI's own models default to
+    their own pairing so their parameter counts reproduce);
+  - CLIPConfig (plain types; rebuilds the model alone), CLIP, create_model, build_model;
+  - load_openai: OpenAI (TorchScript or state_dict) and open_clip checkpoints of these shapes.
+"""
+
+import copy
+import dataclasses
+import inspect
+import math
+import re
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tinyclip.convnext import ConvNeXt
+from tinyclip.mixer import MlpMixer
+from tinyclip.resnet import ModifiedResNet
+from tinyclip.swin import SwinTransformer
+from tinyclip.transformer import TextTransformer
+from tinyclip.vit import VisionTransformer, resize_positional_embedding
+
+# ---------------------------------------------------------------------------------------------
+# registry and presets
+
+VISION_TOWERS = {"vit": VisionTransformer, "resnet": ModifiedResNet,
+                 "convnext": ConvNeXt, "swin": SwinTransformer, "mixer": MlpMixer}
+
+VISION_PRESETS = {
+    # the paper's ViTs (Li et al. 2024) and OpenAI's; heads = width / 64
+    "vit-ti-16": dict(kind="vit", width=192, layers=12, heads=3, patch_size=16),
+    "vit-s-16": dict(kind="vit", width=384, layers=12, heads=6, patch_size=16),
+    "vit-b-32": dict(kind="vit", width=768, layers=12, heads=12, patch_size=32),
+    "vit-b-16": dict(kind="vit", width=768, layers=12, heads=12, patch_size=16),
+    "vit-l-16": dict(kind="vit", width=1024, layers=24, heads=16, patch_size=16),
+    "vit-l-14": dict(kind="vit", width=1024, layers=24, heads=16, patch_size=14),
+    # CLIP's modified ResNets
+    "rn50": dict(kind="resnet", layers=[3, 4, 6, 3], width=64),
+    "rn101": dict(kind="resnet", layers=[3, 4, 23, 3], width=64),
+    # the paper's other towers for its CNN-vs-transformer study (drop-path: the official ImageNet values)
+    "convnext-t": dict(kind="convnext", depths=[3, 3, 9, 3], dims=[96, 192, 384, 768], drop_path_rate=0.1),
+    "swin-t": dict(kind="swin", patch_size=4, window_size=7, base_width=96, depths=[2, 2, 6, 2],
+                   heads=[3, 6, 12, 24], drop_path_rate=0.2),
+    "mixer-b-32": dict(kind="mixer", patch_size=32, width=768, layers=12, token_mlp_dim=384, channel_mlp_dim=3072),
+    # tiny towers for tests and CPU smoke runs (image 32; swin: patch 2 x window 2 x 8 = 32)
+    "vit-test": dict(kind="vit", width=64, layers=2, heads=2, patch_size=8),
+    "rn-test": dict(kind="resnet", layers=[1, 1, 1, 1], width=8),
+    "convnext-test": dict(kind="convnext", depths=[1, 1, 2, 1], dims=[8, 16, 32, 64], drop_path_rate=0.0),
+    "swin-test": dict(kind="swin", patch_size=2, window_size=2, base_width=8, depths=[2, 2, 2, 2],
+                      heads=[1, 2, 2, 4], drop_path_rate=0.0),
+    "mixer-test": dict(kind="mixer", patch_size=8, width=32, layers=2, token_mlp_dim=16, channel_mlp_dim=64),
+}
+
+ALIASES = {"vit-ti": "vit-ti-16", "vit-s": "vit-s-16", "vit-b": "vit-b-16", "vit-l": "vit-l-16"}
+
+# model-level defaults per preset; a preset absent here gets DEFAULTS (or TEST_DEFAULTS for "*-test")
+DEFAULTS = dict(image_size=224, embed_dim=512, text_arch="openai")
+TEST_DEFAULTS = dict(image_size=32, embed_dim=32, text_arch="test")
+PRESET_DEFAULTS = {
+    "vit-l-16": dict(embed_dim=768, text_arch="vit-b"),  # as OpenAI's ViT-L/14
+    "vit-l-14": dict(embed_dim=768, text_arch="vit-b"),  # OpenAI pairs it with a 768-wide text tower
+    "rn50": dict(embed_dim=1024),
+    "rn-test": dict(image_size=64),  # a 2x2 grid for the attention pool
+}
+
+TEXT_PRESETS = {
+    "openai": dict(text_width=512, text_layers=12, text_heads=8),  # OpenAI's ViT-B and RN towers
+    "vit-b": dict(text_width=768, text_layers=12, text_heads=12),  # the paper's fixed text tower
+    "small": dict(text_width=256, text_layers=4, text_heads=4),  # CPU-friendly
+    "test": dict(text_width=32, text_layers=2, text_heads=2),
+}
+
+OVERRIDES = ("image_size", "context_length", "vocab_size", "embed_dim", "quick_gelu", "text_arch")
+LOG_MAX_LOGIT_SCALE = math.log(100)  # the temperature may not fall below 1/100 (CLIP, section 2.5)
+
+
+def list_models() -> list[str]:
+    """Every name create_model accepts: the presets, then the aliases."""
+    return list(VISION_PRESETS) + list(ALIASES)
+
+
+@dataclass
+class CLIPConfig:
+    """Everything needed to rebuild a CLIP; dataclasses.asdict(config) holds only plain types."""
+
+    arch: str  # the preset it came from (informational once built)
+    vision: dict  # kind + the tower's constructor kwargs, e.g. {"kind": "vit", "width": 768, ...}
+    image_size: int = 224
+    embed_dim: int = 512
+    text_arch: str = "openai"  # informational; the text_* fields below are what is built
+    text_width: int = 512
+    text_layers: int = 12
+    text_heads: int = 8
+    context_length: int = 77
+    vocab_size: int = 49408
+    quick_gelu: bool = False  # OpenAI's weights were trained with QuickGELU
+
+
+def make_config(arch: str, **overrides) -> CLIPConfig:
+    """The CLIPConfig for a preset name, with some model-level fields overridden."""
+    name = ALIASES.get(arch, arch)
+    if name not in VISION_PRESETS:
+        raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(list_models())}")
+    unknown = set(overrides) - set(OVERRIDES)
+    if unknown:
+        raise TypeError(f"create_model got unknown overrides {sorted(unknown)}; valid: "
+                        f"{', '.join(OVERRIDES)}")
+    fields = dict(TEST_DEFAULTS if name.endswith("-test") else DEFAULTS)
+    fields.update(PRESET_DEFAULTS.get(name, {}))
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    text_arch = fields["text_arch"]
+    if text_arch not in TEXT_PRESETS:
+        raise ValueError(f"unknown text_arch {text_arch!r}; valid: {', '.join(TEXT_PRESETS)}")
+    fields.update(TEXT_PRESETS[text_arch])
+    return CLIPConfig(arch=name, vision=copy.deepcopy(VISION_PRESETS[name]), **fields)
+
+
+def build_vision_tower(config: CLIPConfig) -> nn.Module:
+    kwargs = dict(config.vision)
+    kind = kwargs.pop("kind", None)
+    if kind not in VISION_TOWERS:
+        raise ValueError(f"unknown vision tower kind {kind!r}; valid: {', '.join(VISION_TOWERS)}")
+    tower = VISION_TOWERS[kind]
+    if "quick_gelu" in inspect.signature(tower).parameters:  # towers with transformer MLPs
+        kwargs["quick_gelu"] = config.quick_gelu
+    return tower(**kwargs, image_size=config.image_size, output_dim=config.embed_dim)
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
+
+
+class CLIP(TextTransformer):
+    """Image tower (`visual`) + text tower + logit scale.
+
+    CLIP subclasses TextTransformer so that the text tower's parameters sit at the top level with
+    OpenAI's names (token_embedding, positional_embedding, transformer, ln_final,
+    text_projection); encode_text comes from there."""
+
+    def __init__(self, config: CLIPConfig):
+        super().__init__(width=config.text_width, layers=config.text_layers,
+                         heads=config.text_heads, context_length=config.context_length,
+                         vocab_size=config.vocab_size, output_dim=config.embed_dim,
+                         quick_gelu=config.quick_gelu)
+        self.config = config
+        self.visual = build_vision_tower(config)
+        # log of the inverse temperature, initialised to 1/0.07 as in CLIP
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def encode_image(self, images: torch.Tensor, mask_ratio: float = 0.0,
+                     normalize: bool = False) -> torch.Tensor:
+        S = self.visual.image_size
+        if images.dim() != 4 or images.shape[1] != 3 or images.shape[2:] != (S, S):
+            raise ValueError(f"images must be [batch, 3, {S}, {S}] for this model, "
+                             f"got shape {tuple(images.shape)}")
+        if mask_ratio > 0 and not self.visual.supports_masking:
+            raise ValueError(f"FLIP masking (mask_ratio={mask_ratio}) needs a ViT image tower; "
+                             f"{self.config.arch} is a {self.config.vision.get('kind')} tower "
+                             f"with no tokens to drop")
+        images = images.to(self.logit_scale.dtype)  # a model held in bf16/fp16 takes its own dtype
+        x = self.visual(images, mask_ratio=mask_ratio)  # B, E
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def forward(self, images: torch.Tensor, ids: torch.Tensor, mask_ratio: float = 0.0):
+        """-> (unit image features [B, E], unit text features [B, E], logit scale (a scalar))."""
+        image_features = self.encode_image(images, mask_ratio=mask_ratio, normalize=True)
+        text_features = self.encode_text(ids, normalize=True)
+        logit_scale = self.logit_scale.clamp(max=LOG_MAX_LOGIT_SCALE).exp()
+        return image_features, text_features, logit_scale
+
+    def set_grad_checkpointing(self, enable: bool = True):
+        """Recompute activations in the backward pass, in both towers (saves memory)."""
+        super().set_grad_checkpointing(enable)
+        self.visual.set_grad_checkpointing(enable)
+
+
+def build_model(config) -> CLIP:
+    """A fresh CLIP from a CLIPConfig or its dataclasses.asdict() dict (e.g. from a checkpoint)."""
+    if isinstance(config, dict):
+        names = {f.name for f in dataclasses.fields(CLIPConfig)}
+        unknown = set(config) - names
+        if unknown:
+            raise ValueError(f"unknown CLIPConfig fields {sorted(unknown)}; valid: {sorted(names)}")
+        config = CLIPConfig(**config)
+    if not isinstance(config, CLIPConfig):
+        raise TypeError(f"build_model takes a CLIPConfig or a dict, got {type(config).__name__}")
+    return CLIP(dataclasses.replace(config, vision=copy.deepcopy(config.vision)))
+
+
+def create_model(arch: str, **overrides) -> CLIP:
+    """A fresh CLIP from a preset name (see list_models()), e.g. create_model("vit-b-32").
+    Overrides: image_size, context_length, vocab_size, embed_dim, quick_gelu, text_arch."""
+    return build_model(make_config(arch, **overrides))
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenAI / open_clip checkpoints
+
+OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
+
+
+def is_torchscript_archive(path: Path) -> bool:
+    """TorchScript archives are zip files with compiled code under <name>/code/__torch__/."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/__torch__/" in name for name in archive.namelist())
+
+
+def read_state_dict(path) -> dict:
+    """A state_dict from a TorchScript archive (OpenAI's release format) or a torch.save file
+    (plain, or open_clip's {"state_dict": ...}), with any DDP "module." prefix removed."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    if is_torchscript_archive(path):
+        with warnings.catch_warnings():  # TorchScript is deprecated, but it is OpenAI's format
+            warnings.simplefilter("ignore", DeprecationWarning)
+            state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
+    else:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state_dict, dict) and isinstance(state_dict.get("state_dict"), dict):
+        state_dict = state_dict["state_dict"]
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{path} holds a {type(state_dict).__name__}, not a state_dict")
+    return {k.removeprefix("module."): v for k, v in state_dict.items()}
+
+
+def count_blocks(state_dict: dict, prefix: str) -> int:
+    """Number of distinct N in keys '<prefix>N.<...>'."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return len({m.group(1) for k in state_dict if (m := pattern.match(k))})
+
+
+def config_from_openai_state_dict(state_dict: dict) -> CLIPConfig:
+    """Infer the architecture from weight shapes (as OpenAI's build_model does; heads = width/64)."""
+    sd = state_dict
+    if "visual.proj" in sd:
+        width, _, patch, _ = sd["visual.conv1.weight"].shape
+        grid = math.isqrt(sd["visual.positional_embedding"].shape[0] - 1)
+        layers = count_blocks(sd, "visual.transformer.resblocks.")
+        vision = dict(kind="vit", width=width, layers=layers, heads=width // 64, patch_size=patch)
+        image_size = patch * grid
+    elif "visual.attnpool.positional_embedding" in sd:
+        stages = [count_blocks(sd, f"visual.layer{i}.") for i in (1, 2, 3, 4)]
+        vision = dict(kind="resnet", layers=stages, width=sd["visual.layer1.0.conv1.weight"].shape[0])
+        image_size = 32 * math.isqrt(sd["visual.attnpool.positional_embedding"].shape[0] - 1)
+    else:
+        raise ValueError("not an OpenAI CLIP state_dict: found neither visual.proj (ViT) nor "
+                         "visual.attnpool.positional_embedding (ResNet)")
+    text_width = sd["ln_final.weight"].shape[0]
+    text = dict(text_width=text_width, text_layers=count_blocks(sd, "transformer.resblocks."),
+                text_heads=text_width // 64)
+    arch = next((n for n, v in VISION_PRESETS.items() if v == vision), "openai-custom")
+    text_arch = next((n for n, v in TEXT_PRESETS.items() if v == text), "custom")
+    return CLIPConfig(arch=arch, vision=vision, image_size=image_size,
+                      embed_dim=sd["text_projection"].shape[1], text_arch=text_arch, **text,
+                      context_length=sd["positional_embedding"].shape[0],
+                      vocab_size=sd["token_embedding.weight"].shape[0], quick_gelu=True)
+
+
+def load_openai(path, image_size: int | None = None, quick_gelu: bool = True) -> CLIP:
+    """Load an OpenAI CLIP checkpoint (TorchScript archive or state_dict; open_clip state_dicts of
+    the same architectures too) into a float32 CLIP in eval mode.
+
+    image_size: build for another resolution; positional embeddings are resized bicubically.
+    quick_gelu: OpenAI's weights need QuickGELU (the default). The activation cannot be read from
+    the weights: open_clip models trained without it (e.g. its LAION ViT-B-32) need False."""
+    state_dict = read_state_dict(path)
+    for key in OPENAI_EXTRA_KEYS:  # buffers in OpenAI's archive, not parameters
+        state_dict.pop(key, None)
+    config = config_from_openai_state_dict(state_dict)
+    config.quick_gelu = quick_gelu
+    if image_size is not None and image_size != config.image_size:
+        vit = config.vision["kind"] == "vit"
+        key = "visual.positional_embedding" if vit else "visual.attnpool.positional_embedding"
+        stride = config.vision["patch_size"] if vit else 32
+        if image_size % stride:
+            raise ValueError(f"image_size {image_size} is not a multiple of the tower's stride {stride}")
+        state_dict[key] = resize_positional_embedding(state_dict[key], image_size // stride)
+        config.image_size = image_size
+    model = build_model(config)
+    model.load_state_dict(state_dict, strict=True)  # copies into float32 parameters
+    return model.eval()

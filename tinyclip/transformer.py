@@ -1,0 +1,192 @@
+"""The transformer pieces shared by CLIP's two towers, and CLIP's text tower.
+
+A pre-LayerNorm transformer (Vaswani et al. 2017, "Attention Is All You Need"; pre-LN as in GPT-2)
+laid out exactly as in OpenAI's CLIP (Radford et al. 2021, "Learning Transferable Visual Models From
+Natural Language Supervision"), so that OpenAI's weights load without a renaming table:
+
+    resblocks.N.ln_1 -> attn (in_proj_weight, in_proj_bias, out_proj) -> residual
+    resblocks.N.ln_2 -> mlp (c_fc -> GELU -> c_proj)                  -> residual
+
+Attention runs through torch.nn.functional.scaled_dot_product_attention, which picks a fused
+kernel (flash / memory-efficient) where one exists. Activations are batch-first (B, N, D); OpenAI's
+code is sequence-first, which changes no weight.
+
+The text tower (TextTransformer) embeds BPE token ids, runs a causal transformer, and pools the
+features at the end-of-text token, which has the largest id in CLIP's vocabulary (49407), so
+`ids.argmax(-1)` finds it. CLIP (model.py) subclasses TextTransformer so the text parameters keep
+OpenAI's top-level names: token_embedding, positional_embedding, transformer.resblocks..., ln_final,
+text_projection.
+"""
+
+from collections import OrderedDict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+# ---------------------------------------------------------------------------------------------
+# small layers
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 and cast back, so a model held in fp16/bf16 normalises stably."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+
+
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the GELU approximation OpenAI trained CLIP with. Their weights need it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+# ---------------------------------------------------------------------------------------------
+# attention and the residual block
+
+
+class MultiheadSelfAttention(nn.Module):
+    """Self-attention with nn.MultiheadAttention's parameter layout (in_proj_weight holds q, k, v
+    stacked as [3D, D]; out_proj is a Linear), computed with scaled_dot_product_attention."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"attention width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        # nn.MultiheadAttention's own initialisation (OpenAI's vision tower keeps it)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor, is_causal: bool = False) -> torch.Tensor:
+        B, N, D = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # B, N, 3D
+        qkv = qkv.view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3, B, H, N, d
+        q, k, v = qkv.unbind(0)  # B, H, N, d each
+        # is_causal: token i sees tokens 0..i, the same as OpenAI's additive -inf mask above the diagonal
+        x = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)  # B, H, N, d
+        x = x.transpose(1, 2).reshape(B, N, D)  # B, N, D
+        return self.out_proj(x)
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-LN block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, quick_gelu: bool = False):
+        super().__init__()
+        hidden = int(width * mlp_ratio)
+        self.ln_1 = LayerNorm(width)
+        self.attn = MultiheadSelfAttention(width, heads)
+        self.ln_2 = LayerNorm(width)
+        self.mlp = nn.Sequential(OrderedDict([
+            ("c_fc", nn.Linear(width, hidden)),
+            ("gelu", QuickGELU() if quick_gelu else nn.GELU()),
+            ("c_proj", nn.Linear(hidden, width)),
+        ]))
+
+    def forward(self, x: torch.Tensor, is_causal: bool = False) -> torch.Tensor:  # B, N, D
+        x = x + self.attn(self.ln_1(x), is_causal=is_causal)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class Transformer(nn.Module):
+    """A stack of residual blocks (`resblocks`), with optional gradient checkpointing: each block's
+    activations are recomputed in the backward pass instead of stored, trading ~1/3 more compute
+    for activation memory that no longer grows with depth."""
+
+    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0,
+                 quick_gelu: bool = False):
+        super().__init__()
+        self.width, self.layers = width, layers
+        self.resblocks = nn.ModuleList(
+            [ResidualAttentionBlock(width, heads, mlp_ratio, quick_gelu) for _ in range(layers)])
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor, is_causal: bool = False) -> torch.Tensor:  # B, N, D
+        for block in self.resblocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, is_causal, use_reentrant=False)
+            else:
+                x = block(x, is_causal=is_causal)
+        return x
+
+
+# ---------------------------------------------------------------------------------------------
+# the text tower
+
+
+class TextTransformer(nn.Module):
+    """CLIP's text encoder: token + positional embeddings, a causal transformer, ln_final, and the
+    feature at the end-of-text token projected by `text_projection` to the joint embedding space.
+
+    Token ids are [B, L] with L <= context_length (shorter sequences use the first L positions,
+    as OpenAI's code allows)."""
+
+    def __init__(self, width: int = 512, layers: int = 12, heads: int = 8, context_length: int = 77,
+                 vocab_size: int = 49408, output_dim: int = 512, quick_gelu: bool = False):
+        super().__init__()
+        self.context_length, self.vocab_size = context_length, vocab_size
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
+        self.transformer = Transformer(width, layers, heads, quick_gelu=quick_gelu)
+        self.ln_final = LayerNorm(width)
+        self.text_projection = nn.Parameter(torch.empty(width, output_dim))
+        self.init_text_parameters()
+
+    def init_text_parameters(self):
+        """OpenAI's scheme (CLIP's initialize_parameters): small embeddings; attention and MLP
+        weights scaled by width, output projections also by depth (GPT-2 style), so the residual
+        stream's variance stays put as layers are added."""
+        width, layers = self.transformer.width, self.transformer.layers
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        attn_std = width ** -0.5
+        proj_std = width ** -0.5 * (2 * layers) ** -0.5
+        fc_std = (2 * width) ** -0.5
+        for block in self.transformer.resblocks:
+            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+        nn.init.normal_(self.text_projection, std=width ** -0.5)
+
+    def check_token_ids(self, ids: torch.Tensor):
+        """Cheap checks with one-line errors; the value range is skipped on meta tensors and under
+        torch.compile (it reads the values back to the host)."""
+        if ids.dim() != 2:
+            raise ValueError(f"token ids must be [batch, length], got shape {tuple(ids.shape)}")
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"token ids must be an integer tensor, got {ids.dtype}")
+        if ids.shape[1] > self.context_length:
+            raise ValueError(f"token ids have length {ids.shape[1]} but the text tower's "
+                             f"context_length is {self.context_length}")
+        if ids.device.type != "meta" and ids.numel() and not torch.compiler.is_compiling():
+            low, high = int(ids.min()), int(ids.max())
+            if low < 0 or high >= self.vocab_size:
+                raise ValueError(f"token id out of range [0, {self.vocab_size}): "
+                                 f"got min {low}, max {high}")
+
+    def encode_text(self, ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        self.check_token_ids(ids)
+        B, L = ids.shape
+        x = self.token_embedding(ids)  # B, L, D
+        x = x + self.positional_embedding[:L].to(x.dtype)
+        x = self.transformer(x, is_causal=True)  # B, L, D
+        x = self.ln_final(x)
+        x = x[torch.arange(B, device=x.device), ids.argmax(dim=-1)]  # B, D: the end-of-text token
+        x = x @ self.text_projection  # B, E
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.encode_text(ids)
+
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.transformer.grad_checkpointing = enable
