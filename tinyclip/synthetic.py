@@ -1,0 +1,406 @@
+"""The built-in captioned-image generator: tinyclip's default training and evaluation dataset.
+
+"Scaling (Down) CLIP" (Li, Xie, Cubuk; arXiv 2404.08197, TMLR 2024) studies CLIP along three axes:
+data quantity, data quality and compute. Its data (WebLI) is private, and any web-scale set is far
+too big for a CPU smoke run, so tinyclip ships a procedural stand-in:
+
+- no download, no files: every sample is drawn with Pillow's ImageDraw when it is asked for;
+- deterministic: a sample is a pure function of (seed, split, index), through its own
+  `random.Random` seeded by a stable integer mix (never the global RNG, never `hash()`), so any
+  DataLoader worker renders the same bytes, and the object pickles as a few plain fields;
+- learnable by tiny models in minutes: few, salient concepts (7 shapes, 7 well-separated colours,
+  2 sizes, 1-3 copies, 9 positions, 4 faint background textures) on a 64 px canvas;
+- the quality axis: `noise` gives a fraction of pairs a wrong caption (another scene's, or the right
+  scene with one attribute changed), the way low-quality web alt-text is, so filtering by image-text
+  similarity (the paper's top-40% finding) can be tried for real. The noisy subset is nested: a
+  sample that is noisy at noise=0.2 is noisy at every higher level, and images never depend on noise.
+
+The `train` and `val` splits draw from different seed streams of the same attribute distribution.
+Each image has several faithful phrasings (`captions`, five, as COCO has for retrieval), and the
+zero-shot label sets (`label_set`) describe the main object with words the captions use. Every
+vocabulary word starts with a consonant, so a template "a {}." is always grammatical.
+"""
+import functools
+import math
+import operator
+import random
+
+from PIL import Image, ImageDraw
+
+# --- vocabulary ----------------------------------------------------------------------------------
+
+SHAPES = ("circle", "ring", "square", "diamond", "triangle", "star", "cross")
+PLURALS = {"cross": "crosses"}  # every other shape takes a plain "s"
+COLORS = {  # far apart in RGB, and none close to the light neutral backgrounds
+    "red": (215, 35, 35), "yellow": (240, 200, 20), "green": (40, 155, 60), "blue": (35, 75, 215),
+    "purple": (135, 50, 185), "pink": (250, 115, 190), "black": (25, 25, 25),
+}
+SIZES = ("small", "large")
+COUNTS = (1, 2, 3)
+POSITIONS = ("top left", "top", "top right", "left", "centre", "right",
+             "bottom left", "bottom", "bottom right")  # a 3x3 grid, row-major
+BACKGROUNDS = ("plain", "striped", "dotted", "checkered")
+SPLITS = {"train": 0, "val": 1}
+DEFAULT_SIZES = {"train": 100_000, "val": 2_000}
+CAPTIONS_PER_IMAGE = 5
+
+COUNT_WORDS = {1: ("a", "a", "one", "a single"), 2: ("two", "two", "a pair of"), 3: ("three",)}
+SIZE_WORDS = {"small": ("small", "small", "little", "tiny"), "large": ("large", "large", "big")}
+BACKGROUND_WORDS = {"plain": ("plain", "blank"), "striped": ("striped",),
+                    "dotted": ("dotted", "polka-dot", "spotted"),
+                    "checkered": ("checkered", "checkerboard")}
+POSITION_PHRASES = {
+    **{p: (f"at the {p}", f"in the {p} corner")
+       for p in ("top left", "top right", "bottom left", "bottom right")},
+    **{p: (f"at the {p}", f"near the {p}") for p in ("top", "bottom")},
+    **{p: (f"on the {p}", f"on the {p} side") for p in ("left", "right")},
+    "centre": ("in the centre", "in the middle"),
+}
+PREFIXES = ("", "", "a photo of ", "an image of ", "a picture of ", "a drawing of ", "there is ")
+
+# Geometry as fractions of the image side, so every image_size draws the same scene.
+RADIUS = {"small": 0.125, "large": 0.23}  # an upper bound: drawn radii are 90-100% of it
+CELL_CENTRES = (0.2, 0.5, 0.8)
+JITTER = 0.04
+GAP = 0.03  # minimum clearance between objects
+COUNT_WEIGHTS = (2, 1, 1)  # a single object half the time, so positions get described often
+SECOND_OBJECT_P = 0.25  # chance of a second, distinct (always small) object
+MISMATCH_SHARE = 0.5  # of the noisy pairs; the rest are 'partial' (one attribute changed)
+PARTIAL_ATTRIBUTES = ("shape", "color", "count", "size")
+BACKGROUND_TONES = ((246, 246, 246), (226, 226, 226), (240, 232, 214), (222, 230, 238))
+SUPERSAMPLE = 2  # draw at 2x and box-downsample: anti-aliased edges for little cost
+
+_SCENE_STREAM, _NOISE_STREAM, _CAPTION_STREAM = 1, 2, 3
+_MASK64 = (1 << 64) - 1
+
+
+# --- deterministic randomness ---------------------------------------------------------------------
+
+def _splitmix64(x):
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def _rng(*parts):
+    """A random.Random seeded by a stable mix of integers (no hash(), so identical in every process)."""
+    h = 0
+    for part in parts:
+        h = _splitmix64(h ^ (part & _MASK64))
+    return random.Random(h)
+
+
+# --- scenes ---------------------------------------------------------------------------------------
+
+def _sample_attributes(rng):
+    """The attributes a caption can state: the main object (repeated `count` times) and scene."""
+    shape, color, size = rng.choice(SHAPES), rng.choice(tuple(COLORS)), rng.choice(SIZES)
+    count = rng.choices(COUNTS, weights=COUNT_WEIGHTS)[0]
+    position = rng.choice(POSITIONS) if count == 1 else None  # only a single object has a place
+    background = rng.choice(BACKGROUNDS)
+    second = None
+    if rng.random() < SECOND_OBJECT_P:
+        second = {"shape": rng.choice([s for s in SHAPES if s != shape]),
+                  "color": rng.choice([c for c in COLORS if c != color]), "size": "small"}
+    return {"shape": shape, "color": color, "size": size, "count": count, "position": position,
+            "background": background, "second": second}
+
+
+def _cell_centre(position):
+    row, col = divmod(POSITIONS.index(position), 3)
+    return CELL_CENTRES[col], CELL_CENTRES[row]
+
+
+def _layout(attrs, rng):
+    """Centres (fractions of the side) for the main objects then the second: no two overlap."""
+    radii = [RADIUS[attrs["size"]]] * attrs["count"]
+    if attrs["second"]:
+        radii.append(RADIUS["small"])
+
+    def place(x, y, r):  # jitter, then keep the whole object inside the canvas
+        x, y = x + rng.uniform(-JITTER, JITTER), y + rng.uniform(-JITTER, JITTER)
+        return min(max(x, r), 1 - r), min(max(y, r), 1 - r)
+
+    def apart(centres):
+        return all(math.dist(centres[i], centres[j]) >= radii[i] + radii[j] + GAP
+                   for i in range(len(centres)) for j in range(i))
+
+    fixed = [place(*_cell_centre(attrs["position"]), radii[0])] if attrs["position"] else []
+    free = [p for p in POSITIONS if p != attrs["position"]]
+    for _ in range(30):
+        cells = rng.sample(free, len(radii) - len(fixed))
+        centres = fixed + [place(*_cell_centre(c), r) for c, r in zip(cells, radii[len(fixed):])]
+        if apart(centres):
+            return centres
+    # Rare fallback, always valid: the remaining objects go to corners, farthest first.
+    near, far = RADIUS["large"], 1 - RADIUS["large"]
+    corners = [(near, near), (far, near), (near, far), (far, far)]
+    if fixed:
+        corners.sort(key=lambda c: -math.dist(c, fixed[0]))
+        return fixed + corners[:len(radii) - 1]
+    rng.shuffle(corners)
+    return corners[:len(radii)]
+
+
+def _scene(attrs, rng):
+    """Everything needed to draw: objects with colour/rotation jitter and the background pattern."""
+    kinds = [(attrs["shape"], attrs["color"], attrs["size"])] * attrs["count"]
+    if attrs["second"]:
+        kinds.append((attrs["second"]["shape"], attrs["second"]["color"], "small"))
+    objects = []
+    for (shape, color, size), (x, y) in zip(kinds, _layout(attrs, rng)):
+        rgb = tuple(min(255, max(0, c + rng.randint(-12, 12))) for c in COLORS[color])
+        radius = RADIUS[size] * rng.uniform(0.9, 1.0)
+        rotation = 0.0 if shape in ("circle", "ring") else rng.uniform(-12, 12)
+        objects.append({"shape": shape, "color": color, "size": size, "x": x, "y": y,
+                        "radius": radius, "rotation": rotation, "rgb": rgb})
+    background = {"kind": attrs["background"], "tone": rng.choice(BACKGROUND_TONES),
+                  "period": rng.choice((0.125, 0.16, 0.2)), "phase": rng.random(),
+                  "direction": rng.choice(("horizontal", "vertical", "diagonal"))}
+    return objects, background
+
+
+# --- drawing --------------------------------------------------------------------------------------
+
+def _polygon(points, cx, cy, r, rotation_deg):
+    """Unit-radius (x, y) points -> rotated, scaled, translated pixel points."""
+    a = math.radians(rotation_deg)
+    cos, sin = math.cos(a), math.sin(a)
+    return [(cx + r * (x * cos - y * sin), cy + r * (x * sin + y * cos)) for x, y in points]
+
+
+_W = 0.34  # half-width of a cross's arm
+UNIT_SHAPES = {  # y grows downwards; each stays within [-1, 1] on both axes even when rotated
+    "square": [(-0.78, -0.78), (0.78, -0.78), (0.78, 0.78), (-0.78, 0.78)],
+    "diamond": [(0, -1), (0.75, 0), (0, 1), (-0.75, 0)],
+    "triangle": [(0, -0.9), (0.85, 0.72), (-0.85, 0.72)],
+    "star": [((1, 0.45)[k % 2] * math.sin(math.pi * k / 5), -(1, 0.45)[k % 2] * math.cos(math.pi * k / 5))
+             for k in range(10)],  # five points, inner radius 0.45
+    "cross": [(x * 0.95, y * 0.95) for x, y in [
+        (-_W, -1), (_W, -1), (_W, -_W), (1, -_W), (1, _W), (_W, _W), (_W, 1), (-_W, 1), (-_W, _W),
+        (-1, _W), (-1, -_W), (-_W, -_W)]],
+}
+
+
+def _draw_background(draw, side, background):
+    kind, tone = background["kind"], background["tone"]
+    if kind == "plain":
+        return
+    ink = tuple(c - 32 for c in tone)  # faint: texture, never a competing object
+    period = max(4, round(background["period"] * side))
+    offset = round(background["phase"] * period) - period
+    if kind == "striped":
+        half = period // 2
+        for t in range(offset, 2 * side, period):
+            if background["direction"] == "horizontal":
+                draw.rectangle([0, t, side, t + half - 1], fill=ink)
+            elif background["direction"] == "vertical":
+                draw.rectangle([t, 0, t + half - 1, side], fill=ink)
+            else:
+                draw.line([(t - side, 0), (t, side)], fill=ink, width=half)
+    elif kind == "dotted":
+        dot = period * 0.18
+        for y in range(offset + period // 2, side + period, period):
+            for x in range(offset + period // 2, side + period, period):
+                draw.ellipse([x - dot, y - dot, x + dot, y + dot], fill=ink)
+    else:  # checkered
+        for i, y in enumerate(range(offset, side, period)):
+            for x in range(offset + (i % 2) * period, side, 2 * period):
+                draw.rectangle([x, y, x + period - 1, y + period - 1], fill=ink)
+
+
+def _render(objects, background, image_size):
+    side = image_size * SUPERSAMPLE
+    image = Image.new("RGB", (side, side), background["tone"])
+    draw = ImageDraw.Draw(image)
+    _draw_background(draw, side, background)
+    for obj in objects:
+        cx, cy, r = obj["x"] * side, obj["y"] * side, obj["radius"] * side
+        if obj["shape"] == "circle":
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=obj["rgb"])
+        elif obj["shape"] == "ring":
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=obj["rgb"],
+                         width=max(1, round(0.38 * r)))
+        else:
+            draw.polygon(_polygon(UNIT_SHAPES[obj["shape"]], cx, cy, r, obj["rotation"]),
+                         fill=obj["rgb"])
+    return image.reduce(SUPERSAMPLE) if SUPERSAMPLE > 1 else image
+
+
+# --- captions -------------------------------------------------------------------------------------
+
+def _noun_phrase(rng, shape, color, size, count, with_color, with_size):
+    words = [rng.choice(COUNT_WORDS[count])]
+    if with_size:
+        words.append(rng.choice(SIZE_WORDS[size]))
+    noun = shape if count == 1 else PLURALS.get(shape, shape + "s")
+    if with_color and rng.random() < 0.25:  # "three stars in blue"
+        return " ".join(words + [noun, "in", color])
+    return " ".join(words + ([color] if with_color else []) + [noun])
+
+
+def _caption(attrs, rng, force=()):
+    """One faithful phrasing of `attrs`; attributes named in `force` are always stated."""
+    main = _noun_phrase(rng, attrs["shape"], attrs["color"], attrs["size"], attrs["count"],
+                        "color" in force or rng.random() < 0.8, "size" in force or rng.random() < 0.5)
+    if attrs["position"] and attrs["count"] == 1 and rng.random() < 0.5:
+        main += " " + rng.choice(POSITION_PHRASES[attrs["position"]])
+    texture = rng.choice(BACKGROUND_WORDS[attrs["background"]]) if rng.random() < 0.35 else None
+    background_first = texture is not None and rng.random() < 0.3  # "a striped background with ..."
+    second = attrs["second"]
+    if second and rng.random() < 0.75:
+        joins = (" and ", ", and ") if background_first else (" and ", " with ", ", and ")
+        main += rng.choice(joins) + _noun_phrase(
+            rng, second["shape"], second["color"], "small", 1, rng.random() < 0.8, rng.random() < 0.5)
+    if background_first:
+        text = rng.choice(("", "a photo of ", "an image of ")) + f"a {texture} background with {main}"
+    elif texture:
+        text = f"{main} {rng.choice(('on', 'against'))} a {texture} background"
+    else:
+        prefix = rng.choice(PREFIXES)
+        text = ("there are " if prefix == "there is " and attrs["count"] > 1 else prefix) + main
+    return text + rng.choice(("", "."))
+
+
+# --- the dataset ----------------------------------------------------------------------------------
+
+class SyntheticPairs:
+    """Map-style captioned images, deterministic from (seed, split, index).
+
+    `dataset[i]` and `pair(i)` give (PIL image, caption); `captions(i)` five phrasings of what the
+    caption describes; `meta(i)` the key, the true attributes, the described ones and the noise kind.
+    """
+
+    def __init__(self, split="train", size=None, seed=0, noise=0.0, image_size=64):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+        if not 0.0 <= noise <= 1.0:
+            raise ValueError(f"noise must be in [0, 1], got {noise}")
+        if int(image_size) < 16:
+            raise ValueError(f"image_size must be at least 16, got {image_size}")
+        size = DEFAULT_SIZES[split] if size is None else int(size)
+        if size < 1:
+            raise ValueError(f"size must be positive, got {size}")
+        self.split, self.size, self.seed = split, size, int(seed)
+        self.noise, self.image_size = float(noise), int(image_size)
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, index):
+        return self.pair(index)
+
+    def __repr__(self):
+        return (f"SyntheticPairs(split={self.split!r}, size={self.size}, seed={self.seed}, "
+                f"noise={self.noise}, image_size={self.image_size})")
+
+    def _check(self, index):
+        """index as a Python int (numpy and torch integers welcome), or a one-line error."""
+        if isinstance(index, (bool, float, str)) or not hasattr(index, "__index__"):
+            raise TypeError(f"index must be an integer, got {type(index).__name__}")
+        index = operator.index(index)
+        if not 0 <= index < self.size:
+            raise IndexError(f"index {index} out of range for {self.split} split of size {self.size}")
+        return index
+
+    def _rng(self, index, stream):
+        return _rng(self.seed, SPLITS[self.split], index, stream)
+
+    def _truth(self, index):
+        rng = self._rng(index, _SCENE_STREAM)
+        attrs = _sample_attributes(rng)
+        return attrs, rng  # the same rng goes on to lay out and colour the scene
+
+    def _described(self, index, true):
+        """(noise kind, attributes the caption states, attribute forced into every phrasing)."""
+        rng = self._rng(index, _NOISE_STREAM)
+        noisy, kind_draw = rng.random() < self.noise, rng.random()  # drawn whatever noise is
+        if not noisy:
+            return "clean", true, None
+        if kind_draw < MISMATCH_SHARE:  # another scene's caption: a different main object
+            while True:
+                other = _sample_attributes(rng)
+                if (other["shape"], other["color"]) != (true["shape"], true["color"]):
+                    return "mismatch", other, None
+        attribute = rng.choice(PARTIAL_ATTRIBUTES)
+        choices = {"shape": SHAPES, "color": tuple(COLORS), "count": COUNTS, "size": SIZES}[attribute]
+        described = dict(true)
+        described[attribute] = rng.choice([v for v in choices if v != true[attribute]])
+        return "partial", described, attribute
+
+    def meta(self, index):
+        index = self._check(index)
+        true, rng = self._truth(index)
+        objects, background = _scene(true, rng)
+        kind, described, _ = self._described(index, true)
+        return {"key": f"{self.split}/{index:08d}", "split": self.split, "index": index,
+                "clean": kind == "clean", "noise_kind": kind, "true": true,
+                "described": described, "objects": objects, "background": background}
+
+    def captions(self, index):
+        """CAPTIONS_PER_IMAGE distinct phrasings of the described attributes (same for every call)."""
+        index = self._check(index)
+        true, _ = self._truth(index)
+        _, described, forced = self._described(index, true)
+        rng, found = self._rng(index, _CAPTION_STREAM), []
+        for _ in range(20 * CAPTIONS_PER_IMAGE):
+            text = _caption(described, rng, force=(forced,) if forced else ())
+            if text not in found:
+                found.append(text)
+                if len(found) == CAPTIONS_PER_IMAGE:
+                    break
+        return found
+
+    def image(self, index):
+        index = self._check(index)
+        true, rng = self._truth(index)
+        return _render(*_scene(true, rng), self.image_size)
+
+    def pair(self, index):
+        """(image, caption): the caption is the first of captions(index)."""
+        return self.image(index), self.captions(index)[0]
+
+
+# --- zero-shot label sets -------------------------------------------------------------------------
+
+GENERIC_TEMPLATES = ("a photo of a {}.", "a {}.", "an image of a {}.", "a picture of a {}.",
+                     "a drawing of a {}.", "there is a {}.")
+# Captions always name the shape, so a colour's prompts are the colour on every shape, averaged.
+COLOR_TEMPLATES = tuple(f"a {{}} {shape}." for shape in SHAPES) + \
+    tuple(f"a photo of a {{}} {shape}." for shape in SHAPES)
+LABEL_SETS = ("shape", "color", "shape-color")
+
+
+def _label_of(name, meta):
+    """The class index of the main object's true attributes (bound with functools.partial, so it
+    pickles into DataLoader workers, which a lambda would not)."""
+    shape, color = SHAPES.index(meta["true"]["shape"]), tuple(COLORS).index(meta["true"]["color"])
+    return {"shape": shape, "color": color, "shape-color": color * len(SHAPES) + shape}[name]
+
+
+def label_set(name):
+    """(class_names, templates, label_of) for zero-shot classification of the main object."""
+    if name not in LABEL_SETS:
+        raise ValueError(f"unknown label set {name!r}; choose from {', '.join(LABEL_SETS)}")
+    names = {"shape": list(SHAPES), "color": list(COLORS),
+             "shape-color": [f"{c} {s}" for c in COLORS for s in SHAPES]}[name]
+    templates = COLOR_TEMPLATES if name == "color" else GENERIC_TEMPLATES
+    return names, list(templates), functools.partial(_label_of, name)
+
+
+_label_set = label_set  # SyntheticClassification's argument of the same name shadows it
+
+
+class SyntheticClassification:
+    """(PIL image, label) view of a split for zero-shot, linear-probe and few-shot evaluation."""
+
+    def __init__(self, split="val", label_set="shape", size=None, seed=0, image_size=64):
+        self.classes, self.templates, self.label_of = _label_set(label_set)
+        self.pairs = SyntheticPairs(split, size=size, seed=seed, image_size=image_size)
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, index):
+        return self.pairs.image(index), self.label_of(self.pairs.meta(index))
