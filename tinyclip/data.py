@@ -1,0 +1,407 @@
+"""Image-text data for CLIP training: subsets, the quality filter, the distributed training loader,
+class folders for evaluation, and the converter to tar shards.
+
+"Scaling (Down) CLIP" (Li, Xie, Cubuk 2024) varies the data along two axes, each an option here:
+quantity, `dataset_size=N`, a fixed random subset (seeded by subset_seed, not by the training seed;
+subsets with the same subset_seed are nested), and quality, `keep_top=0.4` with a `key,score` file:
+exactly round(0.4 * N) pairs with the highest image-text scores, ties broken by key. The quality
+filter runs first, then the subset. Where pairs come from (the `spec` string: 'synthetic',
+'synthetic:noise=0.3', pairs.csv/.tsv, 'data/{00000..00099}.tar', a folder) is tinyclip.sources.
+
+The training stream. Every source is map-style (tar shards through a header index), so one design
+serves all: global position p, the number of samples all ranks together consumed before it, is in
+epoch p // N and reads sample perm_epoch[p % N], a permutation seeded by (seed, epoch), so every
+epoch visits every pair once, reshuffled. With G = B * world_size, rank r's batch k holds positions
+start_sample + k*G + r*B + [0, B): its slice of global batch k. DataLoader worker w builds whole
+batches k = w, w + K, w + 2K, ... (the DataLoader hands them out round-robin, in order), and a
+sample's caption choice and augmentation draw from random.Random seeded by (seed, p). Batches are
+therefore a function of (seed, position) alone: identical for any worker count, and a run resumed
+with start_sample = samples seen continues the same sample sequence, for every source (tar
+included); its batches are bit-identical to an uninterrupted run's when the global batch is the same.
+The stream is infinite; epochs follow from samples seen, and all ranks get the same number of batches.
+
+A bad sample is skipped and replaced by a random one drawn with a generator seeded by (seed, p), so
+batches stay full and deterministic. Each batch carries its worker's skip counts under
+"skipped"; the loader pops them and adds them up in `loader.skipped` (with the problems found while
+indexing, which are counted once; decode-time problems are counted each time they are met).
+
+Converter: python -m tinyclip.data shard --input pairs.csv|folder|shards --output out/ --shard-size 1000
+"""
+
+import argparse
+import csv
+import hashlib
+import io
+import os
+import random
+import sys
+from collections import Counter
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from tinyclip import shards as tar_shards
+from tinyclip.shards import expand_braces
+from tinyclip.sources import (FolderPairs, PairsDataset, SkipSample, SyntheticSource, TarShards, decode_image,
+                              open_source, read_file)
+from tinyclip.tokenizer import tokenize
+
+__all__ = ["make_train_loader", "TrainLoader", "BatchStream", "iter_pairs", "select_indices", "read_scores",
+           "ImageFolderDataset", "open_source", "PairsDataset", "FolderPairs", "TarShards", "SyntheticSource",
+           "SkipSample", "decode_image", "expand_braces", "main"]
+
+# -----------------------------------------------------------------------------
+# quantity and quality: subsets and the score filter
+
+
+def read_scores(path: str) -> dict[str, float]:
+    """A `key,score` file (comma, or tab for .tsv; a header row is optional) as {key: score}."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such score file: {path!r}")
+    scores = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for line, row in enumerate(csv.reader(f, delimiter="\t" if path.endswith(".tsv") else ","), 1):
+            if not row:
+                continue
+            try:
+                score = float(row[1]) if len(row) >= 2 else float("nan")
+            except ValueError:
+                score = None  # a header, if it is the first row
+            if score is None and line == 1:
+                continue
+            if score is None or score != score:
+                raise ValueError(f"{path}:{line}: expected 'key,score', got {','.join(row)[:80]!r}")
+            if row[0] in scores:
+                raise ValueError(f"{path}:{line}: key {row[0]!r} appears twice")
+            scores[row[0]] = score
+    return scores
+
+
+def select_indices(source, dataset_size: int = None, keep_top: float = None, score_file: str = None,
+                   subset_seed: int = 0) -> np.ndarray:
+    """Source indices kept: the top `keep_top` fraction by score, then a seeded subset of dataset_size."""
+    indices = np.arange(len(source))
+    if keep_top is not None:
+        if score_file is None:
+            raise ValueError("keep_top needs a score_file of 'key,score' rows")
+        if not 0 < keep_top <= 1:
+            raise ValueError(f"keep_top must be in (0, 1], got {keep_top}")
+        scores, keys = read_scores(score_file), [source.key(int(i)) for i in indices]
+        unscored = [k for k in keys if k not in scores]
+        if unscored:
+            raise ValueError(f"{score_file} has no score for {len(unscored)} of {len(keys)} keys of {source.name} (first: {unscored[0]!r})")
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"{source.name} has repeated keys, so a score file cannot name its pairs")
+        n_keep = max(1, round(keep_top * len(keys)))
+        ranked = sorted(range(len(keys)), key=lambda i: (-scores[keys[i]], keys[i]))  # ties: by key, for determinism
+        indices = np.sort(np.asarray(ranked[:n_keep], dtype=np.int64))
+    if dataset_size is not None:
+        if not 1 <= dataset_size <= len(indices):
+            raise ValueError(f"dataset_size={dataset_size} but {source.name} has {len(indices)} usable pairs")
+        chosen = np.random.default_rng(subset_seed).permutation(len(indices))[:dataset_size]
+        indices = indices[np.sort(chosen)]  # a prefix of one permutation: smaller subsets nest in larger
+    return indices
+
+
+def first_valid(source, indices) -> None:
+    """Raise a one-line ValueError unless some selected sample loads (decodes) correctly."""
+    reasons = Counter()
+    for index in indices:
+        try:
+            source.load(int(index))
+            return
+        except SkipSample as bad:
+            reasons[bad.reason] += 1
+    raise ValueError(f"no valid sample in {source.name}: skipped {dict(reasons + source.skipped)}")
+
+
+def iter_pairs(spec: str, *, skipped: Counter = None, dataset_size: int = None, keep_top: float = None,
+               score_file: str = None, subset_seed: int = 0, **source_options):
+    """Yield (key, PIL image, all captions) in source order, for retrieval eval and pair scoring.
+
+    Bad samples are skipped and counted in `skipped` (a Counter you pass). source_options:
+    csv_img_key, csv_caption_key, csv_separator. Use 'synthetic:split=val' for held-out pairs.
+    """
+    source = open_source(spec, **source_options)
+    if skipped is not None:
+        skipped.update(source.skipped)
+    for index in select_indices(source, dataset_size, keep_top, score_file, subset_seed):
+        try:
+            image, captions = source.load(int(index))
+        except SkipSample as bad:
+            if skipped is not None:
+                skipped[bad.reason] += 1
+            continue
+        yield source.key(int(index)), image, captions
+
+
+# -----------------------------------------------------------------------------
+# the training stream
+
+
+class BatchStream(IterableDataset):
+    """Rank `rank`'s batches, forever; in a DataLoader worker, only that worker's share (see top)."""
+    MAX_ATTEMPTS = 1000  # replacements tried for one position before giving up
+
+    def __init__(self, source, indices, *, transform, batch_size, rank, world_size, seed, start_sample,
+                 context_length, ssl_transform=None, tokenizer=None, with_keys=False):
+        self.source, self.indices = source, np.asarray(indices, dtype=np.int64)
+        self.transform, self.ssl_transform, self.tokenizer = transform, ssl_transform, tokenizer
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.seed, self.start_sample, self.context_length = seed, start_sample, context_length
+        self.with_keys = with_keys
+        self._permutations, self._bad = {}, {}  # per process: epoch -> permutation; index -> reason
+
+    def first_position(self, batch: int) -> int:
+        return self.start_sample + (batch * self.world_size + self.rank) * self.batch_size
+
+    def __iter__(self):
+        info = get_worker_info()
+        batch, step = (info.id, info.num_workers) if info is not None else (0, 1)
+        while True:
+            yield self.make_batch(batch)
+            batch += step
+
+    def index_at(self, position: int) -> int:
+        """Source index at a global stream position: epoch permutation, then the selection."""
+        epoch, offset = divmod(position, len(self.indices))
+        if epoch not in self._permutations:
+            if len(self._permutations) >= 2:  # positions only grow: the oldest epoch is done
+                self._permutations.pop(min(self._permutations))
+            self._permutations[epoch] = np.random.default_rng([self.seed, epoch]).permutation(len(self.indices))
+        return int(self.indices[self._permutations[epoch][offset]])
+
+    def load(self, position: int, skipped: Counter):
+        """(key, image, captions) for a position; bad samples are counted and replaced, deterministically."""
+        index = self.index_at(position)
+        replacement = None
+        for _ in range(self.MAX_ATTEMPTS):
+            try:
+                if index in self._bad:
+                    raise SkipSample(self._bad[index])
+                image, captions = self.source.load(index)
+                return self.source.key(index) if self.with_keys else None, image, captions
+            except SkipSample as bad:
+                skipped[bad.reason] += 1
+                self._bad[index] = bad.reason  # met again: counted again, not decoded again
+            if len(self._bad) >= len(self.indices):
+                raise ValueError(f"no valid sample left in {self.source.name}: skipped {dict(skipped)}")
+            replacement = replacement or random.Random(f"tinyclip-replace:{self.seed}:{position}")
+            index = int(self.indices[replacement.randrange(len(self.indices))])
+        raise ValueError(f"{self.MAX_ATTEMPTS} bad samples in a row in {self.source.name}: {dict(skipped)}")
+
+    def make_batch(self, batch: int) -> dict:
+        skipped, images, texts, keys, views = Counter(), [], [], [], ([], [])
+        first = self.first_position(batch)
+        for position in range(first, first + self.batch_size):
+            key, image, captions = self.load(position, skipped)
+            rng = random.Random(f"tinyclip-sample:{self.seed}:{position}")  # same for any worker count
+            texts.append(rng.choice(captions))
+            images.append(self.transform(image, rng))  # 3, S, S
+            if self.ssl_transform is not None:
+                views[0].append(self.ssl_transform(image, rng))
+                views[1].append(self.ssl_transform(image, rng))
+            keys.append(key)
+        encode = self.tokenizer.tokenize if self.tokenizer is not None else tokenize
+        out = {"image": torch.stack(images), "text": encode(texts, self.context_length)}  # B,3,S,S; B,L
+        if self.ssl_transform is not None:
+            out["views"] = (torch.stack(views[0]), torch.stack(views[1]))
+        if self.with_keys:
+            out["key"] = keys
+        out["skipped"] = dict(skipped)
+        return out
+
+
+class TrainLoader:
+    """Iterate for batch dicts, forever. `.skipped` adds up bad samples met so far (by reason).
+
+    Every iter() starts again at start_sample: take one iterator per run. Under CUDA the
+    DataLoader pins memory, which turns the "views" tuple into a list (unpack it either way).
+    """
+
+    def __init__(self, stream: BatchStream, *, workers: int, prefetch: int, skipped: Counter, spec: str):
+        self.stream, self.spec, self.skipped = stream, spec, Counter(skipped)
+        self.num_samples = len(stream.indices)
+        self.loader = DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=workers > 0,
+                                 pin_memory=torch.cuda.is_available(), prefetch_factor=prefetch if workers else None)
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.skipped.update(batch.pop("skipped"))
+            yield batch
+
+    def epoch_of(self, samples_seen: int) -> int:
+        """The (0-based) epoch that global position `samples_seen` falls in."""
+        return samples_seen // self.num_samples
+
+    def state_dict(self) -> dict:
+        """What a checkpoint needs to check a resume reads the same stream (samples_seen is the trainer's)."""
+        selection = hashlib.sha1(self.stream.indices.tobytes()).hexdigest()[:16]
+        return {"spec": self.spec, "num_samples": self.num_samples, "selection": selection,
+                "seed": self.stream.seed, "global_batch": self.stream.batch_size * self.stream.world_size,
+                "skipped": dict(self.skipped)}
+
+
+def make_train_loader(spec: str = "synthetic", *, transform, batch_size: int, rank: int = 0, world_size: int = 1,
+                      workers: int = 2, seed: int = 0, context_length: int = 77, dataset_size: int = None,
+                      keep_top: float = None, score_file: str = None, ssl_transform=None, start_sample: int = 0,
+                      epochs_hint: int = None, subset_seed: int = 0, csv_img_key: str = "filepath",
+                      csv_caption_key: str = "title", csv_separator: str = None, tokenizer=None,
+                      prefetch: int = 2, with_keys: bool = False) -> TrainLoader:
+    """The per-rank training loader (see the module docstring for the stream it reads).
+
+    batch_size is per rank (global batch = batch_size * world_size); start_sample is the number of
+    global samples already consumed, for an exact resume. transform / ssl_transform are
+    `t(img, rng) -> [3, S, S]` (tinyclip.augment); with ssl_transform each batch also has "views",
+    two more augmented views of each image (SLIP). tokenizer: a tinyclip Tokenizer (default: CLIP's).
+    with_keys adds each sample's key under "key"; prefetch is batches queued per worker.
+    epochs_hint is accepted for callers that know the run length; map-style sources do not need it.
+    """
+    if not callable(transform) or (ssl_transform is not None and not callable(ssl_transform)):
+        raise TypeError("transform and ssl_transform must be callables t(img, rng) -> tensor")
+    if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
+    if workers < 0 or start_sample < 0 or seed < 0:
+        raise ValueError(f"workers, start_sample and seed must be >= 0, got {workers}, {start_sample}, {seed}")
+    source = open_source(spec, csv_img_key, csv_caption_key, csv_separator)
+    if len(source) == 0:
+        raise ValueError(f"no valid sample in {source.name}: skipped {dict(source.skipped)}")
+    indices = select_indices(source, dataset_size, keep_top, score_file, subset_seed)
+    first_valid(source, indices)
+    stream = BatchStream(source, indices, transform=transform, batch_size=batch_size, rank=rank,
+                         world_size=world_size, seed=seed, start_sample=start_sample, context_length=context_length,
+                         ssl_transform=ssl_transform, tokenizer=tokenizer, with_keys=with_keys)
+    return TrainLoader(stream, workers=workers, prefetch=prefetch, skipped=source.skipped, spec=spec)
+
+
+# -----------------------------------------------------------------------------
+# class folders (classification evaluation)
+
+
+class ImageFolderDataset(torch.utils.data.Dataset):
+    """root/CLASS/**/*.jpg: label = position of CLASS among the sorted folder names.
+
+    class_names_file maps folders to readable names (for zero-shot prompts): one name per line in
+    folder order, or `folder<TAB>name` lines. `dataset[i] -> (transform(img), label)` raises
+    SkipSample on a bad image; `batches()` skips those and counts them in `.skipped`.
+    """
+    EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+    def __init__(self, root: str, transform, class_names_file: str = None):
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"no such image folder: {root!r}")
+        self.root, self.transform, self.skipped = root, transform, Counter()
+        self.classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+        self.samples = []  # (path, label)
+        for label, name in enumerate(self.classes):
+            for folder, subfolders, files in os.walk(os.path.join(root, name)):
+                subfolders.sort()
+                self.samples += [(os.path.join(folder, f), label) for f in sorted(files)
+                                 if f.lower().endswith(self.EXTENSIONS)]
+        if not self.samples:
+            raise ValueError(f"no images in class folders under {root!r} (expected root/class/image.jpg)")
+        self.class_names = self.read_class_names(class_names_file) if class_names_file else list(self.classes)
+
+    def read_class_names(self, path: str) -> list[str]:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.rstrip("\n") for line in f if line.strip()]
+        if lines and all("\t" in line for line in lines):
+            mapping = dict(line.split("\t", 1) for line in lines)
+            unnamed = [c for c in self.classes if c not in mapping]
+            if unnamed:
+                raise ValueError(f"{path} names no class for folder {unnamed[0]!r} ({len(unnamed)} missing)")
+            return [mapping[c].strip() for c in self.classes]
+        if len(lines) != len(self.classes):
+            raise ValueError(f"{path} has {len(lines)} names for {len(self.classes)} class folders")
+        return [line.strip() for line in lines]
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        return self.transform(decode_image(read_file(path)), random.Random(index)), label
+
+    def batches(self, batch_size: int = 256, workers: int = 0):
+        """Yield (images [B,3,S,S], labels LongTensor[B]) in order, skipping bad images (counted)."""
+        loader = DataLoader(_SkipToReason(self), batch_size=batch_size, num_workers=workers,
+                            collate_fn=_collate_valid)
+        for images, labels, skipped in loader:
+            self.skipped.update(skipped)
+            if len(labels):
+                yield images, labels
+
+
+class _SkipToReason(torch.utils.data.Dataset):
+    """dataset[i], or the reason it was skipped (an exception would end a DataLoader)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        try:
+            return self.dataset[index]
+        except SkipSample as bad:
+            return bad.reason
+
+
+def _collate_valid(items):
+    valid = [item for item in items if not isinstance(item, str)]
+    images = torch.stack([image for image, _ in valid]) if valid else torch.empty(0)
+    labels = torch.tensor([label for _, label in valid], dtype=torch.long)
+    return images, labels, Counter(item for item in items if isinstance(item, str))
+
+
+# -----------------------------------------------------------------------------
+# converter to tar shards
+
+IMAGE_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # kept byte for byte; others become PNG
+
+
+def shard_samples(source, skipped: Counter):
+    """(key, image bytes, extension, captions) of every valid sample, for write_shards."""
+    for index in range(len(source)):
+        try:
+            data, captions = source.read(index)
+            image = decode_image(data)  # verify before writing: a shard holds only decodable images
+        except SkipSample as bad:
+            skipped[bad.reason] += 1
+            continue
+        if image.format not in IMAGE_FORMATS:
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            data, image.format = buffer.getvalue(), "PNG"
+        yield source.key(index), data, IMAGE_FORMATS[image.format], captions
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tinyclip.data", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    shard = commands.add_parser("shard", help="write pairs to tar shards (img2dataset layout)")
+    shard.add_argument("--input", required=True, help="a CSV/TSV, a folder of images + .txt, shards, or 'synthetic'")
+    shard.add_argument("--output", required=True, help="folder for 00000.tar, 00001.tar, ...")
+    shard.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    shard.add_argument("--csv-img-key", default="filepath", help="CSV column of image paths")
+    shard.add_argument("--csv-caption-key", default="title", help="CSV column of captions")
+    shard.add_argument("--csv-separator", default=None, help="CSV separator (default: from the extension)")
+    args = parser.parse_args(argv)
+    try:
+        source = open_source(args.input, args.csv_img_key, args.csv_caption_key, args.csv_separator)
+        if os.path.isdir(args.output) and any(name.endswith(".tar") for name in os.listdir(args.output)):
+            raise ValueError(f"{args.output} already holds shards; choose an empty folder")
+    except (FileNotFoundError, ValueError) as error:
+        parser.exit(2, f"error: {error}\n")
+    skipped = Counter()
+    paths = tar_shards.write_shards(shard_samples(source, skipped), args.output, args.shard_size)
+    written = len(source) - sum(skipped.values())
+    skipped.update(source.skipped)
+    print(f"wrote {written} samples in {len(paths)} shards to {args.output}; "
+          f"skipped {dict(skipped) or 'none'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""Tar shards in the img2dataset / webdataset layout: shard lists, a header index, reading, writing.
+
+A shard is an uncompressed tar whose members are grouped into samples by key: `KEY.jpg` (or
+.jpeg, .png, .webp) holds the image, `KEY.txt` the caption(s), `KEY.json` optional metadata. The
+key is the member name up to the first dot of its basename (folders inside the tar are kept, so a
+flat img2dataset shard gives keys like `000000123`). tinyclip's own convention for several captions
+per image: one caption per line of `KEY.txt` (img2dataset writes one caption per file, so that is
+read as a single caption; a caption that itself contains newlines would be read as several).
+
+Reading is *indexed*, not streamed: `build_index` reads every shard's tar headers once (tarfile
+seeks over member data on a seekable file, so this costs one 512-byte read per member) and records
+where each sample's image and text bytes lie. tinyclip.data then treats the shards as a map-style
+dataset: exact epochs, exact resume at any world size or worker count, exact subsets and quality
+filters (they need every key anyway). The cost is random reads across shards, which suits local
+disks; copy shards from object storage to local disk first. Only the standard library's tarfile
+is used; nothing here decodes images (tinyclip.data does).
+"""
+
+import glob
+import io
+import json
+import multiprocessing
+import os
+import re
+import tarfile
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+
+# -----------------------------------------------------------------------------
+# shard lists: brace expansion, '::' lists, globs
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Expand shell-style braces: `{00000..00099}` (zero padding kept), `{a,b}`, nested and repeated."""
+    start = pattern.find("{")
+    if start < 0:
+        if "}" in pattern:
+            raise ValueError(f"unbalanced '}}' in shard pattern {pattern!r}")
+        return [pattern]
+    depth, end, commas = 0, None, []
+    for i in range(start, len(pattern)):
+        ch = pattern[i]
+        depth += ch == "{"
+        depth -= ch == "}"
+        if ch == "," and depth == 1:
+            commas.append(i)
+        if depth == 0:
+            end = i
+            break
+    if end is None:
+        raise ValueError(f"unbalanced '{{' in shard pattern {pattern!r}")
+    head, body, tail = pattern[:start], pattern[start + 1:end], pattern[end + 1:]
+    if commas:
+        cuts = [start] + commas + [end]
+        alternatives = [pattern[a + 1:b] for a, b in zip(cuts[:-1], cuts[1:])]
+    else:
+        match = re.fullmatch(r"(-?\d+)\.\.(-?\d+)", body)
+        if match is None:
+            raise ValueError(f"brace group '{{{body}}}' in {pattern!r} is neither 'a,b' nor 'N..M'")
+        first, last = match.groups()
+        padded = (len(first) > 1 and first.startswith("0")) or (len(last) > 1 and last.startswith("0"))
+        width = max(len(first), len(last)) if padded else 0
+        a, b = int(first), int(last)
+        step = 1 if b >= a else -1
+        alternatives = [f"{n:0{width}d}" for n in range(a, b + step, step)]
+    return [out for alt in alternatives for out in expand_braces(head + alt + tail)]
+
+
+def resolve_shards(spec: str) -> tuple[list[str], list[str]]:
+    """Shard paths named by `spec` ('::'-joined patterns; braces; globs), as (existing, missing).
+
+    Missing files are returned rather than raised so that one failed img2dataset shard does not
+    stop a run (the caller counts them); a glob matching nothing, or nothing existing, raises.
+    """
+    existing, missing = [], []
+    for pattern in spec.split("::"):
+        for path in expand_braces(os.path.expanduser(pattern)):
+            if any(ch in path for ch in "*?["):
+                matches = sorted(glob.glob(path))
+                if not matches:
+                    raise FileNotFoundError(f"shard pattern {path!r} matches no file")
+                existing += matches
+            else:
+                (existing if os.path.isfile(path) else missing).append(path)
+    if not existing:
+        raise FileNotFoundError(f"no shard named by {spec!r} exists (first missing: {missing[0]!r})")
+    return existing, missing
+
+
+# -----------------------------------------------------------------------------
+# header index
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """'dir/000123.jpg' -> ('dir/000123', 'jpg'); the extension is everything after the first dot."""
+    folder, base = os.path.split(name)
+    stem, _, ext = base.partition(".")
+    return (os.path.join(folder, stem) if folder else stem), ext.lower()
+
+
+def scan_shard(path: str) -> tuple[list[tuple[str, int, int, int, int]], Counter]:
+    """Read one shard's headers: rows (key, image offset, image size, text offset, text size), skips.
+
+    Samples without an image, without a .txt, or whose data runs past the end of the file (a
+    truncated shard) are left out and counted; an unreadable shard counts as 'corrupt_shard'.
+    """
+    skipped: Counter = Counter()
+    parts: dict[str, dict[str, tuple[int, int]]] = {}
+    try:
+        file_size = os.path.getsize(path)
+        with tarfile.open(path, mode="r:") as tar:  # plain tar: seeks over data, reads headers only
+            while True:
+                try:
+                    member = tar.next()
+                except tarfile.TarError:  # the archive ends inside a member's data
+                    break
+                if member is None:  # the end, or a damaged header that tarfile reads as the end
+                    tar.fileobj.seek(tar.offset)
+                    if tar.fileobj.read(tarfile.BLOCKSIZE).strip(b"\0"):
+                        skipped["corrupt_tar_header"] += 1  # members after it are lost: say so
+                    break
+                if not member.isfile():
+                    continue
+                key, ext = split_member_name(member.name)
+                if member.offset_data + member.size > file_size:
+                    skipped["truncated_member"] += 1
+                    parts.setdefault(key, {})["truncated"] = (0, 0)
+                    continue
+                parts.setdefault(key, {})[ext] = (member.offset_data, member.size)
+    except (tarfile.TarError, OSError):
+        skipped["corrupt_shard"] += 1
+        return [], skipped
+    rows = []
+    for key, found in parts.items():
+        image = next((found[e] for e in IMAGE_EXTENSIONS if e in found), None)
+        if "truncated" in found and (image is None or "txt" not in found):
+            continue  # already counted as truncated_member
+        if image is None:
+            skipped["missing_image"] += 1
+        elif "txt" not in found:
+            skipped["missing_caption"] += 1
+        else:
+            rows.append((key, *image, *found["txt"]))
+    return rows, skipped
+
+
+@dataclass
+class TarIndex:
+    """Where every sample's bytes lie: `keys[i]` is in `shards[shard[i]]` at image/text (offset, size)."""
+    shards: list[str]
+    keys: list[str]
+    shard: np.ndarray  # N, int32
+    image: np.ndarray  # N, 2 int64 (offset, size)
+    text: np.ndarray  # N, 2 int64
+    skipped: Counter = field(default_factory=Counter)
+
+
+def build_index(paths: list[str], processes: int = None) -> TarIndex:
+    """Scan the headers of all shards, in parallel processes when there are many.
+
+    Parsing headers costs about 30 us per member in Python, so a process pool pays off beyond a few
+    shards. It forks, as DataLoader workers do on Linux (spawn would re-run the caller's script);
+    where fork does not exist the scan runs in this process.
+    """
+    if processes is None:
+        processes = min(os.cpu_count() or 1, 16) if len(paths) >= 8 else 1
+    processes = max(1, min(processes, len(paths)))
+    if processes > 1 and "fork" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(processes, mp_context=context) as pool:
+            scans = list(pool.map(scan_shard, paths, chunksize=max(1, len(paths) // (4 * processes))))
+    else:
+        scans = [scan_shard(path) for path in paths]
+    keys, shard, locations, skipped = [], [], [], Counter()
+    for shard_id, (rows, shard_skipped) in enumerate(scans):
+        skipped.update(shard_skipped)
+        keys += [row[0] for row in rows]
+        shard += [shard_id] * len(rows)
+        locations += [row[1:] for row in rows]
+    where = np.asarray(locations, dtype=np.int64).reshape(-1, 4)
+    return TarIndex(list(paths), keys, np.asarray(shard, dtype=np.int32), where[:, :2], where[:, 2:], skipped)
+
+
+class ShardReader:
+    """Reads byte ranges from shards, keeping a few files open per process.
+
+    Handles are never shared between processes: a forked DataLoader worker would otherwise share
+    the parent's file offsets, and its seeks would race with the parent's.
+    """
+
+    def __init__(self, paths: list[str], max_open: int = 32):
+        self.paths, self.max_open, self._open, self._pid = paths, max_open, {}, os.getpid()
+
+    def read(self, shard_id: int, offset: int, size: int) -> bytes:
+        if self._pid != os.getpid():  # inherited through fork: start afresh
+            self._open, self._pid = {}, os.getpid()
+        handle = self._open.pop(shard_id, None)  # re-inserted below: most recently used last
+        if handle is None:
+            if len(self._open) >= self.max_open:
+                self._open.pop(next(iter(self._open))).close()
+            handle = open(self.paths[shard_id], "rb")
+        self._open[shard_id] = handle
+        handle.seek(offset)
+        data = handle.read(size)
+        if len(data) != size:
+            raise EOFError(f"{self.paths[shard_id]}: member at {offset} is truncated")
+        return data
+
+    def __getstate__(self):
+        return {"paths": self.paths, "max_open": self.max_open, "_open": {}, "_pid": None}
+
+
+# -----------------------------------------------------------------------------
+# writing
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644  # fixed metadata: same input, same bytes
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shards(samples, output_dir: str, shard_size: int = 1000) -> list[str]:
+    """Write (source_key, image_bytes, image_ext, captions) samples to output_dir/00000.tar, ...
+
+    Keys are img2dataset-style running numbers (shard number, then position); KEY.json records the
+    sample's original key as "source", KEY.txt holds one caption per line. Shards are written under
+    a temporary name and renamed when complete, so a crash never leaves a truncated shard.
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    os.makedirs(output_dir, exist_ok=True)
+    width = len(str(shard_size - 1))
+    written, tar, count = [], None, 0
+    for source_key, image_bytes, ext, captions in samples:
+        shard_id, position = divmod(count, shard_size)
+        if position == 0:
+            if tar is not None:
+                tar.close()
+                os.replace(written[-1] + ".tmp", written[-1])
+            written.append(os.path.join(output_dir, f"{shard_id:05d}.tar"))
+            tar = tarfile.open(written[-1] + ".tmp", mode="w")
+        key = f"{shard_id:05d}{position:0{width}d}"
+        text = "\n".join(" ".join(c.split("\n")) for c in captions)
+        _add_member(tar, f"{key}.{ext}", image_bytes)
+        _add_member(tar, f"{key}.txt", text.encode("utf-8"))
+        _add_member(tar, f"{key}.json", json.dumps({"key": key, "source": source_key}).encode("utf-8"))
+        count += 1
+    if tar is not None:
+        tar.close()
+        os.replace(written[-1] + ".tmp", written[-1])
+    return written
