@@ -109,18 +109,19 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm1d whose training statistics cover the global batch across ranks.
 
     What SyncBatchNorm does, written with the gather above so it runs on any backend (torch's
-    SyncBatchNorm is GPU-only, and the CPU tests use gloo) and only the per-channel sums travel.
+    SyncBatchNorm is GPU-only, and the CPU tests use gloo) and only per-channel sums travel.
     On a single process it is exactly nn.BatchNorm1d.
     """
 
     def forward(self, x):                                          # n, C
         if not (self.training and _distributed()):
             return super().forward(x)
-        sums = torch.stack([x.sum(0), (x * x).sum(0)]).float()     # 2, C
-        sums = gather_with_grad(sums[None]).sum(0)                 # 2, C over every rank
         count = x.shape[0] * dist.get_world_size()
-        mean = sums[0] / count
-        var = (sums[1] / count - mean * mean).clamp(min=0)         # biased, as BatchNorm normalises
+        xf = x.float()
+        # Two passes (mean, then squared deviations), as BatchNorm itself computes them: the
+        # one-pass E[x^2] - E[x]^2 loses digits that SLIP's low temperature then amplifies.
+        mean = gather_with_grad(xf.sum(0)[None]).sum(0) / count                 # C
+        var = gather_with_grad(((xf - mean) ** 2).sum(0)[None]).sum(0) / count  # C, biased
         with torch.no_grad():
             m = self.momentum
             self.running_mean.mul_(1 - m).add_(m * mean)
