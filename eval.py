@@ -1,0 +1,227 @@
+"""Evaluate a CLIP checkpoint the way "Scaling (Down) CLIP" (Li, Xie, Cubuk 2024) does: zero-shot
+classification (and its robustness average), image-text retrieval, linear probe, few-shot, and the
+image-text scores its data-quality study filters by. The tasks themselves are tinyclip/tasks.py.
+
+    python eval.py --checkpoint runs/latest/ckpt.pt --task zeroshot retrieval --data synthetic
+    python eval.py --checkpoint ckpt.pt --task linear-probe fewshot --data synthetic --fewshot-k 5 10
+    python eval.py --checkpoint ckpt.pt --task score --data synthetic:noise=0.3,size=5000 --out scores.csv
+        (then: python train.py --data synthetic:noise=0.3,size=5000 --keep-top 0.4 --scores scores.csv)
+    python eval.py --openai ViT-B-32.pt --task zeroshot --data /data/imagenet/val --classnames imagenet
+    python eval.py --openai ViT-B-32.pt --task zeroshot --classnames imagenet \\
+        --data /data/imagenetv2 /data/imagenet-a /data/imagenet-r /data/objectnet \\
+        --class-subset none imagenet-a imagenet-r objectnet_to_imagenet.json     (one robustness table)
+    python eval.py --openai ViT-B-32.pt --task retrieval --data coco/dataset_coco.json --image-root coco/
+
+Prints one aligned table per task and writes every number to --json. Errors are one line,
+`eval.py: error: ...`, with exit status 2.
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+from tinyclip import tasks
+from tinyclip.checkpoint import load_checkpoint
+from tinyclip.evaluation import average_over_datasets, feature_fingerprint
+from tinyclip.model import load_openai
+
+TASKS = ("zeroshot", "retrieval", "linear-probe", "fewshot", "score")
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="eval.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    g = p.add_argument_group("model (one of)")
+    which = g.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="a tinyclip checkpoint (train.py's ckpt.pt or a step file)")
+    which.add_argument("--openai", help="OpenAI CLIP weights (TorchScript .pt or state_dict) or an open_clip state_dict")
+
+    g = p.add_argument_group("what to run")
+    g.add_argument("--task", nargs="+", default=["zeroshot"], help=f"one or more of: {', '.join(TASKS)}")
+    g.add_argument("--data", nargs="+", default=None,
+                   help="datasets (default: synthetic): 'synthetic' (built in), ImageFolder dirs (classification), CSV/TSV, tar shards or "
+                        "a COCO-style captions .json (retrieval, score); zeroshot over several gives their average")
+    g.add_argument("--train-data", help="linear-probe/fewshot: training ImageFolder (default: synthetic train split "
+                                        "when --data is synthetic)")
+    g.add_argument("--test-data", help="linear-probe/fewshot: test ImageFolder (default: the single --data)")
+    g.add_argument("--out", help="score: the key,score CSV to write (train.py --scores)")
+    g.add_argument("--json", help="write all results to this JSON file")
+
+    g = p.add_argument_group("zero-shot")
+    g.add_argument("--classnames", help="'imagenet' (the 1000 shipped names), a file (one per line in folder order, "
+                                        "or folder<TAB>name), default: the folder names")
+    g.add_argument("--templates", help="'imagenet' (CLIP's 80), 'generic' (6 plain ones) or a file "
+                                       "(default: CLIP's 80 on folders, the label set's on synthetic)")
+    g.add_argument("--class-subset", nargs="+",
+                   help="per --data entry (or one for all): 'none', 'imagenet-a', 'imagenet-r', a .txt of class "
+                        "indices, or an ObjectNet-style .json {folder: [class indices]}")
+
+    g = p.add_argument_group("synthetic data")
+    g.add_argument("--label-set", default="shape-color", help="synthetic classes: shape, color or shape-color")
+    g.add_argument("--size", type=int, default=1000, help="images of the synthetic val split to evaluate on")
+    g.add_argument("--train-size", type=int, default=2000, help="images of the synthetic train split for probes")
+
+    g = p.add_argument_group("probes")
+    g.add_argument("--fewshot-k", type=int, nargs="+", default=[5, 10], help="examples per class for fewshot")
+    g.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="fewshot sampling seeds (mean, std)")
+    g.add_argument("--weight-decay", type=float, default=None,
+                   help="fix the probe's L2 weight decay (default: chosen on a held-out 20%% of the training set)")
+
+    g = p.add_argument_group("pairs (retrieval, score)")
+    g.add_argument("--image-root", help="folder the captions JSON's image paths are relative to (default: its folder)")
+    g.add_argument("--split", default="test", help="Karpathy captions JSON split to use")
+    g.add_argument("--csv-img-key", default="filepath", help="CSV/TSV column of image paths")
+    g.add_argument("--csv-caption-key", default="title", help="CSV/TSV column of captions")
+
+    g = p.add_argument_group("running")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    g.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast dtype")
+    g.add_argument("--batch-size", type=int, default=256, help="images (or captions) per forward pass")
+    g.add_argument("--workers", type=int, default=0, help="data loader processes")
+    g.add_argument("--cache", help="folder for cached image features (zeroshot and probes)")
+    g.add_argument("--crop-ratio", type=float, default=None,
+                   help="eval centre-crop ratio (default 0.875; 1.0 for --openai and on synthetic data)")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# Model and tasks
+
+def load_model(args):
+    """(model on args.device in eval mode, {path, normalize, arch, image_size}); ValueError when unreadable."""
+    if args.checkpoint:
+        try:
+            model, ckpt = load_checkpoint(args.checkpoint)
+        except FileNotFoundError:
+            raise
+        except Exception as error:
+            raise ValueError(f"{error} (OpenAI/open_clip weights: use --openai)".replace("\n", " ")) from None
+        path, normalize = args.checkpoint, (ckpt.get("args") or {}).get("normalize", "clip")
+    else:
+        try:
+            model = load_openai(args.openai)
+        except FileNotFoundError:
+            raise
+        except Exception as error:
+            raise ValueError(f"{args.openai} is not an OpenAI/open_clip checkpoint ({type(error).__name__}: "
+                             f"{error}; tinyclip checkpoints: use --checkpoint)".replace("\n", " ")) from None
+        path, normalize = args.openai, "clip"
+        if args.crop_ratio is None:
+            args.crop_ratio = 1.0  # OpenAI's preprocessing: resize the shorter side to S, centre crop S
+    info = {"path": path, "arch": model.config.arch, "image_size": model.visual.image_size, "normalize": normalize}
+    return model.to(args.device).eval(), info
+
+
+def dataset_names(paths):
+    """Short table names: 'synthetic' or the folder/file name (full path when two would clash)."""
+    short = [os.path.basename(os.path.normpath(p)) or p for p in paths]
+    return [s if short.count(s) == 1 else p for s, p in zip(short, paths)]
+
+
+def probe_data(args):
+    """(train, test) for the probes: --train-data/--test-data, or the synthetic train and val splits."""
+    data = args.data or ["synthetic"]
+    if args.train_data is None:
+        if data != ["synthetic"] or args.test_data not in (None, "synthetic"):
+            raise ValueError("linear-probe and fewshot need --train-data (and --test-data) unless --data is synthetic")
+        return "synthetic", "synthetic"
+    if args.test_data is None and (args.data is None or len(args.data) != 1):
+        raise ValueError("linear-probe and fewshot with --train-data need --test-data (or one --data)")
+    return args.train_data, args.test_data or args.data[0]
+
+
+def run_task(task, model, info, args):
+    """{dataset name: metrics} for one task."""
+    common = dict(normalize=info["normalize"], device=args.device, precision=args.precision,
+                  batch_size=args.batch_size, workers=args.workers, crop_ratio=args.crop_ratio)
+    cached = dict(cache_dir=args.cache, fingerprint=feature_fingerprint(info["path"], "model", ""))
+    sources = dict(csv_img_key=args.csv_img_key, csv_caption_key=args.csv_caption_key)
+    data = args.data or ["synthetic"]
+    names = dataset_names(data)
+    if task == "zeroshot":
+        subsets = args.class_subset or ["none"]
+        if len(subsets) not in (1, len(data)):
+            raise ValueError(f"--class-subset has {len(subsets)} values for {len(data)} --data entries")
+        subsets = subsets * len(data) if len(subsets) == 1 else subsets
+        results = {name: tasks.zeroshot(model, spec, label_set=args.label_set, size=args.size,
+                                        class_names=args.classnames, templates=args.templates,
+                                        class_subset=None if subset == "none" else subset, **common, **cached)
+                   for name, spec, subset in zip(names, data, subsets)}
+        if len(results) > 1:  # the paper's robustness number: the unweighted mean top-1
+            results["average"] = {"top1": average_over_datasets({k: v["top1"] for k, v in results.items()})["average"]}
+        return results
+    if task == "retrieval":
+        return {name: tasks.retrieval(model, spec, size=args.size, image_root=args.image_root, split=args.split,
+                                      **common, **sources) for name, spec in zip(names, data)}
+    if task in ("linear-probe", "fewshot"):
+        train, test = probe_data(args)
+        kwargs = dict(label_set=args.label_set, size=args.size, train_size=args.train_size,
+                      weight_decay=args.weight_decay, **common, **cached)
+        if task == "fewshot":
+            kwargs.update(ks=args.fewshot_k, seeds=args.seeds)
+        run = tasks.linear_probe if task == "linear-probe" else tasks.fewshot
+        return {dataset_names([test])[0]: run(model, train, test, **kwargs)}
+    if args.out is None or len(data) != 1:
+        raise ValueError("score needs one --data and --out FILE for the key,score CSV")
+    return {names[0]: tasks.score(model, data[0], args.out, **common, **sources)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+def flatten(metrics, prefix=""):
+    """Nested metrics -> {"5-shot.mean": 0.41, ...}: numbers, strings and None only (lists dropped)."""
+    flat = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        elif not isinstance(value, (list, tuple)):
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def format_table(task, results):
+    """One row per dataset, one aligned column per metric ('-' where a row has none)."""
+    rows = {name: flatten(metrics) for name, metrics in results.items()}
+    columns = list(dict.fromkeys(key for row in rows.values() for key in row))
+
+    def cell(value):
+        if value is None:
+            return "-"
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    table = [[task, *columns]] + [[name, *(cell(row.get(c)) for c in columns)] for name, row in rows.items()]
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(text.ljust(w) if i == 0 else text.rjust(w) for i, (text, w) in
+                               enumerate(zip(line, widths))) for line in table)
+
+
+def main(argv=None):
+    """Parse, load the model, run every task, print the tables, write --json; returns the results dict."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    unknown = [task for task in args.task if task not in TASKS]
+    if unknown:
+        parser.exit(2, f"eval.py: error: unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}\n")
+    try:
+        model, info = load_model(args)
+        results = {"model": info}
+        for task in dict.fromkeys(args.task):  # each task once, in the order given
+            results[task] = run_task(task, model, info, args)
+            print(format_table(task, results[task]) + "\n")
+    except (FileNotFoundError, ValueError) as error:
+        parser.exit(2, f"eval.py: error: {' '.join(str(error).split())}\n")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"wrote {args.json}", file=sys.stderr)
+    return results
+
+
+if __name__ == "__main__":
+    main()
