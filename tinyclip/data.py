@@ -223,8 +223,11 @@ class TrainLoader:
     def __init__(self, stream: BatchStream, *, workers: int, prefetch: int, skipped: Counter, spec: str):
         self.stream, self.spec, self.skipped = stream, spec, Counter(skipped)
         self.num_samples = len(stream.indices)
+        # Our own generator: DataLoader would otherwise draw its worker seed from the global RNG at
+        # each iter(), shifting the FLIP masks a resumed run replays from its checkpoint.
         self.loader = DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=workers > 0,
-                                 pin_memory=torch.cuda.is_available(), prefetch_factor=prefetch if workers else None)
+                                 pin_memory=torch.cuda.is_available(), prefetch_factor=prefetch if workers else None,
+                                 generator=torch.Generator().manual_seed(0))
 
     def __iter__(self):
         for batch in self.loader:
