@@ -1,0 +1,124 @@
+"""Checkpoints: one self-contained file per save, written atomically, read safely.
+
+A checkpoint is a dict
+    {"model", "config", "optimizer", "scaler", "step", "samples_seen", "args", "rng", "data_state"}
+(plus "ssl_head" for SLIP runs). "config" is the model's CLIPConfig as a plain dict, so
+`load_checkpoint(path)` rebuilds the model from the file alone. Files are written to a temporary
+name and renamed into place, so a crash mid-write never leaves a half-written file under a
+checkpoint's name, and read with `torch.load(weights_only=True)`, which cannot run code.
+"""
+
+import os
+import random
+import re
+import warnings
+from pathlib import Path
+
+import torch
+
+CHECKPOINT_KEYS = ("model", "config", "optimizer", "scaler", "step", "samples_seen", "args", "rng",
+                   "data_state")
+_STEP_FILE = re.compile(r"step_(\d+)\.pt$")
+
+
+# -----------------------------------------------------------------------------
+# writing
+
+
+def save_atomic(obj, path) -> None:
+    """torch.save to `path` via a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict:
+    """Every RNG a training step draws from (FLIP masks, dropout, SLIP's head init...)."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def step_checkpoint_path(out_dir, step: int) -> Path:
+    return Path(out_dir) / "checkpoints" / f"step_{step:08d}.pt"
+
+
+def prune_checkpoints(out_dir, keep: int) -> None:
+    """Delete all but the newest `keep` step checkpoints (keep <= 0 keeps them all)."""
+    if keep <= 0:
+        return
+    for path in list_step_checkpoints(out_dir)[:-keep]:
+        path.unlink(missing_ok=True)
+
+
+# -----------------------------------------------------------------------------
+# reading
+
+
+def read_checkpoint(path) -> dict:
+    """torch.load with weights_only=True; a clear error for a missing or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated zip, a pickle with code in it, not a torch file at all...
+        raise ValueError(f"{path} is not a readable tinyclip checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise ValueError(f"{path} is not a tinyclip checkpoint (no 'model' and 'config' entries)")
+    return ckpt
+
+
+def list_step_checkpoints(out_dir) -> list:
+    """The step checkpoints of a run, oldest first."""
+    folder = Path(out_dir) / "checkpoints"
+    found = [(int(m.group(1)), p) for p in folder.glob("step_*.pt") if (m := _STEP_FILE.search(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_valid_checkpoint(out_dir):
+    """(path, checkpoint) of the newest checkpoint in out_dir that reads cleanly, else (None, None).
+
+    The final `ckpt.pt` and the step checkpoints compete on their step; a corrupt or half-written
+    file is skipped with a warning in favour of the one before it.
+    """
+    newest_first = list(reversed(list_step_checkpoints(out_dir)))
+    final = Path(out_dir) / "ckpt.pt"
+    if final.is_file():
+        newest_first.insert(0, final)
+    best = (None, None)
+    for path in newest_first:
+        try:
+            ckpt = read_checkpoint(path)
+        except ValueError as e:
+            warnings.warn(f"skipping unreadable checkpoint: {e}")
+            continue
+        if best[1] is None or ckpt["step"] > best[1]["step"]:
+            best = (path, ckpt)
+        if path != final:  # step files are in step order: the first readable one is the newest
+            break
+    return best
+
+
+def load_checkpoint(path, device="cpu"):
+    """Rebuild a trained model from a checkpoint file alone: returns (model in eval mode, ckpt)."""
+    from .model import build_model  # model.py imports nothing from here; keep it that way
+
+    ckpt = read_checkpoint(path)
+    model = build_model(ckpt["config"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt
