@@ -57,6 +57,10 @@ VISION_PRESETS = {
     "swin-t": dict(kind="swin", patch_size=4, window_size=7, base_width=96, depths=[2, 2, 6, 2],
                    heads=[3, 6, 12, 24], drop_path_rate=0.2),
     "mixer-b-32": dict(kind="mixer", patch_size=32, width=768, layers=12, token_mlp_dim=384, channel_mlp_dim=3072),
+    # micro ViTs shaped like the paper's Ti/S/B family (same depth, width 1:2:4) for scripts/reproduce.py
+    "vit-ti-micro": dict(kind="vit", width=32, layers=4, heads=1, patch_size=8),
+    "vit-s-micro": dict(kind="vit", width=64, layers=4, heads=2, patch_size=8),
+    "vit-b-micro": dict(kind="vit", width=128, layers=4, heads=4, patch_size=8),
     # tiny towers for tests and CPU smoke runs (image 32; swin: patch 2 x window 2 x 8 = 32)
     "vit-test": dict(kind="vit", width=64, layers=2, heads=2, patch_size=8),
     "rn-test": dict(kind="resnet", layers=[1, 1, 1, 1], width=8),

@@ -1,0 +1,206 @@
+"""scripts/reproduce.py, the paper's four studies at micro scale: a smoke run of the smallest study (two
+quantity points, a few steps each) writes the runs CSV with the expected columns and consistent compute,
+a non-blank figure and a summary with the findings table; the real-data mode builds the paper's
+train.py/eval.py commands (ViT-B/32, ViT-B text tower, 16 tokens, Adafactor, lr 1e-3, wd 1e-4, FLIP's
+doubled batch); the quick grid trains every strategy on exactly the samples its row claims; the Pillow
+plotting helper draws what it is given; and the agreement rule of scripts/findings.py gives known
+verdicts on hand-made results."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageColor
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import findings  # noqa: E402
+import plots  # noqa: E402
+import report  # noqa: E402
+import reproduce  # noqa: E402
+
+# -----------------------------------------------------------------------------
+# the smoke run, end to end (in a subprocess: it registers micro presets in the process it runs in)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    proc = subprocess.run([sys.executable, "scripts/reproduce.py", "--smoke", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out, proc.stdout
+
+
+def test_smoke_writes_the_runs_table(smoke):
+    out, _ = smoke
+    with open(out / "runs.csv") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert tuple(reader.fieldnames) == report.CSV_COLUMNS
+    assert len(rows) == 2  # one dataset size x two epoch counts, one seed
+    assert sorted(int(r["samples_seen"]) for r in rows) == [128, 256]
+    for row in rows:
+        assert row["study"] == "quantity" and row["arch"] == "vit-s-micro" and row["strategy"] == "clip"
+        assert int(row["samples_seen"]) == int(row["dataset_size"]) * float(row["epochs"])
+        assert float(row["total_compute_gflops"]) == pytest.approx(
+            float(row["gflops_per_sample"]) * int(row["samples_seen"]), rel=1e-3)
+        for metric in ("zeroshot_top1", "linear_probe_top1", "retrieval_r1", "retrieval_i2t_r1", "retrieval_t2i_r1"):
+            assert 0.0 <= float(row[metric]) <= 1.0
+        assert float(row["retrieval_r1"]) == pytest.approx((float(row["retrieval_i2t_r1"]) + float(row["retrieval_t2i_r1"])) / 2)
+        assert float(row["wall_s"]) > 0
+    points = json.loads((out / "runs.json").read_text())["points"]
+    assert len(points) == 2 and all(p["n"] == 1 for p in points)
+    # each run keeps its numbers and logs; its checkpoint is dropped once evaluated
+    assert len(list(out.glob("runs/*/result.json"))) == 2 and not list(out.glob("runs/*/ckpt.pt"))
+
+
+def test_smoke_draws_a_figure_and_writes_the_summary(smoke):
+    out, stdout = smoke
+    image = Image.open(out / "quantity.png").convert("L")
+    assert image.width >= 900 and image.height >= 500
+    assert (np.asarray(image) < 200).sum() > 2000  # axes, text and lines, not a blank page
+    summary = (out / "summary.md").read_text()
+    for text in ("## Settings", "## The paper's findings, one by one", "| Q1 |", "| Q2 |", "### quantity",
+                 "![quantity](quantity.png)", "vit-s-micro", "## Not covered"):
+        assert text in summary
+    assert "| D1a |" not in summary  # studies that did not run are left out
+    assert "Q1" in stdout and "wrote" in stdout
+
+
+# -----------------------------------------------------------------------------
+# the plan and the real-data commands (nothing is trained)
+
+
+def test_quick_grid_trains_exactly_the_samples_each_row_claims():
+    grid, scale = reproduce.PRESETS["quick"], reproduce.MICRO
+    runs = reproduce.plan(grid, scale, "synthetic", reproduce.STUDIES, pool_size=grid.quality_pool)
+    assert {r.study for r in runs} == set(reproduce.STUDIES) and {r.seed for r in runs} == {0, 1}
+    for run in runs:  # whole steps for every strategy, FLIP's doubled batch included: equal samples seen is exact
+        assert run.samples_seen % reproduce.batch_size(scale, run.strategy) == 0, run
+    argvs = [reproduce.train_argv(r, scale, Path("scores.csv")) for r in runs]
+    flip = next(a for a in argvs if a[a.index("--strategy") + 1] == "flip")
+    assert flip[flip.index("--batch-size") + 1] == str(2 * scale.batch_size)
+    # the text tower is the same for every run; trainings shared between studies are run once
+    assert {a[a.index("--text-arch") + 1] for a in argvs} == {scale.text_arch}
+    ids = [reproduce.train_id(a) for a in argvs]
+    assert len(set(ids)) < len(ids)
+    clip_3072_one_epoch = [i for r, i in zip(runs, ids) if r.strategy == "clip" and r.dataset_size == 3072
+                           and r.samples_seen == 3072 and r.seed == 0]
+    assert len(clip_3072_one_epoch) == 2 and len(set(clip_3072_one_epoch)) == 1  # quantity and strategy share it
+
+
+def test_real_data_builds_the_papers_commands(monkeypatch):
+    monkeypatch.setattr(reproduce, "gflops", lambda *args: 1.0)  # counting ViT-B FLOPs is beside the point here
+    out = io.StringIO()
+    with redirect_stdout(out):
+        reproduce.main(["--data", "shards/{00000..00009}.tar", "--eval-data", "imagenet/val", "--retrieval-data",
+                        "coco/dataset_coco.json", "--probe-train", "imagenet/train", "--probe-test", "imagenet/val",
+                        "--studies", "quantity", "strategy", "--gpus", "8", "--dry-run", "--out", "/nonexistent"])
+    lines = out.getvalue().splitlines()
+    train = [line for line in lines if "train.py" in line]
+    evals = [line for line in lines if line.startswith("python eval.py")]
+    assert train and all(line.startswith("torchrun --nproc_per_node=8 train.py") for line in train)
+    for flag in ("--arch vit-b-32", "--text-arch vit-b", "--context-length 16", "--lr 0.001", "--wd 0.0001",
+                 "--optimizer adafactor", "--normalize pm1", "--image-size 224", "--eval-data none"):
+        assert all(flag in line for line in train), flag
+    assert any("--strategy flip" in line and "--batch-size 32768" in line for line in train)
+    assert any("--strategy clip " in line and "--batch-size 16384" in line for line in train)
+    assert any("--dataset-size 25000000 " in line and "--samples-seen 50000000 " in line for line in train)
+    assert any("--task zeroshot" in line and "--classnames imagenet" in line for line in evals)
+    assert any("--task retrieval" in line for line in evals) and any("--task linear-probe" in line for line in evals)
+    assert not Path("/nonexistent").exists()
+
+
+# -----------------------------------------------------------------------------
+# the plotting helper
+
+
+def test_line_chart_draws_its_series():
+    series = [plots.Series("a", [(1e3, 80.0, 2.0), (1e4, 60.0, 1.0)]), plots.Series("b", [(2e3, 70.0, 0.0)])]
+    chart = plots.line_chart(series, title="t", x_label="samples seen", y_label="error (%)", size=(400, 300))
+    assert chart.size == (400, 300)
+    colours = {tuple(c) for c in np.asarray(chart).reshape(-1, 3)}
+    assert ImageColor.getrgb(plots.PALETTE[0]) in colours and ImageColor.getrgb(plots.PALETTE[1]) in colours
+    with_legend = plots.line_chart(series, title="t", x_label="x", y_label="y", size=(400, 300), legend=True)
+    assert with_legend.width == 400 and with_legend.height > 300
+    empty = plots.line_chart([], title="t", x_label="x", y_label="y", size=(400, 300))
+    assert len(np.unique(np.asarray(empty).reshape(-1, 3), axis=0)) > 1  # axes and a note, not a blank image
+    grid = plots.figure([chart] * 5, columns=3, title="T", legend=series)
+    assert grid.width == 1200 and grid.height > 600
+
+
+def test_ticks():
+    assert plots.log_ticks(900, 40_000) == [1000, 2000, 5000, 10_000, 20_000]
+    assert plots.log_ticks(119, 343, fallback=[128, 320]) == [200, 300]
+    assert plots.linear_ticks(41.3, 89.0) == [40, 50, 60, 70, 80, 90]
+    assert [plots.si(v) for v in (1500, 2e6, 0.05, 0)] == ["1.5k", "2M", "0.05", "0"]
+
+
+# -----------------------------------------------------------------------------
+# the agreement rule
+
+
+def point(study, zeroshot, std=0.0, n=2, **fields):
+    return {"study": study, "zeroshot": zeroshot, "zeroshot_std": std, "probe": zeroshot, "probe_std": std,
+            "retrieval": zeroshot, "retrieval_std": std, "n": n, "setting": fields.pop("setting", "s"), **fields}
+
+
+def test_decision_rule():
+    a, b = point("x", 0.50, std=0.02), point("x", 0.45, std=0.02)  # margin = hypot(0.02, 0.02) / sqrt(2) = 0.02
+    assert findings.beats(a, b, "zeroshot")[0] == findings.AGREES
+    assert findings.beats(b, a, "zeroshot")[0] == findings.DISAGREES
+    assert findings.beats(point("x", 0.46, std=0.02), b, "zeroshot")[0] == findings.INCONCLUSIVE
+    A, D, I, N = findings.AGREES, findings.DISAGREES, findings.INCONCLUSIVE, findings.NOT_TESTED
+    assert findings.combine([A, A, N]) == A and findings.combine([D, D]) == D and findings.combine([I, N]) == I
+    assert findings.combine([A, D]) == findings.PARTLY and findings.combine([A, I]) == findings.PARTLY
+    assert findings.combine([N]) == N and findings.combine([]) == N
+
+
+def quantity_points(small_gain, large_gain):
+    return [point("quantity", zs, std=0.005, dataset_size=size, epochs=epochs, samples_seen=size * epochs)
+            for size, gain in ((1000, small_gain), (9000, large_gain))
+            for epochs, zs in ((1, 0.2), (4, 0.2 + gain))]
+
+
+@pytest.mark.parametrize("small_gain,large_gain,verdict", [(0.01, 0.10, findings.AGREES),
+                                                            (0.10, 0.01, findings.DISAGREES),
+                                                            (0.05, 0.051, findings.INCONCLUSIVE)])
+def test_epochs_finding(small_gain, large_gain, verdict):
+    checks = {f.key: f for f in findings.check_all(quantity_points(small_gain, large_gain), base_arch="v", vits=[])}
+    assert checks["Q1"].verdict == verdict
+    assert checks["R2"].verdict == verdict  # Recommendation 2 rests on Q1 alone
+    assert checks["D1a"].verdict == findings.NOT_TESTED and checks["Q3"].verdict == findings.NOT_TESTED
+    assert any("+1.0 pts" in e or "+10.0 pts" in e or "+5.0 pts" in e for e in checks["Q1"].evidence)
+
+
+def test_quality_findings():
+    values = {0.2: 0.30, 0.4: 0.40, 0.6: 0.38, 0.8: 0.36, 1.0: 0.33}
+    pts = [point("quality", zs, std=0.01, keep_top=k, regime=regime, setting=f"top {k}")
+           for regime in ("equal-samples", "one-epoch") for k, zs in values.items()]
+    checks = {f.key: f for f in findings.check_all(pts, base_arch="v", vits=[])}
+    assert checks["D1a"].verdict == checks["D1b"].verdict == checks["D2"].verdict == findings.AGREES
+    assert checks["D3"].verdict == findings.DISAGREES  # retrieval peaks at 40% here, not at 80%
+    assert checks["R1"].verdict == findings.PARTLY
+    assert "top 40% 40.0±1.0 vs top 100% 33.0±1.0" in checks["D1a"].evidence[0]
+
+
+def test_equal_compute_interpolation():
+    curve = [{"compute": 10.0, "zeroshot": 0.2, "zeroshot_std": 0.0, "n": 2},
+             {"compute": 1000.0, "zeroshot": 0.4, "zeroshot_std": 0.0, "n": 2}]
+    assert findings.interpolate(curve, 100.0, "zeroshot")[0] == pytest.approx(0.3)  # halfway in log compute
+    assert findings.interpolate(curve, 5000.0, "zeroshot") is None
+
+
+def test_markdown_table_lists_caveats_of_findings_that_do_not_agree():
+    checks = findings.check_all(quantity_points(0.10, 0.01), base_arch="v", vits=[])
+    text = findings.markdown_table([c for c in checks if c.key in ("Q1", "Q2")])
+    assert text.startswith("| | Paper (PAPER.md) | Micro-scale result | Verdict |")
+    assert "**disagrees**" in text and "- **Q1** (disagrees):" in text
