@@ -31,6 +31,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from tinyclip.convnext import DropPath, linear_drop_path_rates
+from tinyclip.mixer import Mlp  # the same two-layer GELU MLP (timm names: fc1, fc2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,17 +114,6 @@ class WindowAttention(nn.Module):
             attn = attn.masked_fill(~allowed[None, :, None], float("-inf")).view(Bw, -1, N, N)
         x = attn.softmax(dim=-1) @ v  # Bw, heads, N, C / heads
         return self.proj(x.transpose(1, 2).reshape(Bw, N, C))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class SwinBlock(nn.Module):
