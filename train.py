@@ -158,6 +158,10 @@ def strategy_settings(args) -> Strategy:
 def setup_distributed():
     """(rank, world_size, device) from torchrun's environment; a plain process is rank 0 of 1."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if not torch.cuda.is_available() and os.environ.get("OMP_NUM_THREADS") == "1":
+        # torchrun sets OMP_NUM_THREADS=1 in every worker it starts; on CPUs that leaves all but
+        # one core idle per process. Share the node's cores among its processes instead.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     if world_size == 1:
         return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -471,7 +475,7 @@ def run(args, rank, world_size, device):
         out.mkdir(parents=True, exist_ok=True)
         (out / "args.json").write_text(json.dumps(vars(args), indent=1))
         print(f"{args.strategy} | {args.arch} + {model.config.text_arch} text | {total_steps} steps x "
-              f"{args.batch_size} = {args.samples_seen} samples | {flops['total']:.2f} GFLOPs/sample "
+              f"{args.batch_size} = {total_steps * args.batch_size} samples | {flops['total']:.2f} GFLOPs/sample "
               f"(train, 1 multiply-add = 2 FLOPs) | {world_size} x {device.type}")
     log_file = open(out / "log.jsonl", "a") if rank == 0 else None
     bar = _progress(rank, total_steps, step)
