@@ -32,7 +32,8 @@ Studies:
     python scripts/bench.py --quick
     python scripts/bench.py --archs vit-s-16,vit-b-32 --precisions fp32,bf16 --batch-sizes 32 --markdown b.md
     python scripts/bench.py --study accum --archs vit-ti-16 --batch-sizes 512 --memory-budget-gb 16
-    python scripts/bench.py --study targets --reference-tokenizer /path/to/clip/simple_tokenizer.py
+    python scripts/bench.py --study targets --reference-tokenizer /path/to/clip/simple_tokenizer.py \\
+        --open-clip /path/to/open_clip   # e.g. `pip download --no-deps open_clip_torch`, unzipped
 """
 
 import argparse
@@ -105,9 +106,10 @@ def is_clean(load, max_other_load):
 QUIET_WAIT_S = {"left": 900.0}  # per process: how long we may still sit out other processes' load
 
 
-def wait_for_quiet(max_other_load, probe_s=5.0):
+def wait_for_quiet(max_other_load, probe_s=0.5):
     """Sleep until other processes use at most max_other_load of the CPUs over a probe_s window
-    (gives up, silently, once this process has waited QUIET_WAIT_S in all)."""
+    (gives up, silently, once this process has waited QUIET_WAIT_S in all). A quiet machine costs
+    one probe, so callers may call it before every measurement."""
     while max_other_load is not None and QUIET_WAIT_S["left"] > 0:
         meter = LoadMeter()
         time.sleep(probe_s)
@@ -195,7 +197,7 @@ def matmul_peak_tflops(device, precision, sizes=(2048, 4096), repeats=5, max_oth
         clean, every, load = [], [], None
         while len(clean) < repeats and len(every) < 3 * repeats:
             if not is_clean(load, max_other_load):
-                wait_for_quiet(max_other_load, probe_s=2.0)
+                wait_for_quiet(max_other_load)
             sync(device)
             meter, start = LoadMeter(), time.perf_counter()
             torch.mm(a, b)
@@ -412,8 +414,74 @@ def run_end_to_end(cfg):
     return out
 
 
+def load_open_clip_model_module(package_dir):
+    """open_clip's model.py from an unpacked wheel or site-packages folder, imported without the
+    package's __init__ (which imports torchvision for its transforms, not needed for the models).
+    Without torchvision, its one remaining import (FrozenBatchNorm2d, used only to freeze ResNet
+    towers, never here) gets a placeholder."""
+    import types
+    if importlib.util.find_spec("torchvision") is None:
+        for name in ("torchvision", "torchvision.ops", "torchvision.ops.misc"):
+            sys.modules[name] = types.ModuleType(name)
+        sys.modules["torchvision.ops.misc"].FrozenBatchNorm2d = None
+    package = types.ModuleType("open_clip")
+    package.__path__ = [str(package_dir)]
+    sys.modules["open_clip"] = package
+    return importlib.import_module("open_clip.model")
+
+
+def open_clip_twin(config, package_dir):
+    """open_clip's CLIP with the same architecture as a tinyclip ViT CLIPConfig."""
+    oc = load_open_clip_model_module(package_dir)
+    v = config.vision
+    vision = dict(image_size=config.image_size, layers=v["layers"], width=v["width"],
+                  head_width=v["width"] // v["heads"], patch_size=v["patch_size"])
+    text = dict(context_length=config.context_length, vocab_size=config.vocab_size, width=config.text_width,
+                heads=config.text_heads, layers=config.text_layers)
+    return oc.CLIP(config.embed_dim, vision_cfg=vision, text_cfg=text, quick_gelu=config.quick_gelu)
+
+
+def run_vs_open_clip(cfg):
+    """Target (4): tinyclip's model code against open_clip's for the same architecture, batch and step.
+
+    Both models get the identical minimal step (forward, tinyclip's clip_loss on the returned
+    features, backward, torch AdamW), timed in alternating windows in one process, so only the
+    model code differs; parameter counts are checked equal."""
+    from tinyclip.losses import clip_loss
+    device = device_now()
+    meter = LoadMeter()
+    torch.manual_seed(0)
+    ours = create_model(cfg["arch"], image_size=cfg["image_size"], context_length=cfg["context_length"],
+                        text_arch=cfg.get("text_arch"))
+    theirs = open_clip_twin(ours.config, cfg["open_clip"])
+    counts = {name: sum(p.numel() for p in m.parameters()) for name, m in (("tinyclip", ours), ("open_clip", theirs))}
+    if counts["tinyclip"] != counts["open_clip"]:
+        raise ValueError(f"not the same architecture: parameters {counts}")
+    batch = memory_batch(cfg, ours.config.vocab_size, device, ssl=False)
+    steps = {}
+    for name, model in (("tinyclip", ours), ("open_clip", theirs)):
+        model.to(device).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        for precision in cfg["precisions"]:
+            autocast = autocast_for(device, precision)
+
+            def step(model=model, optimizer=optimizer, autocast=autocast):
+                optimizer.zero_grad(set_to_none=True)
+                with autocast():
+                    image_features, text_features, logit_scale = model(batch["image"], batch["text"])[:3]
+                clip_loss(image_features, text_features, logit_scale)["loss"].backward()
+                optimizer.step()
+            steps[f"{name} {precision}"] = step
+    windows = interleave(steps, cfg, device)
+    out = {"params": counts["tinyclip"], "other_load": meter.others(), "variants": {}}
+    for name, ws in windows.items():
+        timing = summarise(ws, cfg.get("max_other_load"))
+        out["variants"][name] = {"samples_per_s": timing.pop("rate"), **timing}
+    return out
+
+
 WORKERS = {"train": run_train, "interleaved": run_interleaved, "eval": run_eval, "loss_memory": run_loss_memory,
-           "end_to_end": run_end_to_end}
+           "end_to_end": run_end_to_end, "vs_open_clip": run_vs_open_clip}
 
 
 def in_subprocess(cfg, opts):
@@ -670,6 +738,11 @@ def study_targets(opts, report):
         paper = {**common, "arch": "vit-b-16", "variants": flip, "text_arch": "vit-b", "context_length": 16}
         t["vit-b-16 paper text"] = in_subprocess(paper, opts)
         log(f"targets vit-b-16 paper text: {t['vit-b-16 paper text']}")
+    if opts.open_clip:  # (4) the same architectures in open_clip's model code
+        for arch in ("vit-b-32", "vit-s-16"):
+            t[f"open_clip {arch}"] = in_subprocess({**common, "kind": "vs_open_clip", "arch": arch,
+                                                   "precisions": ["fp32", "bf16"], "open_clip": opts.open_clip}, opts)
+            log(f"targets open_clip {arch}: {t[f'open_clip {arch}']}")
     t["tokenizer"] = bench_tokenizer(opts.tokenizer_texts, opts.reference_tokenizer,  # (5)
                                      max_other_load=opts.max_other_load)
     with tempfile.TemporaryDirectory() as folder:  # (6) loader vs what training consumes
@@ -759,6 +832,14 @@ def targets_markdown(t, windows):
             rows.append([f"(2) FLIP 0.5 / CLIP samples/s, vit-b-16, {text}",
                          f"{f['samples_per_s'] / c['samples_per_s']:.2f}x (FLOPs ratio "
                          f"{c['gflops'] / f['gflops']:.2f}x)", ">= 1.9x", clean(c, f)])
+    for arch in ("vit-b-32", "vit-s-16"):
+        v = t.get(f"open_clip {arch}", {}).get("variants", {})
+        for precision in ("fp32", "bf16"):
+            if f"tinyclip {precision}" in v:
+                o, ref = v[f"tinyclip {precision}"], v[f"open_clip {precision}"]
+                rows.append([f"(4) tinyclip / open_clip training samples/s, {arch}, {precision}",
+                             f"{o['samples_per_s'] / ref['samples_per_s']:.2f}x ({o['samples_per_s']:.2f} vs "
+                             f"{ref['samples_per_s']:.2f})", ">= 1x", clean(o, ref)])
     tok = {r["tokenizer"]: r for r in t.get("tokenizer", [])}
     if "openai reference" in tok:
         o, ref = tok["tinyclip"], tok["openai reference"]
@@ -810,6 +891,8 @@ def parse_args(argv=None):
     p.add_argument("--eval-batch", type=int, default=64, help="batch for eval images/s")
     p.add_argument("--tokenizer-texts", type=int, default=5000, help="captions to tokenize")
     p.add_argument("--reference-tokenizer", default=None, help="path to OpenAI's clip/simple_tokenizer.py")
+    p.add_argument("--open-clip", default=None,
+                   help="targets: path of an open_clip package folder (unpacked wheel) to time side by side")
     p.add_argument("--data-images", type=int, default=64, help="images per augmentation preset")
     p.add_argument("--workers", type=int, default=2, help="loader workers (train.py's default: 2)")
     p.add_argument("--memory-budget-gb", type=float, default=16.0, help="accum: memory budget for the max batch")
