@@ -27,7 +27,8 @@ Studies:
                    batch within --memory-budget-gb (extrapolated from peaks measured at two batch
                    sizes plus the measured B x B cost of the contrastive loss, or --max-batch search)
   --study targets  the speed targets as ratios measured side by side (same process, interleaved
-                   windows, so background load hits both sides alike)
+                   windows, so background load hits both sides alike); with --open-clip, the same
+                   architectures built by open_clip's model code, given the identical step
 
     python scripts/bench.py --quick
     python scripts/bench.py --archs vit-s-16,vit-b-32 --precisions fp32,bf16 --batch-sizes 32 --markdown b.md
@@ -64,6 +65,7 @@ from tinyclip.losses import SimCLRHead  # noqa: E402
 from tinyclip.model import create_model  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PEAK_SIZES = (2048, 4096)  # n of the n x n x n matmuls that measure the peak (--peak-sizes)
 
 
 # -----------------------------------------------------------------------------
@@ -110,7 +112,9 @@ def wait_for_quiet(max_other_load, probe_s=0.5):
     """Sleep until other processes use at most max_other_load of the CPUs over a probe_s window
     (gives up, silently, once this process has waited QUIET_WAIT_S in all). A quiet machine costs
     one probe, so callers may call it before every measurement."""
-    while max_other_load is not None and QUIET_WAIT_S["left"] > 0:
+    if max_other_load is None or max_other_load >= 1:  # no load can exceed it: nothing to wait for
+        return
+    while QUIET_WAIT_S["left"] > 0:
         meter = LoadMeter()
         time.sleep(probe_s)
         QUIET_WAIT_S["left"] -= probe_s
@@ -185,12 +189,13 @@ class LoadMeter:
 # the dense matmul peak
 
 
-def matmul_peak_tflops(device, precision, sizes=(2048, 4096), repeats=5, max_other_load=None):
+def matmul_peak_tflops(device, precision, sizes=PEAK_SIZES, repeats=5, max_other_load=None):
     """The best TFLOP/s of n x n x n matmuls in `precision` (2 n^3 FLOPs each) over `sizes`,
     counting only calls during which other processes stayed under `max_other_load` (up to
-    3 x `repeats` tries per size)."""
+    3 x `repeats` tries per size). On a GPU 8192^3 is added: 4096^3 takes a fraction of a
+    millisecond there, too short to keep every unit busy."""
     dtype, best = DTYPES[precision], 0.0
-    for n in sizes:
+    for n in sizes + ((8192,) if device.type == "cuda" else ()):
         a = torch.randn(n, n, device=device).to(dtype)
         b = torch.randn(n, n, device=device).to(dtype)
         torch.mm(a, b)  # first call: kernel selection, packing buffers
@@ -283,6 +288,8 @@ def build(cfg, device):
     torch.manual_seed(0)
     _, towers, optimizer, scaler = train.build_everything(args, 0, 1, device)
     towers.train()
+    if cfg.get("compile"):  # as train.py --compile; the warm-up steps absorb the compilation
+        towers = torch.compile(towers)
     batch = memory_batch(cfg, towers.clip.config.vocab_size, device, towers.ssl_head is not None)
     return args, towers, optimizer, scaler, batch, gflops, base
 
@@ -629,7 +636,8 @@ def add_mfu(row, peaks):
 
 def study_sweep(opts, report):
     device = device_now()
-    peaks = {p: matmul_peak_tflops(device, p, max_other_load=opts.max_other_load) for p in opts.precisions}
+    sizes = tuple(opts.peak_sizes)
+    peaks = {p: matmul_peak_tflops(device, p, sizes, max_other_load=opts.max_other_load) for p in opts.precisions}
     report["peak_tflops"] = peaks
     report["train"] = []
     for arch in opts.archs:
@@ -637,13 +645,13 @@ def study_sweep(opts, report):
             for precision in opts.precisions:
                 for batch in opts.batch_sizes:
                     cfg = base_cfg(opts, arch, strategy, precision, batch, accum=opts.accum_steps,
-                                   grad_checkpointing=opts.grad_checkpointing)
-                    row = {**{k: cfg[k] for k in ("arch", "strategy", "precision", "batch")},
+                                   grad_checkpointing=opts.grad_checkpointing, compile=opts.compile)
+                    row = {**{k: cfg[k] for k in ("arch", "strategy", "precision", "batch", "compile")},
                            **in_subprocess(cfg, opts)}
                     report["train"].append(row)
                     log(f"train {arch} {strategy} {precision} b{batch}: {row}")
     for p in opts.precisions:  # measured again at the end; the best of both counts
-        peaks[p] = max(peaks[p], matmul_peak_tflops(device, p, max_other_load=opts.max_other_load))
+        peaks[p] = max(peaks[p], matmul_peak_tflops(device, p, sizes, max_other_load=opts.max_other_load))
     for row in report["train"]:
         add_mfu(row, peaks)
     report["eval"] = []
@@ -775,12 +783,14 @@ def markdown(report):
            f"processes took during the run {fmt(m.get('other_load'), 2)} (timed windows above "
            f"{report['options']['max_other_load']} are re-run)"]
     if "peak_tflops" in report:
-        out.append("Dense matmul peak (2048^3 and 4096^3 matmuls, best of 5 clean calls each): " +
+        sizes = " and ".join(f"{n}^3" for n in report["options"]["peak_sizes"])
+        out.append(f"Dense matmul peak ({sizes} matmuls, and 8192^3 on a GPU, best of 5 clean calls each): " +
                    ", ".join(f"{p} {v:.3f} TFLOP/s" for p, v in report["peak_tflops"].items()))
     if report.get("train"):
         out.append(table(["arch", "strategy", "precision", "batch", "samples/s", "peak MB", "GFLOPs/sample",
                           "TFLOP/s", "MFU", "other load"],
-                         [[r["arch"], r["strategy"], r["precision"], r["batch"], fmt(r.get("samples_per_s"), 2),
+                         [[r["arch"] + (" (compiled)" if r.get("compile") else ""), r["strategy"], r["precision"],
+                           r["batch"], fmt(r.get("samples_per_s"), 2),
                            fmt(r.get("peak_mb"), 0), fmt(r.get("gflops"), 2), fmt(r.get("tflops"), 3),
                            fmt(r.get("mfu") and 100 * r["mfu"], 1) + "%" if r.get("mfu") else r.get("error", "-"),
                            fmt(r.get("other_load"), 2)] for r in report["train"]]))
@@ -885,6 +895,7 @@ def parse_args(argv=None):
     p.add_argument("--text-arch", default=None, help="text tower preset (default: the arch's pairing)")
     p.add_argument("--accum-steps", type=int, default=1, help="sweep: gradient-cache micro-batches")
     p.add_argument("--grad-checkpointing", action="store_true", help="sweep: recompute activations")
+    p.add_argument("--compile", action="store_true", help="sweep: torch.compile the model (as train.py --compile)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--windows", type=int, default=3, help="timed windows; the median is reported")
     p.add_argument("--steps-per-window", type=int, default=2, help="training steps per timed window")
@@ -903,6 +914,8 @@ def parse_args(argv=None):
                    help="re-run a timed window if other processes used more than this fraction of the CPUs")
     p.add_argument("--max-wait", type=float, default=900.0,
                    help="seconds each process may sleep waiting for other processes' load to pass")
+    p.add_argument("--peak-sizes", type=csv(int), default=list(PEAK_SIZES),
+                   help="sweep: n of the n^3 matmuls that measure the peak (8192 is added on a GPU)")
     p.add_argument("--default-malloc", action="store_true",
                    help="CPU: skip train.keep_freed_memory() (glibc's defaults page-fault activations in every step)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")

@@ -33,3 +33,19 @@ def test_summary_uses_only_windows_free_of_other_load():
     # With no clean window at all, the median of every window is reported (and says so).
     loaded = bench.summarise([(1.0, 0.5), (3.0, 0.6)], max_other_load=0.1)
     assert loaded["rate"] == 2.0 and loaded["clean_windows"] == 0
+
+
+def test_a_tiny_sweep_reports_every_section(tmp_path):
+    report = bench.main(["--archs", "vit-test", "--strategies", "flip", "--precisions", "fp32", "--batch-sizes", "8",
+                         "--image-size", "32", "--context-length", "16", "--text-arch", "test", "--warmup", "1",
+                         "--windows", "1", "--steps-per-window", "1", "--eval-batch", "4", "--tokenizer-texts", "20",
+                         "--data-images", "2", "--workers", "0", "--max-other-load", "1.0", "--peak-sizes", "256",
+                         "--json", str(tmp_path / "b.json")])
+    row = report["train"][0]
+    assert "error" not in row, row
+    # MFU is the achieved rate over the peak the same run measured, in FLOPs (one multiply-add = 2).
+    assert row["tflops"] == pytest.approx(row["samples_per_s"] * row["gflops"] / 1e3)
+    assert row["mfu"] == pytest.approx(row["tflops"] / report["peak_tflops"]["fp32"])
+    assert report["eval"][0]["images_per_s"] > 0 and report["tokenizer"][0]["texts"] == 20
+    assert {r["preset"] for r in report["data"]} >= {"none", "crop-flip", "randaug", "stacked-randaug", "simclr"}
+    assert (tmp_path / "b.json").exists()
