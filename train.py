@@ -11,7 +11,7 @@ Strategies (chosen in one place, `strategy_settings`):
 
 Runs on one process or under torchrun on many (NCCL on GPUs, gloo on CPUs), one node or many.
 The loss is exact under data parallelism (tinyclip/losses.py) and under gradient accumulation
-(--accum-steps: the gradient cache of Gao et al. 2021, see `train_step`). Checkpoints are resumable
+(--accum-steps: the gradient cache of Gao et al. 2021, tinyclip/gradcache.py). Checkpoints are resumable
 mid-epoch: a resumed run equals an uninterrupted one bit for bit.
 """
 
@@ -34,6 +34,7 @@ from tinyclip import checkpoint as ckpt_io
 from tinyclip.augment import AUGMENT_PRESETS, make_transform
 from tinyclip.data import make_train_loader
 from tinyclip.flops import gflops_per_sample
+from tinyclip.gradcache import gradient_cache_step
 from tinyclip.losses import SimCLRHead, clip_loss, simclr_loss
 from tinyclip.model import build_model, create_model, list_models
 
@@ -272,77 +273,29 @@ def lr_at(step: int, total_steps: int, warmup: int, peak: float) -> float:
 # one training step
 
 
-def _split(batch, k: int, i: int):
-    """Micro-batch i of k from a rank's batch dict."""
-    n = batch["image"].shape[0] // k
-    part = lambda t: t[i * n:(i + 1) * n]
-    out = {"image": part(batch["image"]), "text": part(batch["text"])}
-    if "views" in batch:
-        out["views"] = tuple(part(v) for v in batch["views"])
-    return out
-
-
 def train_step(towers, head, batch, settings, mask_ratio, accum_steps, scaler, autocast, ssl_scale):
     """Forward, loss and backward for one global batch; returns the loss terms (detached).
 
-    With accum_steps K > 1 the batch runs as K micro-batches without changing the mathematics
-    (the gradient cache, Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under
-    Memory Limited Setup"): embed every micro-batch without gradient, compute the full-batch loss
-    and its gradient with respect to those embeddings, then re-run each micro-batch with gradient
-    and back-propagate its slice of the embedding gradient. Each micro-batch's RNG state is
-    replayed in the second pass, so FLIP masks and drop-path are the same in both passes.
+    With accum_steps K > 1 the batch runs as K micro-batches without changing the mathematics:
+    the gradient cache of tinyclip/gradcache.py, with DDP's gradient reduction deferred to one
+    all-reduce at the end.
     """
-    if accum_steps == 1:
-        with autocast():
-            feats = towers(batch["image"], batch["text"], batch.get("views"), mask_ratio)
-            terms = loss_stage(feats, head, ssl_scale)
+    encode = lambda mb: towers(mb["image"], mb["text"], mb.get("views"), mask_ratio)
+    loss_of = lambda feats: loss_stage(feats, head, ssl_scale)
+
+    def backward(terms):
         _check_finite(terms)
         scaler.scale(terms["loss"]).backward()
-        return {k: v.detach() for k, v in terms.items()}
 
-    # pass 1: embeddings of every micro-batch, no graph kept
-    micro = [_split(batch, accum_steps, i) for i in range(accum_steps)]
-    rng_states, cached = [], []
-    with torch.no_grad():
-        for mb in micro:
-            rng_states.append(ckpt_io.rng_state())
-            with autocast():
-                cached.append(towers(mb["image"], mb["text"], mb.get("views"), mask_ratio))
-    names = [name for name in ("image", "text", "views") if name in cached[0]]
-    feats = {name: torch.cat([c[name] for c in cached]) for name in names if name != "views"}
-    if "views" in names:  # keep the [all first views; all second views] layout of a single pass
-        feats["views"] = torch.cat([c["views"].chunk(2)[0] for c in cached] + [c["views"].chunk(2)[1] for c in cached])
-    feats = {name: f.float().requires_grad_() for name, f in feats.items()}
-    feats["logit_scale"] = _unwrap(towers).clip.logit_scale
-
-    # the full-batch loss, differentiated down to the cached embeddings (and the logit scale, head)
-    with autocast():
-        terms = loss_stage(feats, head, ssl_scale)
-    _check_finite(terms)
-    scaler.scale(terms["loss"]).backward()
-
-    # pass 2: each micro-batch again, with gradient, fed its slice of the embedding gradient
-    rng_after = ckpt_io.rng_state()
-    for i, mb in enumerate(micro):
-        ckpt_io.set_rng_state(rng_states[i])
-        with _no_sync(towers), autocast():
-            out = towers(mb["image"], mb["text"], mb.get("views"), mask_ratio)
-        surrogate = sum((out[name].float() * _rows(feats[name].grad, name, i, accum_steps, mb)).sum()
-                        for name in names)
-        surrogate.backward()
-    ckpt_io.set_rng_state(rng_after)
-    _average_gradients(towers)
+    if accum_steps == 1:
+        with autocast():
+            terms = loss_of(encode(batch))
+        backward(terms)
+    else:
+        terms = gradient_cache_step(encode, loss_of, backward, batch, accum_steps, _unwrap(towers).clip.logit_scale,
+                                    autocast=autocast, no_sync=lambda: _no_sync(towers))
+        _average_gradients(towers)
     return {k: v.detach() for k, v in terms.items()}
-
-
-def _rows(grad, name, i, k, mb):
-    """Rows of a cached embedding's gradient that belong to micro-batch i."""
-    if name != "views":
-        n = grad.shape[0] // k
-        return grad[i * n:(i + 1) * n]
-    # the cache holds [all first views; all second views]; a micro-batch embeds [its v1; its v2]
-    n, half = mb["views"][0].shape[0], grad.shape[0] // 2
-    return torch.cat([grad[i * n:(i + 1) * n], grad[half + i * n:half + (i + 1) * n]])
 
 
 def _unwrap(module):
