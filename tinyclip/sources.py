@@ -15,6 +15,8 @@ for a sample that cannot be used; tinyclip.data counts it and moves on (see its 
                           headers; '::' joins patterns; globs allowed; key = member key (`000000123`)
   folder/                 *.tar inside it, else images (searched recursively) with same-name .txt
                           captions (one per line); key = the image path relative to the folder
+  captions.json           COCO-style captions (Karpathy's or COCO's format), evaluation only
+                          (CaptionsJSON, opened by tinyclip.tasks); key = the image path
 
 Bad input never stops a run and never goes unnoticed: decoding is complete (img.load(), so a
 truncated JPEG fails here, not inside a transform); empty captions, captions that are not UTF-8,
@@ -23,8 +25,10 @@ missing files and truncated tar members each have their own reason.
 
 import csv
 import io
+import json
 import os
 from collections import Counter
+from pathlib import Path
 
 from PIL import Image
 
@@ -246,3 +250,46 @@ def open_source(spec: str, csv_img_key: str = "filepath", csv_caption_key: str =
         has_tars = any(name.endswith(".tar") for name in os.listdir(spec))
         return TarShards(os.path.join(spec, "*.tar")) if has_tars else FolderPairs(spec)
     raise FileNotFoundError(f"no dataset at {spec!r} (expected 'synthetic', a .csv/.tsv, tar shards or a folder)")
+
+
+class CaptionsJSON:
+    """A COCO-style captions file as a pairs source (len, key, load, skipped, name, as tinyclip.sources).
+
+    Karpathy's format {"images": [{"filename"|"file_name", "filepath"?, "split"?, "sentences": [{"raw"}]}]}
+    (only images of `split` when the file has splits) or COCO's {"images": [{"id", "file_name"}],
+    "annotations": [{"image_id", "caption"}]}. Keys are image paths relative to `image_root`.
+    """
+
+    def __init__(self, path, image_root=None, split="test"):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no such captions file: {path}")
+        self.name, self.root, self.skipped = path, image_root or os.path.dirname(os.path.abspath(path)), Counter()
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            if "annotations" in data:
+                captions = {}
+                for note in data["annotations"]:
+                    captions.setdefault(note["image_id"], []).append(note["caption"].strip())
+                entries = [(image["file_name"], captions.get(image["id"], [])) for image in data["images"]]
+            else:
+                images = data["images"]
+                if any("split" in image for image in images):
+                    images = [image for image in images if image.get("split") == split]
+                entries = [(os.path.join(image.get("filepath", ""), image.get("filename") or image["file_name"]),
+                            [s["raw"].strip() for s in image["sentences"]]) for image in images]
+        except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path} is not a COCO-style captions JSON ({type(error).__name__}: {error})") from None
+        self.skipped.update(no_caption=sum(1 for _, caps in entries if not caps))
+        self.paths = [image for image, caps in entries if caps]
+        self.captions = [caps for _, caps in entries if caps]
+        if not self.paths:
+            raise ValueError(f"{path} holds no captioned images (split {split!r} where the file has splits)")
+
+    def __len__(self):
+        return len(self.paths)
+
+    def key(self, index):
+        return self.paths[index]
+
+    def load(self, index):
+        return decode_image(read_file(os.path.join(self.root, self.paths[index]))), self.captions[index]

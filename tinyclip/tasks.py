@@ -36,12 +36,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from tinyclip.augment import eval_transform
-from tinyclip.data import ImageFolderDataset, SkipSample, decode_image, open_source
+from tinyclip.data import ImageFolderDataset, SkipSample, open_source
 from tinyclip.evaluation import (AUTOCAST_DTYPES, extract_features, load_class_subset, mapped_accuracy, retrieval_recall,
                                  score_pairs, subset_logits, topk_accuracy, write_scores, zeroshot_classifier,
                                  zeroshot_logits)
 from tinyclip.probe import fewshot_eval, linear_probe as fit_linear_probe
-from tinyclip.sources import read_file
+from tinyclip.sources import CaptionsJSON
 from tinyclip.synthetic import SyntheticClassification
 from tinyclip.tokenizer import CLIP_VOCAB_SIZE, tokenize
 
@@ -324,49 +324,6 @@ def fewshot(model, train_data="synthetic", test_data="synthetic", *, ks=(5, 10),
 
 # ---------------------------------------------------------------------------------------------
 # Image-text pairs: retrieval and scoring
-
-class CaptionsJSON:
-    """A COCO-style captions file as a pairs source (len, key, load, skipped, name, as tinyclip.sources).
-
-    Karpathy's format {"images": [{"filename"|"file_name", "filepath"?, "split"?, "sentences": [{"raw"}]}]}
-    (only images of `split` when the file has splits) or COCO's {"images": [{"id", "file_name"}],
-    "annotations": [{"image_id", "caption"}]}. Keys are image paths relative to `image_root`.
-    """
-
-    def __init__(self, path, image_root=None, split="test"):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no such captions file: {path}")
-        self.name, self.root, self.skipped = path, image_root or os.path.dirname(os.path.abspath(path)), Counter()
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-            if "annotations" in data:
-                captions = {}
-                for note in data["annotations"]:
-                    captions.setdefault(note["image_id"], []).append(note["caption"].strip())
-                entries = [(image["file_name"], captions.get(image["id"], [])) for image in data["images"]]
-            else:
-                images = data["images"]
-                if any("split" in image for image in images):
-                    images = [image for image in images if image.get("split") == split]
-                entries = [(os.path.join(image.get("filepath", ""), image.get("filename") or image["file_name"]),
-                            [s["raw"].strip() for s in image["sentences"]]) for image in images]
-        except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as error:
-            raise ValueError(f"{path} is not a COCO-style captions JSON ({type(error).__name__}: {error})") from None
-        self.skipped.update(no_caption=sum(1 for _, caps in entries if not caps))
-        self.paths = [image for image, caps in entries if caps]
-        self.captions = [caps for _, caps in entries if caps]
-        if not self.paths:
-            raise ValueError(f"{path} holds no captioned images (split {split!r} where the file has splits)")
-
-    def __len__(self):
-        return len(self.paths)
-
-    def key(self, index):
-        return self.paths[index]
-
-    def load(self, index):
-        return decode_image(read_file(os.path.join(self.root, self.paths[index]))), self.captions[index]
-
 
 def open_pairs(spec, *, eval_split=True, size=1000, image_root=None, split="test", **source_options):
     """A pairs source for a spec; with eval_split, bare 'synthetic' is the val split of `size` images."""
