@@ -61,7 +61,7 @@ import torch  # noqa: E402
 import train  # noqa: E402
 from tinyclip.augment import AUGMENT_PRESETS, make_transform  # noqa: E402
 from tinyclip.flops import gflops_per_sample  # noqa: E402
-from tinyclip.losses import SimCLRHead  # noqa: E402
+from tinyclip.losses import SimCLRHead, clip_loss  # noqa: E402
 from tinyclip.model import create_model  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -454,7 +454,6 @@ def run_vs_open_clip(cfg):
     Both models get the identical minimal step (forward, tinyclip's clip_loss on the returned
     features, backward, torch AdamW), timed in alternating windows in one process, so only the
     model code differs; parameter counts are checked equal."""
-    from tinyclip.losses import clip_loss
     device = device_now()
     meter = LoadMeter()
     torch.manual_seed(0)
@@ -814,7 +813,7 @@ def markdown(report):
         out.append(f"Accumulation / checkpointing: {a['arch']} {a['precision']} {a['image_size']} px, text "
                    f"{a['text_arch'] or 'default'} x {a['context_length']} tokens, global batch {a['batch']}; "
                    f"max batch within {a['budget_gb']} GB")
-        out.append(table(["variant", "K", "grad ckpt", "samples/s", "peak MB", f"peak MB at B/2", "max batch", "how"],
+        out.append(table(["variant", "K", "grad ckpt", "samples/s", "peak MB", "peak MB at B/2", "max batch", "how"],
                          [[r["variant"], r["accum"], r["grad_checkpointing"], fmt(r.get("samples_per_s"), 2),
                            fmt(r.get("peak_mb"), 0), fmt(r.get("peak_mb_half_batch"), 0), fmt(r.get("max_batch")),
                            r.get("max_batch_method", r.get("error", "-"))] for r in a["rows"]]))
