@@ -36,7 +36,7 @@ from tinyclip.data import make_train_loader
 from tinyclip.flops import gflops_per_sample
 from tinyclip.gradcache import gradient_cache_step
 from tinyclip.losses import SimCLRHead, clip_loss, simclr_loss
-from tinyclip.model import build_model, create_model, list_models
+from tinyclip.model import create_model, list_models
 
 STRATEGIES = ("clip", "slip", "flip", "clip-aug")
 SYNTHETIC_IMAGE_SIZE = 64     # the built-in data's native resolution
