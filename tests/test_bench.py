@@ -8,6 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import bench  # noqa: E402
+import measure  # noqa: E402
 
 
 @pytest.mark.parametrize("k", [1, 4, 8])
@@ -28,10 +29,10 @@ def test_largest_batch_is_unknown_when_memory_does_not_grow():
 
 def test_summary_uses_only_windows_free_of_other_load():
     windows = [(10.0, 0.0), (2.0, 0.9), (12.0, 0.05), (11.0, None)]
-    summary = bench.summarise(windows, max_other_load=0.1)
+    summary = measure.summarise(windows, max_other_load=0.1)
     assert summary["rate"] == 11.0 and summary["clean_windows"] == 3
     # With no clean window at all, the median of every window is reported (and says so).
-    loaded = bench.summarise([(1.0, 0.5), (3.0, 0.6)], max_other_load=0.1)
+    loaded = measure.summarise([(1.0, 0.5), (3.0, 0.6)], max_other_load=0.1)
     assert loaded["rate"] == 2.0 and loaded["clean_windows"] == 0
 
 
