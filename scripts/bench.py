@@ -51,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -266,7 +267,6 @@ def load_open_clip_model_module(package_dir):
     package's __init__ (which imports torchvision for its transforms, not needed for the models).
     Without torchvision, its one remaining import (FrozenBatchNorm2d, used only to freeze ResNet
     towers, never here) gets a placeholder."""
-    import types
     if importlib.util.find_spec("torchvision") is None:
         for name in ("torchvision", "torchvision.ops", "torchvision.ops.misc"):
             sys.modules[name] = types.ModuleType(name)
@@ -622,8 +622,8 @@ def markdown(report):
            f"processes took during the run {fmt(m.get('other_load'), 2)} (timed windows above "
            f"{report['options']['max_other_load']} are re-run)"]
     if "peak_tflops" in report:
-        sizes = " and ".join(f"{n}^3" for n in report["options"]["peak_sizes"])
-        out.append(f"Dense matmul peak ({sizes} matmuls, and 8192^3 on a GPU, best of 5 clean calls each): " +
+        sizes = list(report["options"]["peak_sizes"]) + ([8192] if m["device"].startswith("cuda") else [])
+        out.append(f"Dense matmul peak ({' and '.join(f'{n}^3' for n in sizes)} matmuls, best of 5 clean calls each): " +
                    ", ".join(f"{p} {v:.3f} TFLOP/s" for p, v in report["peak_tflops"].items()))
     if report.get("train"):
         out.append(table(["arch", "strategy", "precision", "batch", "samples/s", "peak MB", "GFLOPs/sample",
