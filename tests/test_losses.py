@@ -1,6 +1,8 @@
-"""Losses: CLIP InfoNCE and SimCLR NT-Xent against direct formulas, and exactness under two gloo
-processes (the gathered local loss gives the single-process full-batch loss and gradients), plus
-the global BatchNorm of SLIP's head."""
+"""Losses: CLIP InfoNCE and SimCLR NT-Xent against direct formulas, the logits in float32 under bf16
+autocast, and exactness under two gloo processes (the gathered local loss gives the single-process
+full-batch loss and gradients); SLIP's head (tinyclip/model.py) and its global BatchNorm, whose
+outputs, gradients and running statistics on two processes equal nn.BatchNorm1d on the
+concatenated batch."""
 
 import math
 import os
@@ -12,7 +14,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from tinyclip.losses import GlobalBatchNorm1d, SimCLRHead, clip_loss, simclr_loss
+from tinyclip.losses import clip_loss, simclr_loss
+from tinyclip.model import GlobalBatchNorm1d, SimCLRHead
 
 
 def reference_clip_loss(img, txt, scale):
@@ -71,11 +74,15 @@ def test_head_shapes_and_bad_norm():
         SimCLRHead(32, norm="group")
 
 
-def test_global_batchnorm_equals_batchnorm_on_one_process():
-    torch.manual_seed(2)
-    ours, ref = GlobalBatchNorm1d(6), torch.nn.BatchNorm1d(6)
-    x = torch.randn(10, 6)
-    assert torch.equal(ours(x), ref(x))
+def test_logits_run_in_float32_under_bf16_autocast():
+    torch.manual_seed(5)
+    img, txt = unit(torch.randn(64, 32)), unit(torch.randn(64, 32))
+    exact = reference_clip_loss(img.double(), txt.double(), 100.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = clip_loss(img, txt, torch.tensor(100.0))["loss"]
+        bf16 = reference_clip_loss(img, txt, 100.0)  # the same formula with autocast's bf16 matmul
+    assert abs(ours.double() - exact) < 1e-5
+    assert abs(bf16.double() - exact) > 10 * abs(ours.double() - exact)
 
 
 # -----------------------------------------------------------------------------
@@ -124,6 +131,47 @@ def _worker(rank, world, port, results):
     results[rank] = [clip / world, ssl / world, *(g / world for g in grads[:-1]), grads[-1] / world,
                      weight_grad / world]
     dist.destroy_process_group()
+
+
+def _batchnorm_worker(rank, world, port, results):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    x = _bn_input()
+    n = x.shape[0] // world
+    bn = GlobalBatchNorm1d(5)
+    local = x[rank * n:(rank + 1) * n].clone().requires_grad_()
+    y = bn(local)
+    (y * _bn_weights()[rank * n:(rank + 1) * n]).sum().backward()
+    results[rank] = (y.detach(), local.grad, bn.weight.grad, bn.bias.grad, bn.running_mean, bn.running_var)
+    dist.destroy_process_group()
+
+
+def _bn_input():
+    return torch.randn(12, 5, generator=torch.Generator().manual_seed(6)) * 3 + 1
+
+
+def _bn_weights():  # a fixed linear read-out of the outputs, so the backward is not trivial
+    return torch.randn(12, 5, generator=torch.Generator().manual_seed(7))
+
+
+def test_global_batchnorm_on_two_processes_equals_batchnorm_on_the_whole_batch():
+    x = _bn_input().requires_grad_()
+    ref = torch.nn.BatchNorm1d(5)
+    y = ref(x)
+    (y * _bn_weights()).sum().backward()
+    results = mp.Manager().dict()
+    mp.spawn(_batchnorm_worker, args=(2, _free_port(), results), nprocs=2, join=True)
+    n = x.shape[0] // 2
+    for rank in range(2):
+        out, grad_x, _, _, mean, var = results[rank]
+        rows = slice(rank * n, (rank + 1) * n)
+        assert torch.allclose(out, y[rows], atol=1e-6)
+        assert torch.allclose(grad_x, x.grad[rows], atol=1e-5)
+        assert torch.allclose(mean, ref.running_mean, atol=1e-6)
+        assert torch.allclose(var, ref.running_var, atol=1e-6)
+    # each rank holds the gain and bias gradients of its own rows' outputs; DDP sums them over ranks
+    assert torch.allclose(results[0][2] + results[1][2], ref.weight.grad, atol=1e-5)
+    assert torch.allclose(results[0][3] + results[1][3], ref.bias.grad, atol=1e-5)
 
 
 def test_two_processes_equal_full_batch():

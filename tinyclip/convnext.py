@@ -17,73 +17,25 @@ of the ImageNet classifier `head` (a Linear with bias). Parameter names otherwis
 ConvNeXt code (downsample_layers, stages, dwconv, pwconv1, pwconv2, gamma, norm).
 At 224px ConvNeXt-T has 27.82M parameters without the head (the published 28.6M includes the
 768x1000 + 1000 classifier) and 4.5 GMACs.
-
-The tower is fully convolutional: image_size (a multiple of 32) is recorded for the config, and
-forward also accepts other sizes, as any CNN does (the global pool removes the grid).
-
-This file also defines stochastic depth (`drop_path`, `DropPath`; Huang et al. 2016), which
-swin.py reuses.
 """
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
-
-# --------------------------------------------------------------------------------------------
-# stochastic depth
-
-
-def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
-    """Drop the whole residual branch for a random subset of samples ("stochastic depth",
-    Huang et al. 2016). Kept samples are scaled by 1/keep so the expectation is unchanged."""
-    if drop_prob == 0.0 or not training:
-        return x
-    keep = 1.0 - drop_prob
-    # one Bernoulli draw per sample, broadcast over every other dimension
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-    return x * mask / keep
-
-
-class DropPath(nn.Module):
-    def __init__(self, drop_prob: float = 0.0):
-        super().__init__()
-        self.drop_prob = float(drop_prob)
-
-    def forward(self, x):
-        return drop_path(x, self.drop_prob, self.training)
-
-    def extra_repr(self):
-        return f"drop_prob={self.drop_prob}"
-
-
-def linear_drop_path_rates(drop_path_rate: float, depths) -> list[list[float]]:
-    """Per-block drop probabilities rising linearly from 0 to drop_path_rate over all blocks
-    (the schedule of ConvNeXt and Swin), grouped by stage."""
-    total = sum(depths)
-    rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
-    grouped, start = [], 0
-    for depth in depths:
-        grouped.append(rates[start:start + depth])
-        start += depth
-    return grouped
-
+from tinyclip.transformer import DropPath, linear_drop_path_rates, run_blocks
 
 # --------------------------------------------------------------------------------------------
-# building blocks
+# blocks
 
 
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channel dimension of a channels-first [B, C, H, W] tensor."""
 
-    def forward(self, x):
-        x = x.permute(0, 2, 3, 1)  # B, H, W, C
-        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)  # B, C, H, W
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # B, C, H, W
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # normalised over C
 
 
 class ConvNeXtBlock(nn.Module):
-    def __init__(self, dim: int, drop_prob: float = 0.0, layer_scale_init: float = 1e-6):
+    def __init__(self, dim: int, drop_prob: float):
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
@@ -91,10 +43,10 @@ class ConvNeXtBlock(nn.Module):
         self.act = nn.GELU()
         self.pwconv2 = nn.Linear(4 * dim, dim)
         # layer scale: a per-channel gain that starts tiny, so each block starts near identity
-        self.gamma = nn.Parameter(torch.full((dim,), float(layer_scale_init)))
+        self.gamma = nn.Parameter(torch.full((dim,), 1e-6))
         self.drop_path = DropPath(drop_prob)
 
-    def forward(self, x):  # B, C, H, W
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # B, C, H, W
         y = self.dwconv(x).permute(0, 2, 3, 1)  # B, H, W, C
         y = self.pwconv2(self.act(self.pwconv1(self.norm(y))))
         y = (self.gamma * y).permute(0, 3, 1, 2)  # B, C, H, W
@@ -106,15 +58,14 @@ class ConvNeXtBlock(nn.Module):
 
 
 class ConvNeXt(nn.Module):
-    """ConvNeXt image tower: images [B, 3, S, S] -> CLIP features [B, output_dim]."""
+    """ConvNeXt image tower: images [B, 3, S, S] -> CLIP features [B, output_dim], or with
+    project=False the pooled, normalised feature [B, width]."""
 
-    supports_masking = False
+    supports_masking = False  # a CNN has no tokens to drop (CLIP.encode_image refuses mask_ratio > 0)
 
     def __init__(self, *, image_size: int, output_dim: int, depths=(3, 3, 9, 3),
-                 dims=(96, 192, 384, 768), drop_path_rate: float = 0.1,
-                 layer_scale_init: float = 1e-6):
+                 dims=(96, 192, 384, 768), drop_path_rate: float = 0.1):
         super().__init__()
-        depths, dims = tuple(int(d) for d in depths), tuple(int(d) for d in dims)
         if len(depths) != len(dims):
             raise ValueError(f"convnext needs one dim per stage; got depths {depths}, dims {dims}")
         # the stem divides by 4 and each later stage by 2 again: 224 -> 56, 28, 14, 7
@@ -122,21 +73,17 @@ class ConvNeXt(nn.Module):
         if image_size % stride:
             raise ValueError(f"convnext needs image_size divisible by {stride} "
                              f"(stem 4 x {len(dims) - 1} downsamplings of 2); got {image_size}")
-        self.image_size = image_size
-        self.width = dims[-1]
-        self.output_dim = output_dim
+        self.image_size, self.width = image_size, dims[-1]
         self.grad_checkpointing = False
 
-        # stem (downsample_layers[0]) and the three LN + 2x2-conv downsamplings between stages
-        self.downsample_layers = nn.ModuleList([nn.Sequential(
-            nn.Conv2d(3, dims[0], kernel_size=4, stride=4), LayerNorm2d(dims[0], eps=1e-6))])
-        for i in range(1, len(dims)):
-            self.downsample_layers.append(nn.Sequential(
-                LayerNorm2d(dims[i - 1], eps=1e-6),
-                nn.Conv2d(dims[i - 1], dims[i], kernel_size=2, stride=2)))
+        # the stem (downsample_layers[0]), then an LN + 2x2-conv downsampling before each later stage
+        stem = nn.Sequential(nn.Conv2d(3, dims[0], kernel_size=4, stride=4), LayerNorm2d(dims[0], eps=1e-6))
+        self.downsample_layers = nn.ModuleList([stem] + [
+            nn.Sequential(LayerNorm2d(c_in, eps=1e-6), nn.Conv2d(c_in, c_out, kernel_size=2, stride=2))
+            for c_in, c_out in zip(dims, dims[1:])])
         rates = linear_drop_path_rates(drop_path_rate, depths)
         self.stages = nn.ModuleList(
-            nn.Sequential(*[ConvNeXtBlock(dim, p, layer_scale_init) for p in stage_rates])
+            nn.Sequential(*[ConvNeXtBlock(dim, p) for p in stage_rates])
             for dim, stage_rates in zip(dims, rates))
         self.norm = nn.LayerNorm(self.width, eps=1e-6)
         self.proj = nn.Parameter(torch.empty(self.width, output_dim))
@@ -153,16 +100,9 @@ class ConvNeXt(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True):
         self.grad_checkpointing = enable
 
-    def forward(self, x: torch.Tensor, mask_ratio: float = 0.0) -> torch.Tensor:
-        if mask_ratio > 0:
-            raise ValueError("FLIP masking (mask_ratio > 0) needs a ViT image tower; "
-                             "convnext is a CNN")
+    def forward(self, x: torch.Tensor, mask_ratio: float = 0.0, project: bool = True) -> torch.Tensor:
         for downsample, stage in zip(self.downsample_layers, self.stages):
             x = downsample(x)  # B, C_i, H_i, W_i
-            for block in stage:
-                if self.grad_checkpointing and torch.is_grad_enabled():
-                    x = checkpoint(block, x, use_reentrant=False)
-                else:
-                    x = block(x)
+            x = run_blocks(stage, x, self.grad_checkpointing)  # B, C_i, H_i, W_i
         x = self.norm(x.mean(dim=(2, 3)))  # B, width
-        return x @ self.proj  # B, output_dim
+        return x @ self.proj if project else x  # B, output_dim (or B, width)

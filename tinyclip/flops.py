@@ -13,26 +13,22 @@ Strategies (the names train.py uses):
   flip            the image tower sees round((1 - mask_ratio) * N) of its N patch tokens
                   (Li et al. 2023);
   slip            the image tower also encodes two augmented views for the SimCLR loss
-                  (Mu et al. 2021): x3 image-tower cost, plus the SSL head if one is given.
+                  (Mu et al. 2021), each then through SLIP's projection head (part of the model).
 The contrastive loss itself (a B x B similarity matrix) grows with the batch and is left out.
 """
 
-import copy
-
 import torch
-import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from tinyclip.model import CLIP, build_model
 
 STRATEGIES = ("clip", "clip-aug", "flip", "slip")
 
 
-def meta_copy(module: nn.Module) -> nn.Module:
-    """The same architecture on the meta device, without copying any weights when we can."""
-    if hasattr(module, "config"):
-        from tinyclip.model import build_model  # imported here: model.py does not need flops.py
-        with torch.device("meta"):
-            return build_model(module.config)
-    return copy.deepcopy(module).to("meta")
+def meta_copy(model: CLIP) -> CLIP:
+    """The same architecture on the meta device, rebuilt from its config: no weight is copied."""
+    with torch.device("meta"):
+        return build_model(model.config)
 
 
 def count_flops(fn, train: bool) -> int:
@@ -44,14 +40,14 @@ def count_flops(fn, train: bool) -> int:
     return counter.get_total_flops()
 
 
-def gflops_per_sample(model: nn.Module, strategy: str = "clip", mask_ratio: float = 0.5,
-                      train: bool = True, batch: int = 2, ssl_head: nn.Module | None = None) -> dict:
+def gflops_per_sample(model: CLIP, strategy: str = "clip", mask_ratio: float = 0.5,
+                      train: bool = True, batch: int = 2) -> dict:
     """GFLOPs per sample of `model` (a CLIP) under a training strategy.
 
     Returns {"image": ..., "text": ..., "total": ...} in GFLOPs (10^9 FLOPs, a multiply-add counted
     as 2). train=True counts forward + backward (about 3x the forward), train=False the forward
-    only. mask_ratio applies to strategy "flip" only. ssl_head (SLIP's projector, fed the image
-    tower's output) is counted on the two extra views when strategy is "slip".
+    only. mask_ratio applies to strategy "flip" only. For "slip" the image part also holds the two
+    extra views through the image tower and SLIP's head (the model must have one).
 
     Attention is counted only on the meta device (on CPU, fused attention kernels are invisible
     to FlopCounterMode), which is why the model is rebuilt there."""
@@ -68,15 +64,13 @@ def gflops_per_sample(model: nn.Module, strategy: str = "clip", mask_ratio: floa
     image = count_flops(lambda: meta.encode_image(images, mask_ratio=ratio), train) / batch
     text = count_flops(lambda: meta.encode_text(ids), train) / batch
     if strategy == "slip":
-        image *= 3  # the CLIP view plus SimCLR's two augmented views
-        if ssl_head is not None:
-            head = meta_copy(ssl_head).train(train)
-            in_dim = next(m for m in head.modules() if isinstance(m, nn.Linear)).in_features
-            features = torch.randn(batch, in_dim, device="meta")
-            image += 2 * count_flops(lambda: head(features), train) / batch
+        if meta.ssl_head is None:
+            raise ValueError("strategy 'slip' needs a model with SLIP's head (ssl_mlp_dim > 0)")
+        view = lambda: meta.ssl_head(meta.encode_image(images, project=False))  # one view: tower + head
+        image += 2 * count_flops(view, train) / batch
     return {"image": image / 1e9, "text": text / 1e9, "total": (image + text) / 1e9}
 
 
-def gmacs_per_sample(model: nn.Module, **kwargs) -> dict:
+def gmacs_per_sample(model: CLIP, **kwargs) -> dict:
     """gflops_per_sample / 2: billions of multiply-adds, the unit most papers quote."""
     return {k: v / 2 for k, v in gflops_per_sample(model, **kwargs).items()}

@@ -1,9 +1,10 @@
-"""Contrastive losses for CLIP and SLIP, exact under data parallelism.
+"""Contrastive losses for CLIP and SLIP, exact under data parallelism; parameter-free functions of features.
 
 - CLIP's symmetric InfoNCE (Radford et al. 2021, "Learning Transferable Visual Models From Natural
   Language Supervision"), over the *global* batch.
 - SimCLR's NT-Xent (Chen et al. 2020), the self-supervised term SLIP adds (Mu et al. 2021,
-  "SLIP: Self-supervision meets Language-Image Pre-training"), with SLIP's projection head.
+  "SLIP: Self-supervision meets Language-Image Pre-training"); SLIP's projection head, which holds
+  parameters, is part of the model (tinyclip/model.py).
 
 Under DDP every rank all-gathers the features of the other ranks *with gradient* and computes only
 its own rows of the similarity matrix against all columns (the "local loss" of open_clip). DDP then
@@ -11,12 +12,14 @@ averages the ranks' gradients, and the result equals single-process training on 
 batch: rank r's loss is L_r = mean over its rows, the full loss is mean_r L_r, and the gather's
 backward sums the gradient each rank's loss sends to every other rank's features.
 
-Every loss returns a dict of named terms with the total under "loss".
+Every loss returns a dict of named terms with the total under "loss". The similarity matrices are
+computed in float32 even under bf16/fp16 autocast: a bf16 dot product of unit vectors is off by up
+to ~0.004, which the temperature (up to 100 for CLIP) turns into logit errors of ~0.2-0.4; in fp32
+they cost a B x B x D matmul per term, under 1% of a training step at the paper's sizes.
 """
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 import torch.nn.functional as F
 
 
@@ -53,6 +56,12 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return _GatherWithGrad.apply(x) if _distributed() else x
 
 
+def _similarities(queries, keys, scale):
+    """scale * queries @ keys.T in float32, autocast or not: [n, D] x [N, D] -> [n, N]."""
+    with torch.autocast(queries.device.type, enabled=False):
+        return scale * queries.float() @ keys.float().T
+
+
 def _local_labels(n: int, device) -> torch.Tensor:
     """Column index of each local row's positive in the gathered batch."""
     offset = dist.get_rank() * n if _distributed() else 0
@@ -72,11 +81,9 @@ def clip_loss(image_features, text_features, logit_scale) -> dict:
     all_image = gather_with_grad(image_features)             # N, D
     all_text = gather_with_grad(text_features)               # N, D
     labels = _local_labels(image_features.shape[0], image_features.device)
-    logits_per_image = logit_scale * image_features @ all_text.T   # n, N
-    logits_per_text = logit_scale * text_features @ all_image.T    # n, N
-    # The logits run in fp32 even under autocast: the softmax over a large batch needs the range.
-    loss = (F.cross_entropy(logits_per_image.float(), labels)
-            + F.cross_entropy(logits_per_text.float(), labels)) / 2
+    logits_per_image = _similarities(image_features, all_text, logit_scale)   # n, N
+    logits_per_text = _similarities(text_features, all_image, logit_scale)    # n, N
+    loss = (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
     return {"loss": loss, "clip": loss}
 
 
@@ -92,63 +99,10 @@ def simclr_loss(z1, z2, temperature: float = 0.1) -> dict:
     n, N = z1.shape[0], all1.shape[0]
     labels = _local_labels(n, z1.device)
     self_mask = F.one_hot(labels, N).bool()                       # n, N: a view is not its own negative
-    logits_11 = (z1 @ all1.T / temperature).masked_fill(self_mask, float("-inf"))
-    logits_22 = (z2 @ all2.T / temperature).masked_fill(self_mask, float("-inf"))
-    logits_12 = z1 @ all2.T / temperature
-    logits_21 = z2 @ all1.T / temperature
+    logits_11 = _similarities(z1, all1, 1 / temperature).masked_fill(self_mask, float("-inf"))
+    logits_22 = _similarities(z2, all2, 1 / temperature).masked_fill(self_mask, float("-inf"))
+    logits_12 = _similarities(z1, all2, 1 / temperature)
+    logits_21 = _similarities(z2, all1, 1 / temperature)
     loss = (F.cross_entropy(torch.cat([logits_12, logits_11], 1), labels)
             + F.cross_entropy(torch.cat([logits_21, logits_22], 1), labels)) / 2
     return {"loss": loss, "ssl": loss}
-
-
-# -----------------------------------------------------------------------------
-# SLIP's projection head
-
-
-class GlobalBatchNorm1d(nn.BatchNorm1d):
-    """BatchNorm1d whose training statistics cover the global batch across ranks.
-
-    What SyncBatchNorm does, written with the gather above so it runs on any backend (torch's
-    SyncBatchNorm is GPU-only, and the CPU tests use gloo) and only per-channel sums travel.
-    On a single process it is exactly nn.BatchNorm1d.
-    """
-
-    def forward(self, x):                                          # n, C
-        if not (self.training and _distributed()):
-            return super().forward(x)
-        count = x.shape[0] * dist.get_world_size()
-        xf = x.float()
-        # Two passes (mean, then squared deviations), as BatchNorm itself computes them: the
-        # one-pass E[x^2] - E[x]^2 loses digits that SLIP's low temperature then amplifies.
-        mean = gather_with_grad(xf.sum(0)[None]).sum(0) / count                 # C
-        var = gather_with_grad(((xf - mean) ** 2).sum(0)[None]).sum(0) / count  # C, biased
-        with torch.no_grad():
-            m = self.momentum
-            self.running_mean.mul_(1 - m).add_(m * mean)
-            self.running_var.mul_(1 - m).add_(m * var * count / max(count - 1, 1))
-            self.num_batches_tracked += 1
-        y = (x - mean.to(x.dtype)) * torch.rsqrt(var + self.eps).to(x.dtype)
-        return y * self.weight + self.bias
-
-
-class SimCLRHead(nn.Module):
-    """SLIP's 3-layer MLP projector: Linear-Norm-ReLU, Linear-Norm-ReLU, Linear (4096 hidden, 256 out).
-
-    norm="batch" is SLIP's BatchNorm, with statistics over the global batch under data
-    parallelism (GlobalBatchNorm1d); BatchNorm over a handful of samples per GPU collapses, so
-    norm="layer" gives a batch-free alternative that behaves the same at any per-GPU batch.
-    """
-
-    def __init__(self, in_dim: int, hidden_dim: int = 4096, out_dim: int = 256, norm: str = "batch"):
-        super().__init__()
-        if norm not in ("batch", "layer"):
-            raise ValueError(f"unknown SSL head norm {norm!r}; valid: batch, layer")
-        Norm = GlobalBatchNorm1d if norm == "batch" else nn.LayerNorm
-        self.layers = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim), Norm(hidden_dim), nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, hidden_dim), Norm(hidden_dim), nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, out_dim),
-        )
-
-    def forward(self, x):                                          # n, D -> n, out_dim
-        return self.layers(x)

@@ -20,7 +20,7 @@ mlp_tokens.fc1, ...). At 224px Mixer-B/32 has 59.52M parameters without the head
 
 A fixed token count. The token-mixing MLP's weights have one row/column per token, so a tower
 is tied to the image size it was built for: it can be built at any size divisible by the patch
-(a fresh 256px tower has 64 tokens), but forward only accepts that size, and loading a checkpoint
+(a fresh 256px tower has 64 tokens), but takes only images of that size, and loading a checkpoint
 trained at another size is a ValueError naming the size to build with (not a silent resize: there
 is no meaningful way to interpolate token-mixing weights).
 """
@@ -28,22 +28,11 @@ import math
 
 import torch
 import torch.nn as nn
-from torch.utils.checkpoint import checkpoint
 
+from tinyclip.transformer import Mlp, run_blocks
 
 # --------------------------------------------------------------------------------------------
 # blocks
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class MixerBlock(nn.Module):
@@ -64,9 +53,10 @@ class MixerBlock(nn.Module):
 
 
 class MlpMixer(nn.Module):
-    """MLP-Mixer image tower: images [B, 3, S, S] -> CLIP features [B, output_dim]."""
+    """MLP-Mixer image tower: images [B, 3, S, S] -> CLIP features [B, output_dim], or with
+    project=False the normalised, pooled feature [B, width]."""
 
-    supports_masking = False
+    supports_masking = False  # token mixing needs every token (CLIP.encode_image refuses mask_ratio > 0)
 
     def __init__(self, *, image_size: int, output_dim: int, patch_size: int = 32, width: int = 768,
                  layers: int = 12, token_mlp_dim: int = 384, channel_mlp_dim: int = 3072):
@@ -74,10 +64,8 @@ class MlpMixer(nn.Module):
         if image_size % patch_size:
             raise ValueError(f"mixer needs image_size divisible by its patch {patch_size}; "
                              f"got {image_size}")
-        self.image_size, self.patch_size = image_size, patch_size
+        self.image_size, self.patch_size, self.width = image_size, patch_size, width
         self.num_tokens = (image_size // patch_size) ** 2
-        self.width = width
-        self.output_dim = output_dim
         self.grad_checkpointing = False
 
         self.stem = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size)
@@ -88,8 +76,7 @@ class MlpMixer(nn.Module):
         self.init_weights()
 
     def init_weights(self):
-        # Xavier-uniform linear weights with zero biases (as timm's Mixer); the stem keeps
-        # PyTorch's default conv init
+        # Xavier-uniform linear weights, zero biases (as timm's Mixer); the stem keeps PyTorch's init
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -109,18 +96,8 @@ class MlpMixer(nn.Module):
                              f"build it with image_size={size}")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, x: torch.Tensor, mask_ratio: float = 0.0) -> torch.Tensor:
-        if mask_ratio > 0:
-            raise ValueError("FLIP masking (mask_ratio > 0) needs a ViT image tower; mixer's "
-                             "token-mixing MLP needs every token")
-        if x.shape[-2:] != (self.image_size, self.image_size):
-            raise ValueError(f"mixer has a fixed token count: image_size must be {self.image_size} "
-                             f"(got {x.shape[-1] if x.shape[-1] == x.shape[-2] else tuple(x.shape[-2:])})")
+    def forward(self, x: torch.Tensor, mask_ratio: float = 0.0, project: bool = True) -> torch.Tensor:
         x = self.stem(x).flatten(2).transpose(1, 2)  # B, N, C
-        for block in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+        x = run_blocks(self.blocks, x, self.grad_checkpointing)  # B, N, C
         x = self.norm(x).mean(dim=1)  # B, width
-        return x @ self.proj  # B, output_dim
+        return x @ self.proj if project else x  # B, output_dim (or B, width)

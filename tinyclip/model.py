@@ -3,20 +3,18 @@ Transferable Visual Models From Natural Language Supervision").
 
 Both towers map their input to the same `embed_dim`-wide space; training pulls matching image and
 text features together (losses.py). This module holds:
-  - the registry: VISION_TOWERS {kind: class} and VISION_PRESETS {name: dict(kind=..., **tower
-    kwargs)}; a tower is built as VISION_TOWERS[kind](**kwargs, image_size=..., output_dim=embed_dim)
-    (plus quick_gelu=... if its constructor takes it). A new tower is one file plus one line in
-    each table (and, optionally, one PRESET_DEFAULTS line);
-  - TEXT_PRESETS: text towers chosen independently with `text_arch` (the paper fixes a ViT-B-sized
-    text tower (Li et al. 2024): pass text_arch="vit-b"; OpenAI's own models default to
-    their own pairing so their parameter counts reproduce);
-  - CLIPConfig (plain types; rebuilds the model alone), CLIP, create_model, build_model;
+  - the registry: VISION_TOWERS {kind: class}, TEXT_TOWERS {text_arch: sizes} and PRESETS, each a
+    whole model (image tower, image size, embedding width, text tower) with its parameter count. A
+    new tower is one file, one VISION_TOWERS entry and one preset row. The paper fixes a ViT-B-sized
+    text tower (Li et al. 2024): text_arch="vit-b"; presets default to OpenAI's own pairings so
+    their parameter counts reproduce OpenAI's;
+  - SLIP's projection head, part of the model when the config asks for it (ssl_mlp_dim > 0);
+  - CLIPConfig (plain types; rebuilds the model alone, head included), CLIP, create_model, build_model;
   - load_openai: OpenAI (TorchScript or state_dict) and open_clip checkpoints of these shapes.
 """
 
 import copy
 import dataclasses
-import inspect
 import math
 import re
 import warnings
@@ -26,9 +24,11 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from tinyclip.convnext import ConvNeXt
+from tinyclip.losses import clip_loss, gather_with_grad, simclr_loss
 from tinyclip.mixer import MlpMixer
 from tinyclip.resnet import ModifiedResNet
 from tinyclip.swin import SwinTransformer
@@ -36,66 +36,89 @@ from tinyclip.transformer import TextTransformer
 from tinyclip.vit import VisionTransformer, resize_positional_embedding
 
 # ---------------------------------------------------------------------------------------------
+# precision
+
+# What --precision names (train.py, eval.py, scripts/bench.py): the autocast dtype, None for plain fp32.
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device, precision: str):
+    """The autocast context of a precision name; "fp32" runs without autocast."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+
+
+# ---------------------------------------------------------------------------------------------
 # registry and presets
 
 VISION_TOWERS = {"vit": VisionTransformer, "resnet": ModifiedResNet,
                  "convnext": ConvNeXt, "swin": SwinTransformer, "mixer": MlpMixer}
 
-VISION_PRESETS = {
+TEXT_TOWERS = {  # text_arch -> width, layers, heads; parameters with a 512-wide projection
+    "openai": dict(text_width=512, text_layers=12, text_heads=8),  # OpenAI's ViT-B and RN pairing, 63.4M
+    "vit-b": dict(text_width=768, text_layers=12, text_heads=12),  # the paper's fixed text tower, 123.5M
+    "small": dict(text_width=256, text_layers=4, text_heads=4),  # CPU-friendly, 16.0M (mostly the token table)
+    "test": dict(text_width=32, text_layers=2, text_heads=2),  # 1.6M
+}
+
+# Each preset is a whole model: image tower, input size, joint embedding width and text tower
+# (create_model(name, **overrides) changes any of these); parameters counted with that text tower.
+PRESETS = {
     # the paper's ViTs (Li et al. 2024) and OpenAI's; heads = width / 64
-    "vit-ti-16": dict(kind="vit", width=192, layers=12, heads=3, patch_size=16),
-    "vit-s-16": dict(kind="vit", width=384, layers=12, heads=6, patch_size=16),
-    "vit-b-32": dict(kind="vit", width=768, layers=12, heads=12, patch_size=32),
-    "vit-b-16": dict(kind="vit", width=768, layers=12, heads=12, patch_size=16),
-    "vit-l-16": dict(kind="vit", width=1024, layers=24, heads=16, patch_size=16),
-    "vit-l-14": dict(kind="vit", width=1024, layers=24, heads=16, patch_size=14),
+    "vit-ti-16": dict(vision=dict(kind="vit", width=192, layers=12, heads=3, patch_size=16),
+                      image_size=224, embed_dim=512, text_arch="openai"),  # 69.1M
+    "vit-s-16": dict(vision=dict(kind="vit", width=384, layers=12, heads=6, patch_size=16),
+                     image_size=224, embed_dim=512, text_arch="openai"),  # 85.3M
+    "vit-b-32": dict(vision=dict(kind="vit", width=768, layers=12, heads=12, patch_size=32),
+                     image_size=224, embed_dim=512, text_arch="openai"),  # 151.3M = OpenAI's
+    "vit-b-16": dict(vision=dict(kind="vit", width=768, layers=12, heads=12, patch_size=16),
+                     image_size=224, embed_dim=512, text_arch="openai"),  # 149.6M = OpenAI's
+    "vit-l-16": dict(vision=dict(kind="vit", width=1024, layers=24, heads=16, patch_size=16),
+                     image_size=224, embed_dim=768, text_arch="vit-b"),  # 427.7M
+    "vit-l-14": dict(vision=dict(kind="vit", width=1024, layers=24, heads=16, patch_size=14),
+                     image_size=224, embed_dim=768, text_arch="vit-b"),  # 427.6M = OpenAI's
     # CLIP's modified ResNets
-    "rn50": dict(kind="resnet", layers=[3, 4, 6, 3], width=64),
-    "rn101": dict(kind="resnet", layers=[3, 4, 23, 3], width=64),
+    "rn50": dict(vision=dict(kind="resnet", layers=[3, 4, 6, 3], width=64), image_size=224, embed_dim=1024,
+                 text_arch="openai"),  # 102.0M = OpenAI's
+    "rn101": dict(vision=dict(kind="resnet", layers=[3, 4, 23, 3], width=64), image_size=224, embed_dim=512,
+                  text_arch="openai"),  # 119.7M = OpenAI's
     # the paper's other towers for its CNN-vs-transformer study (drop-path: the official ImageNet values)
-    "convnext-t": dict(kind="convnext", depths=[3, 3, 9, 3], dims=[96, 192, 384, 768], drop_path_rate=0.1),
-    "swin-t": dict(kind="swin", patch_size=4, window_size=7, base_width=96, depths=[2, 2, 6, 2],
-                   heads=[3, 6, 12, 24], drop_path_rate=0.2),
-    "mixer-b-32": dict(kind="mixer", patch_size=32, width=768, layers=12, token_mlp_dim=384, channel_mlp_dim=3072),
+    "convnext-t": dict(vision=dict(kind="convnext", depths=[3, 3, 9, 3], dims=[96, 192, 384, 768], drop_path_rate=0.1),
+                       image_size=224, embed_dim=512, text_arch="openai"),  # 91.6M
+    "swin-t": dict(vision=dict(kind="swin", patch_size=4, window_size=7, base_width=96, depths=[2, 2, 6, 2],
+                               heads=[3, 6, 12, 24], drop_path_rate=0.2),
+                   image_size=224, embed_dim=512, text_arch="openai"),  # 91.3M
+    "mixer-b-32": dict(vision=dict(kind="mixer", patch_size=32, width=768, layers=12, token_mlp_dim=384,
+                                   channel_mlp_dim=3072), image_size=224, embed_dim=512, text_arch="openai"),  # 123.3M
     # micro ViTs shaped like the paper's Ti/S/B family (same depth, width 1:2:4) for scripts/reproduce.py
-    "vit-ti-micro": dict(kind="vit", width=32, layers=4, heads=1, patch_size=8),
-    "vit-s-micro": dict(kind="vit", width=64, layers=4, heads=2, patch_size=8),
-    "vit-b-micro": dict(kind="vit", width=128, layers=4, heads=4, patch_size=8),
-    # tiny towers for tests and CPU smoke runs (image 32; swin: patch 2 x window 2 x 8 = 32)
-    "vit-test": dict(kind="vit", width=64, layers=2, heads=2, patch_size=8),
-    "rn-test": dict(kind="resnet", layers=[1, 1, 1, 1], width=8),
-    "convnext-test": dict(kind="convnext", depths=[1, 1, 2, 1], dims=[8, 16, 32, 64], drop_path_rate=0.0),
-    "swin-test": dict(kind="swin", patch_size=2, window_size=2, base_width=8, depths=[2, 2, 2, 2],
-                      heads=[1, 2, 2, 4], drop_path_rate=0.0),
-    "mixer-test": dict(kind="mixer", patch_size=8, width=32, layers=2, token_mlp_dim=16, channel_mlp_dim=64),
+    "vit-ti-micro": dict(vision=dict(kind="vit", width=32, layers=4, heads=1, patch_size=8), image_size=32,
+                         embed_dim=32, text_arch="test"),  # 1.7M
+    "vit-s-micro": dict(vision=dict(kind="vit", width=64, layers=4, heads=2, patch_size=8), image_size=32,
+                        embed_dim=32, text_arch="test"),  # 1.8M
+    "vit-b-micro": dict(vision=dict(kind="vit", width=128, layers=4, heads=4, patch_size=8), image_size=32,
+                        embed_dim=32, text_arch="test"),  # 2.4M
+    # tiny towers for tests and CPU smoke runs (swin: patch 2 x window 2 x 8 = 32; rn: a 2x2 grid to pool)
+    "vit-test": dict(vision=dict(kind="vit", width=64, layers=2, heads=2, patch_size=8), image_size=32,
+                     embed_dim=32, text_arch="test"),  # 1.7M
+    "rn-test": dict(vision=dict(kind="resnet", layers=[1, 1, 1, 1], width=8), image_size=64, embed_dim=32,
+                    text_arch="test"),  # 1.9M
+    "convnext-test": dict(vision=dict(kind="convnext", depths=[1, 1, 2, 1], dims=[8, 16, 32, 64], drop_path_rate=0.0),
+                          image_size=32, embed_dim=32, text_arch="test"),  # 1.7M
+    "swin-test": dict(vision=dict(kind="swin", patch_size=2, window_size=2, base_width=8, depths=[2, 2, 2, 2],
+                                  heads=[1, 2, 2, 4], drop_path_rate=0.0),
+                      image_size=32, embed_dim=32, text_arch="test"),  # 1.8M
+    "mixer-test": dict(vision=dict(kind="mixer", patch_size=8, width=32, layers=2, token_mlp_dim=16,
+                                   channel_mlp_dim=64), image_size=32, embed_dim=32, text_arch="test"),  # 1.6M
 }
-
 ALIASES = {"vit-ti": "vit-ti-16", "vit-s": "vit-s-16", "vit-b": "vit-b-16", "vit-l": "vit-l-16"}
-
-# model-level defaults per preset; a preset absent here gets DEFAULTS (or TEST_DEFAULTS for "*-test")
-DEFAULTS = dict(image_size=224, embed_dim=512, text_arch="openai")
-TEST_DEFAULTS = dict(image_size=32, embed_dim=32, text_arch="test")
-PRESET_DEFAULTS = {
-    "vit-l-16": dict(embed_dim=768, text_arch="vit-b"),  # as OpenAI's ViT-L/14
-    "vit-l-14": dict(embed_dim=768, text_arch="vit-b"),  # OpenAI pairs it with a 768-wide text tower
-    "rn50": dict(embed_dim=1024),
-    "rn-test": dict(image_size=64),  # a 2x2 grid for the attention pool
-}
-
-TEXT_PRESETS = {
-    "openai": dict(text_width=512, text_layers=12, text_heads=8),  # OpenAI's ViT-B and RN towers
-    "vit-b": dict(text_width=768, text_layers=12, text_heads=12),  # the paper's fixed text tower
-    "small": dict(text_width=256, text_layers=4, text_heads=4),  # CPU-friendly
-    "test": dict(text_width=32, text_layers=2, text_heads=2),
-}
-
-OVERRIDES = ("image_size", "context_length", "vocab_size", "embed_dim", "quick_gelu", "text_arch")
 LOG_MAX_LOGIT_SCALE = math.log(100)  # the temperature may not fall below 1/100 (CLIP, section 2.5)
 
 
 def list_models() -> list[str]:
     """Every name create_model accepts: the presets, then the aliases."""
-    return list(VISION_PRESETS) + list(ALIASES)
+    return list(PRESETS) + list(ALIASES)
 
 
 @dataclass
@@ -112,26 +135,29 @@ class CLIPConfig:
     text_heads: int = 8
     context_length: int = 77
     vocab_size: int = 49408
-    quick_gelu: bool = False  # OpenAI's weights were trained with QuickGELU
+    quick_gelu: bool = False  # OpenAI's weights were trained with QuickGELU (text tower and ViT)
+    ssl_mlp_dim: int = 0  # SLIP's SimCLR head: hidden width (SLIP: 4096); 0 = no head
+    ssl_emb_dim: int = 256  # its output width (SLIP: 256)
+    ssl_norm: str = "batch"  # "batch" (SLIP's, global-batch statistics) or "layer" (batch-free)
+
+
+OVERRIDES = ("image_size", "embed_dim", "text_arch", "context_length", "vocab_size", "quick_gelu",
+             "ssl_mlp_dim", "ssl_emb_dim", "ssl_norm")
 
 
 def make_config(arch: str, **overrides) -> CLIPConfig:
-    """The CLIPConfig for a preset name, with some model-level fields overridden."""
+    """The CLIPConfig of a preset (see PRESETS), with any of OVERRIDES changed (None: keep the preset's)."""
     name = ALIASES.get(arch, arch)
-    if name not in VISION_PRESETS:
+    if name not in PRESETS:
         raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(list_models())}")
     unknown = set(overrides) - set(OVERRIDES)
     if unknown:
-        raise TypeError(f"create_model got unknown overrides {sorted(unknown)}; valid: "
-                        f"{', '.join(OVERRIDES)}")
-    fields = dict(TEST_DEFAULTS if name.endswith("-test") else DEFAULTS)
-    fields.update(PRESET_DEFAULTS.get(name, {}))
+        raise TypeError(f"create_model got unknown overrides {sorted(unknown)}; valid: {', '.join(OVERRIDES)}")
+    fields = copy.deepcopy(PRESETS[name])
     fields.update({k: v for k, v in overrides.items() if v is not None})
-    text_arch = fields["text_arch"]
-    if text_arch not in TEXT_PRESETS:
-        raise ValueError(f"unknown text_arch {text_arch!r}; valid: {', '.join(TEXT_PRESETS)}")
-    fields.update(TEXT_PRESETS[text_arch])
-    return CLIPConfig(arch=name, vision=copy.deepcopy(VISION_PRESETS[name]), **fields)
+    if fields["text_arch"] not in TEXT_TOWERS:
+        raise ValueError(f"unknown text_arch {fields['text_arch']!r}; valid: {', '.join(TEXT_TOWERS)}")
+    return CLIPConfig(arch=name, **fields, **TEXT_TOWERS[fields["text_arch"]])
 
 
 def build_vision_tower(config: CLIPConfig) -> nn.Module:
@@ -139,10 +165,56 @@ def build_vision_tower(config: CLIPConfig) -> nn.Module:
     kind = kwargs.pop("kind", None)
     if kind not in VISION_TOWERS:
         raise ValueError(f"unknown vision tower kind {kind!r}; valid: {', '.join(VISION_TOWERS)}")
-    tower = VISION_TOWERS[kind]
-    if "quick_gelu" in inspect.signature(tower).parameters:  # towers with transformer MLPs
+    if kind == "vit":  # the one tower built of CLIP's transformer blocks, whose activation OpenAI's weights fix
         kwargs["quick_gelu"] = config.quick_gelu
-    return tower(**kwargs, image_size=config.image_size, output_dim=config.embed_dim)
+    return VISION_TOWERS[kind](**kwargs, image_size=config.image_size, output_dim=config.embed_dim)
+
+
+# ---------------------------------------------------------------------------------------------
+# SLIP's projection head (Mu et al. 2021, "SLIP: Self-supervision meets Language-Image Pre-training")
+
+
+class GlobalBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose training statistics cover the global batch across ranks.
+
+    What SyncBatchNorm (SLIP's choice) does, written with losses.gather_with_grad so it runs on any
+    backend (torch's SyncBatchNorm is GPU-only; the CPU tests use gloo) and only per-channel sums
+    travel. On a single process it is nn.BatchNorm1d.
+    """
+
+    def forward(self, x):  # n, C
+        distributed = dist.is_initialized() and dist.get_world_size() > 1
+        if not (self.training and distributed) or x.device.type == "meta":  # meta: FLOP counting, no data
+            return super().forward(x)
+        count = x.shape[0] * dist.get_world_size()
+        xf = x.float()
+        # Two passes (mean, then squared deviations), as BatchNorm itself computes them: the
+        # one-pass E[x^2] - E[x]^2 loses digits that SLIP's low temperature then amplifies.
+        mean = gather_with_grad(xf.sum(0)[None]).sum(0) / count  # C
+        var = gather_with_grad(((xf - mean) ** 2).sum(0)[None]).sum(0) / count  # C, biased
+        with torch.no_grad():
+            m = self.momentum
+            self.running_mean.mul_(1 - m).add_(m * mean)
+            self.running_var.mul_(1 - m).add_(m * var * count / max(count - 1, 1))  # unbiased, as BatchNorm
+            self.num_batches_tracked += 1
+        y = (x - mean.to(x.dtype)) * torch.rsqrt(var + self.eps).to(x.dtype)
+        return y * self.weight + self.bias
+
+
+class SimCLRHead(nn.Sequential):
+    """SLIP's 3-layer MLP projector: Linear-Norm-ReLU, Linear-Norm-ReLU, Linear (SLIP: 4096 hidden, 256 out).
+
+    It reads the image tower's feature before CLIP's projection (SLIP's `image_mlp(visual(aug))`).
+    norm="batch" is SLIP's BatchNorm with global-batch statistics; BatchNorm over a handful of
+    samples per GPU collapses, so norm="layer" is a batch-free alternative for small batches."""
+
+    def __init__(self, in_dim: int, hidden_dim: int = 4096, out_dim: int = 256, norm: str = "batch"):
+        if norm not in ("batch", "layer"):
+            raise ValueError(f"unknown SSL head norm {norm!r}; valid: batch, layer")
+        Norm = GlobalBatchNorm1d if norm == "batch" else nn.LayerNorm
+        super().__init__(nn.Linear(in_dim, hidden_dim), Norm(hidden_dim), nn.ReLU(inplace=True),
+                         nn.Linear(hidden_dim, hidden_dim), Norm(hidden_dim), nn.ReLU(inplace=True),
+                         nn.Linear(hidden_dim, out_dim))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,11 +222,12 @@ def build_vision_tower(config: CLIPConfig) -> nn.Module:
 
 
 class CLIP(TextTransformer):
-    """Image tower (`visual`) + text tower + logit scale.
+    """Image tower (`visual`) + text tower + logit scale (+ SLIP's head `ssl_head` when the config asks).
 
     CLIP subclasses TextTransformer so that the text tower's parameters sit at the top level with
     OpenAI's names (token_embedding, positional_embedding, transformer, ln_final,
-    text_projection); encode_text comes from there."""
+    text_projection); encode_text comes from there. The model has three verbs, as MAE's: encode
+    (encode_image / encode_text), forward (both, unit-normalised) and loss."""
 
     def __init__(self, config: CLIPConfig):
         super().__init__(width=config.text_width, layers=config.text_layers,
@@ -163,11 +236,15 @@ class CLIP(TextTransformer):
                          quick_gelu=config.quick_gelu)
         self.config = config
         self.visual = build_vision_tower(config)
-        # log of the inverse temperature, initialised to 1/0.07 as in CLIP
+        # log of the inverse temperature, initialised to 1/0.07 as in CLIP; train.py clamps it to
+        # [0, ln 100] after each optimiser step, as OpenAI, open_clip and SLIP do
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.ssl_head = (SimCLRHead(self.visual.width, config.ssl_mlp_dim, config.ssl_emb_dim, config.ssl_norm)
+                         if config.ssl_mlp_dim else None)
 
-    def encode_image(self, images: torch.Tensor, mask_ratio: float = 0.0,
-                     normalize: bool = False) -> torch.Tensor:
+    def encode_image(self, images: torch.Tensor, mask_ratio: float = 0.0, normalize: bool = False,
+                     project: bool = True) -> torch.Tensor:
+        """[B, 3, S, S] -> [B, E] (or the tower's own feature [B, W] with project=False: what SLIP's head reads)."""
         S = self.visual.image_size
         if images.dim() != 4 or images.shape[1] != 3 or images.shape[2:] != (S, S):
             raise ValueError(f"images must be [batch, 3, {S}, {S}] for this model, "
@@ -177,15 +254,27 @@ class CLIP(TextTransformer):
                              f"{self.config.arch} is a {self.config.vision.get('kind')} tower "
                              f"with no tokens to drop")
         images = images.to(self.logit_scale.dtype)  # a model held in bf16/fp16 takes its own dtype
-        x = self.visual(images, mask_ratio=mask_ratio)  # B, E
+        x = self.visual(images, mask_ratio=mask_ratio, project=project)  # B, E (or B, W)
         return F.normalize(x, dim=-1) if normalize else x
 
-    def forward(self, images: torch.Tensor, ids: torch.Tensor, mask_ratio: float = 0.0):
-        """-> (unit image features [B, E], unit text features [B, E], logit scale (a scalar))."""
+    def forward(self, images: torch.Tensor, ids: torch.Tensor, mask_ratio: float = 0.0, views=None):
+        """-> (unit image features [B, E], unit text features [B, E], logit scale (a scalar)); with SLIP's
+        views [2B, 3, S, S] (rows 2i, 2i+1: the two views of sample i) also their tower features [2B, W]."""
         image_features = self.encode_image(images, mask_ratio=mask_ratio, normalize=True)
         text_features = self.encode_text(ids, normalize=True)
-        logit_scale = self.logit_scale.clamp(max=LOG_MAX_LOGIT_SCALE).exp()
-        return image_features, text_features, logit_scale
+        if views is None:
+            return image_features, text_features, self.logit_scale.exp()
+        return image_features, text_features, self.logit_scale.exp(), self.encode_image(views, project=False)
+
+    def loss(self, image_features, text_features, logit_scale, view_features=None, ssl_scale: float = 1.0) -> dict:
+        """The training loss of forward's outputs: CLIP's InfoNCE over the global batch; with SLIP's view
+        features also ssl_scale x SimCLR's NT-Xent on the head's projections of the two views, the head
+        run on each view apart as SLIP runs it. -> {"loss", "clip"[, "ssl"]}."""
+        terms = clip_loss(image_features, text_features, logit_scale)
+        if view_features is None:
+            return terms
+        ssl = simclr_loss(self.ssl_head(view_features[0::2]), self.ssl_head(view_features[1::2]))["ssl"]
+        return {"loss": terms["clip"] + ssl_scale * ssl, "clip": terms["clip"], "ssl": ssl}
 
     def set_grad_checkpointing(self, enable: bool = True):
         """Recompute activations in the backward pass, in both towers (saves memory)."""
@@ -207,8 +296,8 @@ def build_model(config) -> CLIP:
 
 
 def create_model(arch: str, **overrides) -> CLIP:
-    """A fresh CLIP from a preset name (see list_models()), e.g. create_model("vit-b-32").
-    Overrides: image_size, context_length, vocab_size, embed_dim, quick_gelu, text_arch."""
+    """A fresh CLIP from a preset name (see list_models()), e.g. create_model("vit-b-32", text_arch="vit-b").
+    Overrides: any of OVERRIDES (image_size, embed_dim, text_arch, context_length, ssl_mlp_dim, ...)."""
     return build_model(make_config(arch, **overrides))
 
 
@@ -270,8 +359,8 @@ def config_from_openai_state_dict(state_dict: dict) -> CLIPConfig:
     text_width = sd["ln_final.weight"].shape[0]
     text = dict(text_width=text_width, text_layers=count_blocks(sd, "transformer.resblocks."),
                 text_heads=text_width // 64)
-    arch = next((n for n, v in VISION_PRESETS.items() if v == vision), "openai-custom")
-    text_arch = next((n for n, v in TEXT_PRESETS.items() if v == text), "custom")
+    arch = next((n for n, row in PRESETS.items() if row["vision"] == vision), "openai-custom")
+    text_arch = next((n for n, v in TEXT_TOWERS.items() if v == text), "custom")
     return CLIPConfig(arch=arch, vision=vision, image_size=image_size,
                       embed_dim=sd["text_projection"].shape[1], text_arch=text_arch, **text,
                       context_length=sd["positional_embedding"].shape[0],

@@ -12,7 +12,6 @@ and three changes made by CLIP:
 
 The parameter names are OpenAI's (conv1..3/bn1..3 stem, layer1..4, attnpool.{q,k,v,c}_proj), so
 their RN50/RN101 weights load unchanged. Total stride 32: image_size must be a multiple of 32.
-FLIP masking is not possible here: a CNN has no tokens to drop.
 """
 
 from collections import OrderedDict
@@ -20,7 +19,8 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
+
+from tinyclip.transformer import run_blocks
 
 # ---------------------------------------------------------------------------------------------
 # blocks
@@ -41,6 +41,8 @@ class Bottleneck(nn.Module):
         self.avgpool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
         self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_planes)
+        # OpenAI's init: bn3 starts at zero, so each block starts as its shortcut (Goyal et al. 2017)
+        nn.init.zeros_(self.bn3.weight)
         self.downsample = None
         if stride > 1 or inplanes != out_planes:
             # OpenAI names these "-1" (the pool, no weights), "0" (conv), "1" (norm)
@@ -66,14 +68,15 @@ class AttentionPool2d(nn.Module):
     def __init__(self, spatial_size: int, width: int, heads: int, output_dim: int):
         super().__init__()
         self.heads = heads
-        self.positional_embedding = nn.Parameter(
-            torch.randn(spatial_size ** 2 + 1, width) / width ** 0.5)
+        self.positional_embedding = nn.Parameter(torch.randn(spatial_size ** 2 + 1, width) / width ** 0.5)
         self.k_proj = nn.Linear(width, width)
         self.q_proj = nn.Linear(width, width)
         self.v_proj = nn.Linear(width, width)
         self.c_proj = nn.Linear(width, output_dim)
+        for proj in (self.q_proj, self.k_proj, self.v_proj, self.c_proj):  # OpenAI's init: N(0, 1/width)
+            nn.init.normal_(proj.weight, std=width ** -0.5)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, project: bool = True) -> torch.Tensor:
         B, C, H, W = x.shape
         x = x.flatten(2).transpose(1, 2)  # B, HW, C
         x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)  # B, 1 + HW, C
@@ -84,7 +87,7 @@ class AttentionPool2d(nn.Module):
         v = self.v_proj(x).view(B, -1, h, d).transpose(1, 2)  # B, h, 1 + HW, d
         x = F.scaled_dot_product_attention(q, k, v)  # B, h, 1, d
         x = x.transpose(1, 2).reshape(B, C)  # B, C
-        return self.c_proj(x)  # B, E
+        return self.c_proj(x) if project else x  # B, E (or B, C: the feature before the projection)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,28 +95,28 @@ class AttentionPool2d(nn.Module):
 
 
 class ModifiedResNet(nn.Module):
-    """CLIP's ResNet image tower. forward(x [B, 3, S, S]) -> [B, output_dim].
+    """CLIP's ResNet image tower. forward(x [B, 3, S, S]) -> [B, output_dim], or with project=False
+    the attention pool's feature [B, width].
 
     layers: bottleneck blocks per stage, e.g. (3, 4, 6, 3) for RN50. width: the stem's output
     channels (64 for RN50); stage i has width * 2**i planes, and the attention pool sees
-    width * 32 channels (`self.width`). heads defaults to OpenAI's width * 32 // 64.
+    width * 32 channels (`self.width`) with OpenAI's width * 32 // 64 heads.
 
     Gradient checkpointing recomputes each stage in the backward pass; note that BatchNorm then
     updates its running statistics twice per training step (a known, harmless side effect)."""
 
-    supports_masking = False
+    supports_masking = False  # a CNN has no tokens to drop (CLIP.encode_image refuses mask_ratio > 0)
 
-    def __init__(self, layers=(3, 4, 6, 3), width: int = 64, heads: int | None = None,
-                 image_size: int = 224, output_dim: int = 1024):
+    def __init__(self, layers=(3, 4, 6, 3), width: int = 64, image_size: int = 224,
+                 output_dim: int = 1024):
         super().__init__()
         if image_size % 32:
             raise ValueError(f"ResNet image_size must be a multiple of 32 (total stride), "
                              f"got {image_size}")
         if len(layers) != 4:
             raise ValueError(f"ResNet needs 4 stage depths, got layers={tuple(layers)}")
-        self.image_size, self.base_width = image_size, width
+        self.image_size = image_size
         self.width = width * 32  # feature width entering the attention pool
-        heads = heads or self.width // 64
         # the three-convolution stem, then a 2x2 average pool: total stride 4
         self.conv1 = nn.Conv2d(3, width // 2, 3, stride=2, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width // 2)
@@ -131,20 +134,8 @@ class ModifiedResNet(nn.Module):
             stage += [Bottleneck(inplanes, planes) for _ in range(1, blocks)]
             stages.append(nn.Sequential(*stage))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.attnpool = AttentionPool2d(image_size // 32, self.width, heads, output_dim)
+        self.attnpool = AttentionPool2d(image_size // 32, self.width, self.width // 64, output_dim)
         self.grad_checkpointing = False
-        self.init_parameters()
-
-    def init_parameters(self):
-        """OpenAI's scheme: attention-pool projections ~ N(0, 1/width); bn3 of every block starts at
-        zero so each residual branch starts as the identity (Goyal et al. 2017)."""
-        std = self.attnpool.c_proj.in_features ** -0.5
-        for proj in (self.attnpool.q_proj, self.attnpool.k_proj, self.attnpool.v_proj,
-                     self.attnpool.c_proj):
-            nn.init.normal_(proj.weight, std=std)
-        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            for block in stage:
-                nn.init.zeros_(block.bn3.weight)
 
     def set_grad_checkpointing(self, enable: bool = True):
         self.grad_checkpointing = enable
@@ -155,17 +146,8 @@ class ModifiedResNet(nn.Module):
         x = F.relu(self.bn3(self.conv3(x)))  # B, w, S/2, S/2
         return self.avgpool(x)  # B, w, S/4, S/4
 
-    def forward(self, x: torch.Tensor, mask_ratio: float = 0.0) -> torch.Tensor:
-        if mask_ratio > 0:
-            raise ValueError("FLIP masking (mask_ratio > 0) needs a ViT image tower; "
-                             "ModifiedResNet is a CNN")
-        if x.shape[-2:] != (self.image_size, self.image_size):
-            raise ValueError(f"this ResNet was built for {self.image_size}px images (its attention "
-                             f"pool has a fixed grid), got shape {tuple(x.shape)}")
-        x = self.stem(x)
-        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(stage, x, use_reentrant=False)
-            else:
-                x = stage(x)  # B, 4w..32w, S/4..S/32
-        return self.attnpool(x)  # B, E
+    def forward(self, x: torch.Tensor, mask_ratio: float = 0.0, project: bool = True) -> torch.Tensor:
+        x = self.stem(x)  # B, w, S/4, S/4
+        stages = (self.layer1, self.layer2, self.layer3, self.layer4)
+        x = run_blocks(stages, x, self.grad_checkpointing)  # B, 32w, S/32, S/32 (one checkpoint a stage)
+        return self.attnpool(x, project)  # B, E (or B, width with project=False)

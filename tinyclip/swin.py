@@ -28,11 +28,8 @@ construction-time image size, so a tower only accepts that size.
 """
 import torch
 import torch.nn as nn
-from torch.utils.checkpoint import checkpoint
 
-from tinyclip.convnext import DropPath, linear_drop_path_rates
-from tinyclip.mixer import Mlp  # the same two-layer GELU MLP (timm names: fc1, fc2)
-
+from tinyclip.transformer import DropPath, Mlp, linear_drop_path_rates, run_blocks
 
 # --------------------------------------------------------------------------------------------
 # windows, relative positions, the shifted-window mask
@@ -45,11 +42,11 @@ def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, C)
 
 
-def window_reverse(windows: torch.Tensor, window: int, H: int, W: int) -> torch.Tensor:
-    """Inverse of window_partition: [B * num_windows, window * window, C] -> [B, H, W, C]."""
+def window_reverse(windows: torch.Tensor, window: int, size: int) -> torch.Tensor:
+    """Inverse of window_partition: [B * num_windows, window * window, C] -> [B, size, size, C]."""
     C = windows.shape[-1]
-    x = windows.view(-1, H // window, W // window, window, window, C)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, H, W, C)
+    x = windows.view(-1, size // window, size // window, window, window, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, size, size, C)
 
 
 def relative_position_index(window: int) -> torch.Tensor:
@@ -61,23 +58,20 @@ def relative_position_index(window: int) -> torch.Tensor:
     return offset[0] * (2 * window - 1) + offset[1]  # N, N
 
 
-def shifted_window_attention_mask(height: int, width: int, window: int, shift: int) -> torch.Tensor:
-    """Which tokens may attend to which after the grid is rolled by (-shift, -shift).
+def shifted_window_attention_mask(size: int, window: int, shift: int) -> torch.Tensor:
+    """Which tokens may attend to which after the size x size grid is rolled by (-shift, -shift).
 
     Returns a bool tensor [num_windows, window^2, window^2], True where attention is allowed.
     Rolling moves the first `shift` rows/columns to the bottom/right, so the last window row and
     column mix tokens from opposite image borders. Label every position of the rolled grid by
-    the region it came from (per axis: the untouched part [0, H - window), the part of the last
-    window that did not wrap [H - window, H - shift), the wrapped part [H - shift, H)); two tokens
-    of one window may attend only if they carry the same label.
+    the region it came from (per axis: the untouched part [0, size - window), the part of the last
+    window that did not wrap [size - window, size - shift), the wrapped part [size - shift, size));
+    two tokens of one window may attend only if they carry the same label.
     """
-    def region(size):
-        labels = torch.zeros(size, dtype=torch.long)
-        labels[size - window:] = 1
-        labels[size - shift:] = 2
-        return labels
-
-    labels = region(height)[:, None] * 3 + region(width)[None, :]  # H, W
+    region = torch.zeros(size, dtype=torch.long)
+    region[size - window:] = 1
+    region[size - shift:] = 2
+    labels = region[:, None] * 3 + region[None, :]  # H, W
     labels = window_partition(labels[None, :, :, None], window).squeeze(-1)  # num_windows, N
     return labels[:, :, None] == labels[:, None, :]  # num_windows, N, N
 
@@ -93,7 +87,7 @@ class WindowAttention(nn.Module):
         super().__init__()
         if dim % heads:
             raise ValueError(f"swin stage width {dim} is not divisible by its {heads} heads")
-        self.heads, self.window = heads, window
+        self.heads = heads
         self.scale = (dim // heads) ** -0.5
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -102,15 +96,14 @@ class WindowAttention(nn.Module):
         self.register_buffer("relative_position_index", relative_position_index(window),
                              persistent=False)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
         Bw, N, C = x.shape  # Bw = B * num_windows, N = window^2
         q, k, v = self.qkv(x).view(Bw, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
         attn = (q * self.scale) @ k.transpose(-2, -1)  # Bw, heads, N, N
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         attn = attn + bias.view(N, N, self.heads).permute(2, 0, 1)  # + heads, N, N
-        if allowed is not None:
-            num_windows = allowed.shape[0]
-            attn = attn.view(-1, num_windows, self.heads, N, N)  # B, nW, heads, N, N
+        if allowed is not None:  # allowed: nW, N, N
+            attn = attn.view(-1, allowed.shape[0], self.heads, N, N)  # B, nW, heads, N, N
             attn = attn.masked_fill(~allowed[None, :, None], float("-inf")).view(Bw, -1, N, N)
         x = attn.softmax(dim=-1) @ v  # Bw, heads, N, C / heads
         return self.proj(x.transpose(1, 2).reshape(Bw, N, C))
@@ -118,25 +111,24 @@ class WindowAttention(nn.Module):
 
 class SwinBlock(nn.Module):
     def __init__(self, dim: int, resolution: int, heads: int, window: int, shift: int,
-                 mlp_ratio: float = 4.0, drop_prob: float = 0.0):
+                 drop_prob: float = 0.0):
         super().__init__()
         self.resolution, self.window, self.shift = resolution, window, shift
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, heads, window)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, 4 * dim)
         self.drop_path = DropPath(drop_prob)
-        mask = shifted_window_attention_mask(resolution, resolution, window, shift) if shift else None
+        mask = shifted_window_attention_mask(resolution, window, shift) if shift else None
         self.register_buffer("attn_mask", mask, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # B, H*W, C
         B, L, C = x.shape
-        H = W = self.resolution
-        y = self.norm1(x).view(B, H, W, C)
+        y = self.norm1(x).view(B, self.resolution, self.resolution, C)  # B, H, W, C
         if self.shift:
             y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
         y = self.attn(window_partition(y, self.window), self.attn_mask)  # B*nW, window^2, C
-        y = window_reverse(y, self.window, H, W)  # B, H, W, C
+        y = window_reverse(y, self.window, self.resolution)  # B, H, W, C
         if self.shift:
             y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
         x = x + self.drop_path(y.reshape(B, L, C))
@@ -161,13 +153,14 @@ class PatchMerging(nn.Module):
 
 
 class SwinStage(nn.Module):
-    def __init__(self, dim, resolution, depth, heads, window, mlp_ratio, drop_probs, downsample):
+    """`blocks` (every second one shifted), then `downsample` (patch merging; None in the last stage)."""
+
+    def __init__(self, dim, resolution, heads, window, drop_probs, downsample):
         super().__init__()
         # a grid of exactly one window has nothing to shift across
         shift = window // 2 if resolution > window else 0
-        self.blocks = nn.ModuleList(
-            SwinBlock(dim, resolution, heads, window, shift if i % 2 else 0, mlp_ratio, drop_probs[i])
-            for i in range(depth))
+        self.blocks = nn.ModuleList(SwinBlock(dim, resolution, heads, window, shift if i % 2 else 0, p)
+                                    for i, p in enumerate(drop_probs))
         self.downsample = PatchMerging(dim, resolution) if downsample else None
 
 
@@ -176,15 +169,15 @@ class SwinStage(nn.Module):
 
 
 class SwinTransformer(nn.Module):
-    """Swin image tower: images [B, 3, S, S] -> CLIP features [B, output_dim]."""
+    """Swin image tower: images [B, 3, S, S] -> CLIP features [B, output_dim], or with
+    project=False the normalised, pooled feature [B, width]."""
 
-    supports_masking = False
+    supports_masking = False  # windows need the full token grid (CLIP.encode_image refuses mask_ratio > 0)
 
     def __init__(self, *, image_size: int, output_dim: int, patch_size: int = 4, window_size: int = 7,
                  base_width: int = 96, depths=(2, 2, 6, 2), heads=(3, 6, 12, 24),
-                 mlp_ratio: float = 4.0, drop_path_rate: float = 0.2):
+                 drop_path_rate: float = 0.2):
         super().__init__()
-        depths, heads = tuple(int(d) for d in depths), tuple(int(h) for h in heads)
         if len(depths) != len(heads):
             raise ValueError(f"swin needs one head count per stage; got depths {depths}, heads {heads}")
         merges = 2 ** (len(depths) - 1)
@@ -192,9 +185,7 @@ class SwinTransformer(nn.Module):
         if image_size % multiple:
             raise ValueError(f"swin needs image_size divisible by {multiple} (patch {patch_size} x "
                              f"window {window_size} x {merges}); got {image_size}")
-        self.image_size = image_size
-        self.width = base_width * merges
-        self.output_dim = output_dim
+        self.image_size, self.width = image_size, base_width * merges
         self.grad_checkpointing = False
 
         self.patch_embed = nn.Module()
@@ -202,8 +193,8 @@ class SwinTransformer(nn.Module):
         self.patch_embed.norm = nn.LayerNorm(base_width)
         rates = linear_drop_path_rates(drop_path_rate, depths)
         self.layers = nn.ModuleList(
-            SwinStage(base_width * 2 ** i, image_size // patch_size // 2 ** i, depths[i], heads[i],
-                      window_size, mlp_ratio, rates[i], downsample=i < len(depths) - 1)
+            SwinStage(base_width * 2 ** i, image_size // patch_size // 2 ** i, heads[i], window_size,
+                      rates[i], downsample=i < len(depths) - 1)
             for i in range(len(depths)))
         self.norm = nn.LayerNorm(self.width)
         self.proj = nn.Parameter(torch.empty(self.width, output_dim))
@@ -223,22 +214,12 @@ class SwinTransformer(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True):
         self.grad_checkpointing = enable
 
-    def forward(self, x: torch.Tensor, mask_ratio: float = 0.0) -> torch.Tensor:
-        if mask_ratio > 0:
-            raise ValueError("FLIP masking (mask_ratio > 0) needs a ViT image tower; swin attends "
-                             "within windows of the full token grid")
-        if x.shape[-2:] != (self.image_size, self.image_size):
-            raise ValueError(f"this swin tower was built for {self.image_size}px images "
-                             f"(its attention masks are fixed); got {tuple(x.shape[-2:])}")
+    def forward(self, x: torch.Tensor, mask_ratio: float = 0.0, project: bool = True) -> torch.Tensor:
         x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)  # B, H*W, C
         x = self.patch_embed.norm(x)
         for stage in self.layers:
-            for block in stage.blocks:
-                if self.grad_checkpointing and torch.is_grad_enabled():
-                    x = checkpoint(block, x, use_reentrant=False)
-                else:
-                    x = block(x)
+            x = run_blocks(stage.blocks, x, self.grad_checkpointing)  # B, H*W, C
             if stage.downsample is not None:
                 x = stage.downsample(x)  # B, H*W/4, 2C
         x = self.norm(x).mean(dim=1)  # B, width
-        return x @ self.proj  # B, output_dim
+        return x @ self.proj if project else x  # B, output_dim (or B, width)

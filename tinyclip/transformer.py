@@ -1,4 +1,4 @@
-"""The transformer pieces shared by CLIP's two towers, and CLIP's text tower.
+"""The layers CLIP's towers share, the transformer they are built of, and CLIP's text tower.
 
 A pre-LayerNorm transformer (Vaswani et al. 2017, "Attention Is All You Need"; pre-LN as in GPT-2)
 laid out exactly as in OpenAI's CLIP (Radford et al. 2021, "Learning Transferable Visual Models From
@@ -10,6 +10,10 @@ Natural Language Supervision"), so that OpenAI's weights load without a renaming
 Attention runs through torch.nn.functional.scaled_dot_product_attention, which picks a fused
 kernel (flash / memory-efficient) where one exists. Activations are batch-first (B, N, D); OpenAI's
 code is sequence-first, which changes no weight.
+
+The other image towers take their common pieces from here too: stochastic depth (ConvNeXt, Swin),
+the two-layer GELU MLP with timm's names (Swin, Mixer) and `run_blocks`, the one block loop with
+gradient checkpointing that every tower runs.
 
 The text tower (TextTransformer) embeds BPE token ids, runs a causal transformer, and pools the
 features at the end-of-text token, which has the largest id in CLIP's vocabulary (49407), so
@@ -26,16 +30,15 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 # ---------------------------------------------------------------------------------------------
-# small layers
+# small layers, stochastic depth and the block loop
 
 
 class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in float32 and cast back, so a model held in fp16/bf16 normalises stably."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = None if self.weight is None else self.weight.float()
-        bias = None if self.bias is None else self.bias.float()
-        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(),
+                            self.eps).to(x.dtype)
 
 
 class QuickGELU(nn.Module):
@@ -43,6 +46,60 @@ class QuickGELU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(1.702 * x)
+
+
+class Mlp(nn.Module):
+    """Linear -> GELU -> Linear with timm's names (fc1, fc2): Swin's MLP and both of Mixer's."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016, "Deep Networks with Stochastic Depth"): in training,
+    drop the whole residual branch for a random subset of samples; kept samples are scaled by
+    1/keep so the expectation is unchanged."""
+
+    def __init__(self, drop_prob: float):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        # one Bernoulli draw per sample, broadcast over every other dimension
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+def linear_drop_path_rates(drop_path_rate: float, depths) -> list[list[float]]:
+    """Per-block drop probabilities rising linearly from 0 to drop_path_rate over all blocks
+    (the schedule of ConvNeXt and Swin), grouped by stage."""
+    total = sum(depths)
+    rates = iter([drop_path_rate * i / max(total - 1, 1) for i in range(total)])
+    return [[next(rates) for _ in range(depth)] for depth in depths]
+
+
+def run_blocks(blocks, x: torch.Tensor, grad_checkpointing: bool, *args) -> torch.Tensor:
+    """x through each block in turn, `block(x, *args)`. With gradient checkpointing (and gradients
+    on) each block's activations are recomputed in the backward pass instead of stored, trading
+    ~1/3 more compute for activation memory that no longer grows with depth."""
+    for block in blocks:
+        if grad_checkpointing and torch.is_grad_enabled():
+            x = checkpoint(block, x, *args, use_reentrant=False)
+        else:
+            x = block(x, *args)
+    return x
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,18 +134,17 @@ class MultiheadSelfAttention(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    """Pre-LN block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """Pre-LN block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); the MLP is 4x wide."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, quick_gelu: bool = False):
+    def __init__(self, width: int, heads: int, quick_gelu: bool = False):
         super().__init__()
-        hidden = int(width * mlp_ratio)
         self.ln_1 = LayerNorm(width)
         self.attn = MultiheadSelfAttention(width, heads)
         self.ln_2 = LayerNorm(width)
         self.mlp = nn.Sequential(OrderedDict([
-            ("c_fc", nn.Linear(width, hidden)),
+            ("c_fc", nn.Linear(width, 4 * width)),
             ("gelu", QuickGELU() if quick_gelu else nn.GELU()),
-            ("c_proj", nn.Linear(hidden, width)),
+            ("c_proj", nn.Linear(4 * width, width)),
         ]))
 
     def forward(self, x: torch.Tensor, is_causal: bool = False) -> torch.Tensor:  # B, N, D
@@ -98,25 +154,17 @@ class ResidualAttentionBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    """A stack of residual blocks (`resblocks`), with optional gradient checkpointing: each block's
-    activations are recomputed in the backward pass instead of stored, trading ~1/3 more compute
-    for activation memory that no longer grows with depth."""
+    """A stack of residual blocks (`resblocks`), optionally gradient-checkpointed (run_blocks)."""
 
-    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0,
-                 quick_gelu: bool = False):
+    def __init__(self, width: int, layers: int, heads: int, quick_gelu: bool = False):
         super().__init__()
         self.width, self.layers = width, layers
         self.resblocks = nn.ModuleList(
-            [ResidualAttentionBlock(width, heads, mlp_ratio, quick_gelu) for _ in range(layers)])
+            [ResidualAttentionBlock(width, heads, quick_gelu) for _ in range(layers)])
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor, is_causal: bool = False) -> torch.Tensor:  # B, N, D
-        for block in self.resblocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, is_causal, use_reentrant=False)
-            else:
-                x = block(x, is_causal=is_causal)
-        return x
+        return run_blocks(self.resblocks, x, self.grad_checkpointing, is_causal)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,8 +178,8 @@ class TextTransformer(nn.Module):
     Token ids are [B, L] with L <= context_length (shorter sequences use the first L positions,
     as OpenAI's code allows)."""
 
-    def __init__(self, width: int = 512, layers: int = 12, heads: int = 8, context_length: int = 77,
-                 vocab_size: int = 49408, output_dim: int = 512, quick_gelu: bool = False):
+    def __init__(self, width: int, layers: int, heads: int, context_length: int, vocab_size: int,
+                 output_dim: int, quick_gelu: bool = False):
         super().__init__()
         self.context_length, self.vocab_size = context_length, vocab_size
         self.token_embedding = nn.Embedding(vocab_size, width)
@@ -184,9 +232,6 @@ class TextTransformer(nn.Module):
         x = x[torch.arange(B, device=x.device), ids.argmax(dim=-1)]  # B, D: the end-of-text token
         x = x @ self.text_projection  # B, E
         return F.normalize(x, dim=-1) if normalize else x
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.encode_text(ids)
 
     def set_grad_checkpointing(self, enable: bool = True):
         self.transformer.grad_checkpointing = enable

@@ -44,14 +44,13 @@ def random_masking(x: torch.Tensor, mask_ratio: float) -> torch.Tensor:
     return x.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, D))  # B, N_keep, D
 
 
-def resize_positional_embedding(pos_embed: torch.Tensor, grid_size: int,
-                                extra_tokens: int = 1) -> torch.Tensor:
-    """Bicubic-resize a [extra + g*g, D] positional embedding to a grid_size x grid_size grid.
+def resize_positional_embedding(pos_embed: torch.Tensor, grid_size: int) -> torch.Tensor:
+    """Bicubic-resize a [1 + g*g, D] positional embedding to a grid_size x grid_size grid.
 
     Used when loading weights into a model built for another image size (ViT pos embeddings, and
-    the ResNet attention pool's, which has the same layout). The leading `extra_tokens` (the
-    class token) are kept as they are."""
-    extra, grid = pos_embed[:extra_tokens], pos_embed[extra_tokens:]
+    the ResNet attention pool's, which has the same layout). The leading token (the class token,
+    or the pool's mean) is kept as it is."""
+    first, grid = pos_embed[:1], pos_embed[1:]
     old_size = math.isqrt(grid.shape[0])
     if old_size * old_size != grid.shape[0]:
         raise ValueError(f"positional embedding of {grid.shape[0]} grid tokens is not a square grid")
@@ -62,7 +61,7 @@ def resize_positional_embedding(pos_embed: torch.Tensor, grid_size: int,
     grid = F.interpolate(grid.float(), size=(grid_size, grid_size), mode="bicubic",
                          align_corners=False, antialias=grid_size < old_size)  # 1, D, G, G
     grid = grid.permute(0, 2, 3, 1).reshape(grid_size * grid_size, D).to(pos_embed.dtype)
-    return torch.cat([extra, grid], dim=0)  # extra + G*G, D
+    return torch.cat([first, grid], dim=0)  # 1 + G*G, D
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,34 +69,31 @@ def resize_positional_embedding(pos_embed: torch.Tensor, grid_size: int,
 
 
 class VisionTransformer(nn.Module):
-    """CLIP's ViT image tower. forward(x [B, 3, S, S], mask_ratio) -> [B, output_dim]."""
+    """CLIP's ViT image tower. forward(x [B, 3, S, S], mask_ratio, project) -> [B, output_dim], or
+    with project=False the class token's feature [B, width] (what SLIP's head reads)."""
 
     supports_masking = True
 
     def __init__(self, width: int, layers: int, heads: int, patch_size: int, image_size: int = 224,
-                 output_dim: int = 512, mlp_ratio: float = 4.0, quick_gelu: bool = False):
+                 output_dim: int = 512, quick_gelu: bool = False):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not divisible by patch_size {patch_size}")
-        self.image_size, self.patch_size, self.width = image_size, patch_size, width
-        self.grid_size = image_size // patch_size
-        self.num_patches = self.grid_size ** 2
+        self.image_size, self.width = image_size, width
+        num_patches = (image_size // patch_size) ** 2
         self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
         scale = width ** -0.5  # OpenAI's initialisation for the embeddings and the projection
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
-        self.positional_embedding = nn.Parameter(scale * torch.randn(self.num_patches + 1, width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(num_patches + 1, width))
         self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads, mlp_ratio, quick_gelu)
+        self.transformer = Transformer(width, layers, heads, quick_gelu)
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
     def set_grad_checkpointing(self, enable: bool = True):
         self.transformer.grad_checkpointing = enable
 
-    def forward(self, x: torch.Tensor, mask_ratio: float = 0.0) -> torch.Tensor:
-        if x.shape[-2:] != (self.image_size, self.image_size):
-            raise ValueError(f"this ViT was built for {self.image_size}px images, got shape "
-                             f"{tuple(x.shape)}")
+    def forward(self, x: torch.Tensor, mask_ratio: float = 0.0, project: bool = True) -> torch.Tensor:
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         B = x.shape[0]
@@ -111,4 +107,4 @@ class VisionTransformer(nn.Module):
         x = self.ln_pre(x)
         x = self.transformer(x)  # B, 1 + N_keep, D
         x = self.ln_post(x[:, 0])  # B, D: the class token
-        return x @ self.proj  # B, E
+        return x @ self.proj if project else x  # B, E (or B, D: the feature SLIP's head reads)
