@@ -1,6 +1,7 @@
 """Evaluate a CLIP checkpoint the way "Scaling (Down) CLIP" (Li, Xie, Cubuk 2024) does: zero-shot
 classification (and its robustness average), image-text retrieval, linear probe, few-shot, and the
-image-text scores its data-quality study filters by. The tasks themselves are tinyclip/tasks.py.
+image-text scores its data-quality study filters by. The tasks themselves are tinyclip/evaluation.py
+(zeroshot, retrieval, score) and tinyclip/probe.py (linear-probe, fewshot).
 
     python eval.py --checkpoint runs/latest/ckpt.pt --task zeroshot retrieval --data synthetic
     python eval.py --checkpoint ckpt.pt --task linear-probe fewshot --data synthetic --fewshot-k 5 10
@@ -16,15 +17,15 @@ Prints one aligned table per task and writes every number to --json. Errors are 
 `eval.py: error: ...`, with exit status 2.
 """
 import argparse
+import functools
 import json
 import os
 import sys
 
 import torch
 
-from tinyclip import tasks
+from tinyclip import evaluation, probe
 from tinyclip.checkpoint import load_checkpoint
-from tinyclip.evaluation import average_over_datasets, feature_fingerprint
 from tinyclip.model import load_openai
 
 TASKS = ("zeroshot", "retrieval", "linear-probe", "fewshot", "score")
@@ -137,10 +138,6 @@ def probe_data(args):
 
 def run_task(task, model, info, args):
     """{dataset name: metrics} for one task."""
-    common = dict(normalize=info["normalize"], device=args.device, precision=args.precision,
-                  batch_size=args.batch_size, workers=args.workers, crop_ratio=args.crop_ratio)
-    cached = dict(cache_dir=args.cache, fingerprint=feature_fingerprint(info["path"], "model", ""))
-    sources = dict(csv_img_key=args.csv_img_key, csv_caption_key=args.csv_caption_key)
     data = args.data or ["synthetic"]
     names = dataset_names(data)
     if task == "zeroshot":
@@ -148,27 +145,38 @@ def run_task(task, model, info, args):
         if len(subsets) not in (1, len(data)):
             raise ValueError(f"--class-subset has {len(subsets)} values for {len(data)} --data entries")
         subsets = subsets * len(data) if len(subsets) == 1 else subsets
-        results = {name: tasks.zeroshot(model, spec, label_set=args.label_set, size=args.size,
-                                        class_names=args.classnames, templates=args.templates,
-                                        class_subset=None if subset == "none" else subset, **common, **cached)
-                   for name, spec, subset in zip(names, data, subsets)}
+        results = {name: evaluation.zeroshot(
+            model, spec, normalize=info["normalize"], label_set=args.label_set, size=args.size,
+            class_names=args.classnames, templates=args.templates, class_subset=None if subset == "none" else subset,
+            device=args.device, precision=args.precision, batch_size=args.batch_size, workers=args.workers,
+            crop_ratio=args.crop_ratio, cache_dir=args.cache, checkpoint=info["path"])
+            for name, spec, subset in zip(names, data, subsets)}
         if len(results) > 1:  # the paper's robustness number: the unweighted mean top-1
-            results["average"] = {"top1": average_over_datasets({k: v["top1"] for k, v in results.items()})["average"]}
+            if "average" in results:
+                raise ValueError("a dataset may not be named 'average'")
+            results["average"] = {"top1": sum(result["top1"] for result in results.values()) / len(results)}
         return results
     if task == "retrieval":
-        return {name: tasks.retrieval(model, spec, size=args.size, image_root=args.image_root, split=args.split,
-                                      **common, **sources) for name, spec in zip(names, data)}
+        return {name: evaluation.retrieval(
+            model, spec, normalize=info["normalize"], size=args.size, image_root=args.image_root, split=args.split,
+            csv_img_key=args.csv_img_key, csv_caption_key=args.csv_caption_key, device=args.device,
+            precision=args.precision, batch_size=args.batch_size, workers=args.workers, crop_ratio=args.crop_ratio)
+            for name, spec in zip(names, data)}
     if task in ("linear-probe", "fewshot"):
         train, test = probe_data(args)
-        kwargs = dict(label_set=args.label_set, size=args.size, train_size=args.train_size,
-                      weight_decay=args.weight_decay, **common, **cached)
-        if task == "fewshot":
-            kwargs.update(ks=args.fewshot_k, seeds=args.seeds)
-        run = tasks.linear_probe if task == "linear-probe" else tasks.fewshot
-        return {dataset_names([test])[0]: run(model, train, test, **kwargs)}
+        run = probe.linear_probe if task == "linear-probe" else functools.partial(probe.fewshot, ks=args.fewshot_k,
+                                                                                    seeds=args.seeds)
+        return {dataset_names([test])[0]: run(
+            model, train, test, weight_decay=args.weight_decay, normalize=info["normalize"], label_set=args.label_set,
+            size=args.size, train_size=args.train_size, device=args.device, precision=args.precision,
+            batch_size=args.batch_size, workers=args.workers, crop_ratio=args.crop_ratio, cache_dir=args.cache,
+            checkpoint=info["path"])}
     if args.out is None or len(data) != 1:
         raise ValueError("score needs one --data and --out FILE for the key,score CSV")
-    return {names[0]: tasks.score(model, data[0], args.out, **common, **sources)}
+    return {names[0]: evaluation.score(
+        model, data[0], args.out, normalize=info["normalize"], csv_img_key=args.csv_img_key,
+        csv_caption_key=args.csv_caption_key, device=args.device, precision=args.precision,
+        batch_size=args.batch_size, workers=args.workers, crop_ratio=args.crop_ratio)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,6 +216,9 @@ def main(argv=None):
     unknown = [task for task in args.task if task not in TASKS]
     if unknown:
         parser.exit(2, f"eval.py: error: unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}\n")
+    if args.batch_size < 1 or args.workers < 0:
+        parser.exit(2, f"eval.py: error: need --batch-size >= 1 and --workers >= 0, got {args.batch_size} and "
+                       f"{args.workers}\n")
     try:
         model, info = load_model(args)
         results = {"model": info}

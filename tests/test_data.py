@@ -1,9 +1,10 @@
 """Data loading (tinyclip.data, tinyclip.sources, tinyclip.shards) on small files written here.
 
 Checks: CSV/TSV, tar shards, image+.txt folders and ImageFolder read back what was written (keys,
-captions grouped per image, pixels); brace expansion; the rank x worker split visits every sample
-exactly once per epoch and reshuffles each epoch, with batches independent of the worker count;
-start_sample resumes bit-identically; bad inputs (garbage bytes, truncated JPEG, missing file,
+captions grouped per image, pixels), and sources.load_batches reads them in order, skipping bad
+images; brace expansion; the rank x worker split visits every sample exactly once per epoch and
+reshuffles each epoch, with batches independent of the worker count; start_sample resumes
+bit-identically; SLIP's two views of sample i are rows 2i and 2i + 1 of one tensor; bad inputs (garbage bytes, truncated JPEG, missing file,
 empty or non-UTF-8 caption, truncated tar, missing .txt) are skipped, counted by reason, and batches
 stay full; the quality filter keeps exactly the top fraction; dataset_size subsets are fixed, nested
 and of size N; the shard converter round-trips; bad paths give one-line errors.
@@ -21,10 +22,9 @@ import torch
 from PIL import Image
 
 from tinyclip.augment import make_transform
-from tinyclip.data import (ImageFolderDataset, expand_braces, iter_pairs, main, make_train_loader,
-                           select_indices)
-from tinyclip.shards import build_index, resolve_shards
-from tinyclip.sources import open_source
+from tinyclip.data import main, make_train_loader, read_scores, select_indices, write_scores
+from tinyclip.shards import build_index, expand_braces, resolve_shards
+from tinyclip.sources import ImageFolderDataset, SkipSample, load_batches, open_source
 from tinyclip.tokenizer import tokenize
 
 NONE_8 = make_transform("none", 8)
@@ -85,6 +85,21 @@ def write_shards(folder, n, per_shard):
 def take(loader, n):
     it = iter(loader)
     return [next(it) for _ in range(n)]
+
+
+def iter_pairs(spec, *, skipped=None, keep_top=None, score_file=None, **source_options):
+    """(key, PIL image, captions) of a source's readable pairs in order (bad ones counted in `skipped`)."""
+    source = open_source(spec, **source_options)
+    if skipped is not None:
+        skipped.update(source.skipped)
+    for index in select_indices(source, keep_top=keep_top, score_file=score_file):
+        try:
+            image, captions = source.load(int(index))
+        except SkipSample as bad:
+            if skipped is not None:
+                skipped[bad.reason] += 1
+            continue
+        yield source.key(int(index)), image, captions
 
 
 # -----------------------------------------------------------------------------
@@ -165,19 +180,15 @@ def test_image_folder_labels_names_and_skips(tmp_path):
         for i in range(n):
             (tmp_path / "root" / cls / f"{i}.JPEG").write_bytes(jpeg_bytes(40 * i))
     (tmp_path / "root" / "n01" / "bad.jpg").write_bytes(b"not an image")
-    names = tmp_path / "names.txt"
-    names.write_text("n02\tgoldfish\nn01\ttench\n")
-    data = ImageFolderDataset(str(tmp_path / "root"), NONE_8, class_names_file=str(names))
-    assert data.classes == ["n01", "n02"] and data.class_names == ["tench", "goldfish"]
+    data = ImageFolderDataset(str(tmp_path / "root"))
+    assert data.classes == ["n01", "n02"]
     assert [label for _, label in data.samples] == [0, 0, 0, 0, 1, 1]
-    batches = list(data.batches(batch_size=4))
-    assert torch.cat([labels for _, labels in batches]).tolist() == [0, 0, 0, 1, 1]
-    assert batches[0][0].shape == (3, 3, 8, 8) and data.skipped == {"corrupt_image": 1}
-    names.write_text("tench\ngoldfish\n")  # one name per line, in folder order
-    assert ImageFolderDataset(str(tmp_path / "root"), NONE_8, str(names)).class_names == ["tench", "goldfish"]
-    names.write_text("tench\n")
-    with pytest.raises(ValueError, match="1 names for 2 class folders"):
-        ImageFolderDataset(str(tmp_path / "root"), NONE_8, str(names))
+    batches = list(load_batches(data.__getitem__, len(data), NONE_8, skipped=data.skipped, batch_size=4))
+    assert [label for batch in batches for label in batch["target"]] == [0, 0, 0, 1, 1]
+    assert [i for batch in batches for i in batch["index"]] == [0, 1, 2, 4, 5]  # bad.jpg (index 3) left out
+    assert batches[0]["image"].shape == (3, 3, 8, 8) and data.skipped == {"corrupt_image": 1}
+    # class names files (folder<TAB>name or one per line) are read by tinyclip.sources.read_class_names:
+    # tests/test_eval.py checks them through the zero-shot task
 
 
 # -----------------------------------------------------------------------------
@@ -221,6 +232,28 @@ def test_resume_is_bit_identical_and_independent_of_workers(sources):
             assert torch.equal(a["image"], b["image"]) and torch.equal(a["text"], b["text"])
             assert all(torch.equal(x, y) for x, y in zip(a["views"], b["views"]))
         assert not torch.equal(full[0]["views"][0], full[0]["views"][1])
+
+
+def test_slip_views_are_interleaved_per_sample(tmp_path):
+    """views[2i] and views[2i + 1] are sample i's two views, the first drawn first from its rng."""
+    path = write_pairs_csv(tmp_path, 6)
+
+    def identity_and_draw(image, rng):  # channel 0: which image; channel 1: the rng's next draw
+        view = torch.zeros(3, 2, 2)
+        view[0], view[1] = image.getpixel((5, 5))[0], rng.random()
+        return view
+
+    batch = take(make_train_loader(path, transform=NONE_8, ssl_transform=identity_and_draw, batch_size=3, workers=0,
+                                   seed=3), 1)[0]
+    views = batch["views"]
+    assert views.shape == (6, 3, 2, 2)
+    plain = take(make_train_loader(path, transform=NONE_8, ssl_transform=identity_and_draw, batch_size=1, workers=0,
+                                   seed=3), 3)  # per-sample rng: the same draws, one sample per batch
+    for i in range(3):
+        assert torch.equal(views[2 * i, 0], views[2 * i + 1, 0])  # both views are of sample i's image
+        assert views[2 * i, 1, 0, 0] != views[2 * i + 1, 1, 0, 0]  # two draws
+        assert torch.equal(views[2 * i:2 * i + 2], plain[i]["views"])  # a contiguous split keeps the pair
+    assert len({float(views[2 * i, 0, 0, 0]) for i in range(3)}) == 3
 
 
 def test_batch_contract_and_random_caption_choice(tmp_path):
@@ -331,6 +364,17 @@ def test_quality_filter_keeps_exactly_the_top_fraction(tmp_path):
         select_indices(source, keep_top=0.5, score_file=str(tmp_path / "scores.csv"))
 
 
+def test_score_file_written_atomically_reads_back_exactly(tmp_path):
+    keys, scores = ["a", "b,with comma", "c"], torch.tensor([1.0, 0.0, 24 / 25])
+    write_scores(tmp_path / "scores.csv", keys, scores)
+    with open(tmp_path / "scores.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["key", "score"] and [row[0] for row in rows[1:]] == keys
+    assert torch.tensor([float(row[1]) for row in rows[1:]]).equal(scores)  # exact round trip
+    assert read_scores(str(tmp_path / "scores.csv")) == dict(zip(keys, scores.tolist()))
+    assert os.listdir(tmp_path) == ["scores.csv"]  # no temporary file left behind
+
+
 def test_synthetic_keys_match_score_files(tmp_path):
     source = open_source("synthetic:size=10,noise=0.3")
     keys = [source.key(i) for i in range(10)]
@@ -341,18 +385,18 @@ def test_synthetic_keys_match_score_files(tmp_path):
 
 def test_dataset_size_subset_is_fixed_nested_and_exact():
     source = open_source("synthetic:size=100")
-    a = select_indices(source, dataset_size=30, subset_seed=1)
-    assert len(a) == 30 == len(set(a.tolist())) and (a == select_indices(source, dataset_size=30, subset_seed=1)).all()
-    assert set(select_indices(source, dataset_size=10, subset_seed=1).tolist()) < set(a.tolist())
-    assert set(select_indices(source, dataset_size=30, subset_seed=2).tolist()) != set(a.tolist())
+    a = select_indices(source, dataset_size=30)
+    assert len(a) == 30 == len(set(a.tolist())) and (a == select_indices(source, dataset_size=30)).all()
+    assert set(select_indices(source, dataset_size=10).tolist()) < set(a.tolist())
+    assert set(a.tolist()) != set(range(30))  # a random subset, not the first 30
     with pytest.raises(ValueError, match="dataset_size=101"):
         select_indices(source, dataset_size=101)
     # the training seed shuffles the subset but does not change it
     for seed in (0, 1):
         loader = make_train_loader("synthetic:size=100,image_size=16", transform=NONE_8, batch_size=6, workers=0,
-                                   dataset_size=6, subset_seed=4, seed=seed, with_keys=True)
+                                   dataset_size=6, seed=seed, with_keys=True)
         assert loader.num_samples == 6
-        assert sorted(take(loader, 1)[0]["key"]) == [source.key(int(i)) for i in select_indices(source, 6, subset_seed=4)]
+        assert sorted(take(loader, 1)[0]["key"]) == [source.key(int(i)) for i in select_indices(source, 6)]
 
 
 # -----------------------------------------------------------------------------

@@ -1,13 +1,17 @@
-"""Tests for the evaluation tasks (tinyclip/tasks.py) and their command line (eval.py).
+"""Tests for the evaluation tasks (tinyclip/evaluation.py, tinyclip/probe.py) and their command line
+(eval.py).
 
 Two kinds of model are used. A tiny random tinyclip ViT, saved as a real checkpoint, drives eval.py
 end to end on the synthetic data: results have the right shape, counts and ranges, JSON is written,
 the score file names exactly the training pairs, and OpenAI-format weights load and run. A fake
-CLIP whose features we control (an image of grey level 20*j and any text naming NAMES[j] both
-encode to the unit vector e_j) gives known answers: zero-shot, retrieval and probes are exactly 1.0
-where the data are consistent, and exactly 0.0 when class names are given in the wrong order, so
-label order (numeric ImageNet-V2 folders, ImageNet-A-style subsets, ObjectNet-style mappings) and
-score keys are checked, not just run. Bad input ends eval.py with one `eval.py: error:` line, status 2.
+CLIP whose features we control (an image of grey level 20*j encodes to row j of a table, e_j by
+default, and a text to the indicator of the NAMES it holds) gives known answers: zero-shot,
+retrieval and probes are exactly 1.0 where the data are consistent, and exactly 0.0 when class
+names are given in the wrong order, so label order (numeric ImageNet-V2 folders, ImageNet-A-style
+subsets, ObjectNet-style mappings) and score keys are checked, not just run; and hand-made tables
+give exact fractions for top-1/top-5 and both Recall@K directions, with ties that must count
+against (pessimistic ranks), worked out by hand in the tests' comments. Bad input ends eval.py
+with one `eval.py: error:` line, status 2.
 """
 import csv
 import dataclasses
@@ -16,15 +20,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 import eval as eval_cli
-from tinyclip import tasks
+from tinyclip import evaluation, probe
 from tinyclip.augment import CLIP_MEAN, CLIP_STD
 from tinyclip.data import read_scores, select_indices
 from tinyclip.model import create_model
-from tinyclip.sources import open_source
+from tinyclip.sources import open_source, read_class_names
 from tinyclip.tokenizer import tokenize
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]  # one BPE token each
@@ -46,18 +49,20 @@ def checkpoint(tmp_path_factory):
 
 
 class FakeCLIP(torch.nn.Module):
-    """encode_image: grey level 20*j -> e_j; encode_text: a text holding NAMES[j]'s token -> e_j."""
+    """encode_image: grey level 20*j -> image_table[j] (default e_j); encode_text: the indicator
+    vector of the NAMES whose token the text holds (a text naming only NAMES[j] -> e_j)."""
 
-    def __init__(self):
+    def __init__(self, image_table=None):
         super().__init__()
         self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the model a device
         self.config = SimpleNamespace(arch="fake", vocab_size=49408, context_length=16)
         self.visual = SimpleNamespace(image_size=16)
         self.name_ids = torch.tensor([tokenize(name)[0, 1].item() for name in NAMES])
+        self.image_table = torch.eye(len(NAMES)) if image_table is None else image_table
 
     def encode_image(self, images):  # B, 3, S, S with CLIP's normalisation
         level = (images[:, 0].mean(dim=(1, 2)) * CLIP_STD[0] + CLIP_MEAN[0]) * 255  # B
-        return F.one_hot((level / STEP).round().long(), len(NAMES)).float()  # B, K
+        return self.image_table[(level / STEP).round().long()]  # B, K
 
     def encode_text(self, ids):  # B, L
         return (ids[:, :, None] == self.name_ids[None, None, :]).any(dim=1).float()  # B, K
@@ -162,34 +167,43 @@ def test_openai_weights_run(tmp_path, capsys):
 def test_zeroshot_on_a_folder_follows_class_names(tmp_path):
     root = make_folder(tmp_path / "data", [("dogs", 3), ("cats", 7)])  # sorted: cats (label 0), dogs (1)
     (tmp_path / "names.txt").write_text("seven\nthree\n")
-    right = tasks.zeroshot(FakeCLIP(), str(root), class_names=str(tmp_path / "names.txt"), templates="generic")
+    right = evaluation.zeroshot(FakeCLIP(), str(root), class_names=str(tmp_path / "names.txt"), templates="generic")
     assert (right["top1"], right["n"], right["classes"]) == (1.0, 4, 2)
     (tmp_path / "swapped.txt").write_text("three\nseven\n")
-    assert tasks.zeroshot(FakeCLIP(), str(root), class_names=str(tmp_path / "swapped.txt"))["top1"] == 0.0
+    assert evaluation.zeroshot(FakeCLIP(), str(root), class_names=str(tmp_path / "swapped.txt"))["top1"] == 0.0
     (tmp_path / "tabs.txt").write_text("dogs\tthree\ncats\tseven\n")  # folder<TAB>name, any order
-    assert tasks.zeroshot(FakeCLIP(), str(root), class_names=str(tmp_path / "tabs.txt"))["top1"] == 1.0
+    assert evaluation.zeroshot(FakeCLIP(), str(root), class_names=str(tmp_path / "tabs.txt"))["top1"] == 1.0
+    # the one class-names reader (formerly also ImageFolderDataset's, tests/test_data.py)
+    assert read_class_names(str(tmp_path / "tabs.txt"), ["cats", "dogs"]) == ["seven", "three"]
+    assert read_class_names(str(tmp_path / "names.txt"), ["cats", "dogs"]) == ["seven", "three"]
+    (tmp_path / "short.txt").write_text("seven\n")
+    with pytest.raises(ValueError, match="1 class names for 2 class folders"):
+        evaluation.zeroshot(FakeCLIP(), str(root), class_names=str(tmp_path / "short.txt"))
+    (tmp_path / "half.txt").write_text("cats\tseven\n")
+    with pytest.raises(ValueError, match="names no class for folder 'dogs'"):
+        evaluation.zeroshot(FakeCLIP(), str(root), class_names=str(tmp_path / "half.txt"))
 
 
 def test_zeroshot_reads_integer_folders_as_class_indices(tmp_path):
     root = make_folder(tmp_path / "v2", [(str(j), j) for j in range(11)], per_class=1)  # "10" sorts before "2" as text
-    result = tasks.zeroshot(FakeCLIP(), str(root), class_names=NAMES, templates=["a photo of a {}."])
+    result = evaluation.zeroshot(FakeCLIP(), str(root), class_names=NAMES, templates=["a photo of a {}."])
     assert (result["top1"], result["classes"]) == (1.0, 11)
     root = make_folder(tmp_path / "part", [("2", 2), ("10", 10)], per_class=1)  # some classes only: still 11-way
-    result = tasks.zeroshot(FakeCLIP(), str(root), class_names=NAMES, templates=["a photo of a {}."])
+    result = evaluation.zeroshot(FakeCLIP(), str(root), class_names=NAMES, templates=["a photo of a {}."])
     assert (result["top1"], result["classes"]) == (1.0, 11)
     with pytest.raises(ValueError, match="class indices"):
-        tasks.zeroshot(FakeCLIP(), str(root))  # numbers are no class names
+        evaluation.zeroshot(FakeCLIP(), str(root))  # numbers are no class names
 
 
 def test_zeroshot_class_subset_and_mapping(tmp_path):
     root = make_folder(tmp_path / "a", [("n01", 2), ("n02", 5)])
     (tmp_path / "subset.txt").write_text("# ImageNet-A style: the folders are these classes, in order\n2\n5\n")
-    result = tasks.zeroshot(FakeCLIP(), str(root), class_names=NAMES, class_subset=str(tmp_path / "subset.txt"))
+    result = evaluation.zeroshot(FakeCLIP(), str(root), class_names=NAMES, class_subset=str(tmp_path / "subset.txt"))
     assert (result["top1"], result["classes"]) == (1.0, 2)
 
     root = make_folder(tmp_path / "objectnet", [("Alarm_clock", 4), ("banana", 9), ("unmapped", 1)])
     (tmp_path / "map.json").write_text(json.dumps({"alarm clock": [3, 4], "banana": [9]}))
-    result = tasks.zeroshot(FakeCLIP(), str(root), class_names=NAMES, class_subset=str(tmp_path / "map.json"))
+    result = evaluation.zeroshot(FakeCLIP(), str(root), class_names=NAMES, class_subset=str(tmp_path / "map.json"))
     assert (result["top1"], result["top5"], result["n"], result["classes"]) == (1.0, None, 4, 2)
 
 
@@ -201,14 +215,14 @@ def test_retrieval_from_a_captions_json(tmp_path):
                        "sentences": [{"raw": f"a photo of {NAMES[j]}"}, {"raw": f"{NAMES[j]} again"}]})
     images.append({"filepath": "train2014", "filename": "x.jpg", "split": "train", "sentences": [{"raw": "no"}]})
     (tmp_path / "karpathy.json").write_text(json.dumps({"images": images}))
-    result = tasks.retrieval(FakeCLIP(), str(tmp_path / "karpathy.json"))
+    result = evaluation.retrieval(FakeCLIP(), str(tmp_path / "karpathy.json"))
     assert (result["images"], result["captions"]) == (4, 8)  # the train image is not in the test split
     assert result["image_to_text_R@1"] == result["text_to_image_R@1"] == 1.0
 
     coco = {"images": [{"id": 7, "file_name": "val2014/2.jpg"}, {"id": 8, "file_name": "val2014/3.jpg"}],
             "annotations": [{"image_id": 8, "caption": "three"}, {"image_id": 7, "caption": "two"}]}
     (tmp_path / "captions_val.json").write_text(json.dumps(coco))
-    assert tasks.retrieval(FakeCLIP(), str(tmp_path / "captions_val.json"))["text_to_image_R@1"] == 1.0
+    assert evaluation.retrieval(FakeCLIP(), str(tmp_path / "captions_val.json"))["text_to_image_R@1"] == 1.0
 
 
 def test_score_ranks_matching_pairs_first(tmp_path):
@@ -218,7 +232,8 @@ def test_score_ranks_matching_pairs_first(tmp_path):
         grey(tmp_path / "img" / f"{j}.png", j)
     with open(tmp_path / "pairs.csv", "w", newline="") as f:
         csv.writer(f).writerows([("filepath", "title"), *rows])
-    result = tasks.score(FakeCLIP(), str(tmp_path / "pairs.csv"), tmp_path / "scores.csv")
+    model = FakeCLIP(3 * torch.eye(len(NAMES)))  # features of norm 3: a score is a cosine, not a dot product
+    result = evaluation.score(model, str(tmp_path / "pairs.csv"), tmp_path / "scores.csv")
     scores = read_scores(str(tmp_path / "scores.csv"))
     # matching caption 1, wrong 0, two captions their mean, an unreadable image -inf (kept last)
     assert scores == {"img/0.png": 1.0, "img/1.png": 0.0, "img/2.png": 0.5, "img/missing.png": float("-inf")}
@@ -228,9 +243,56 @@ def test_score_ranks_matching_pairs_first(tmp_path):
 def test_probes_on_folders(tmp_path):
     classes = [("three", 3), ("six", 6), ("nine", 9)]
     train, test = make_folder(tmp_path / "train", classes, 4), make_folder(tmp_path / "test", classes, 2)
-    assert tasks.linear_probe(FakeCLIP(), str(train), str(test), weight_decay=1e-3)["top1"] == 1.0
-    result = tasks.fewshot(FakeCLIP(), str(train), str(test), ks=(2,), seeds=(0,), weight_decay=1e-3)
+    assert probe.linear_probe(FakeCLIP(), str(train), str(test), weight_decay=1e-3)["top1"] == 1.0
+    result = probe.fewshot(FakeCLIP(), str(train), str(test), ks=(2,), seeds=(0,), weight_decay=1e-3)
     assert result["2-shot"]["mean"] == 1.0 and result["classes"] == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Known fractions: hand-made feature tables, ties that must count against
+
+def table(rows):
+    """An image table for FakeCLIP: row j (padded with zeros to len(NAMES)) is grey level j's feature."""
+    return torch.tensor([row + [0.0] * (len(NAMES) - len(row)) for row in rows])
+
+
+def test_zeroshot_top1_top5_known_fractions_with_ties(tmp_path):
+    # Folder c<j> holds one image of grey level j, class j, named NAMES[j]; the text side is e_j, so
+    # the cosine logits of image j are its table row (scaled). Its rank = wrong classes scoring >= it.
+    rows = [[3, 1, 1, 1, 1, 1, 1],  # class 0: rank 0
+            [2, 2, 0, 0, 0, 0, 0],  # class 1: tied with class 0 -> rank 1 (a tie counts against)
+            [0, 0, 1, 0, 0, 0, 0],  # class 2: rank 0
+            [6, 5, 4, 1, 3, 2, 0],  # class 3: classes 0, 1, 2, 4, 5 above -> rank 5 (outside the top 5)
+            [5, 4, 3, 2, 1, 0, 0],  # class 4: classes 0-3 above -> rank 4 (top-5, not top-1)
+            [1, 1, 1, 1, 1, 1, 1],  # class 5: tied with all six others -> rank 6
+            [0, 0, 0, 0, 0, 0, 1]]  # class 6: rank 0
+    root = make_folder(tmp_path / "data", [(f"c{j}", j) for j in range(7)], per_class=1)
+    result = evaluation.zeroshot(FakeCLIP(table(rows)), str(root), class_names=NAMES[:7],
+                                 templates=["a photo of a {}.", "a {}."])
+    assert (result["n"], result["classes"]) == (7, 7)
+    assert result["top1"] == 3 / 7 and result["top5"] == 5 / 7  # ranks 0, 1, 0, 5, 4, 6, 0
+
+
+def test_retrieval_recall_known_fractions_with_ties(tmp_path):
+    # Images 0-5 have grey levels 0-5; their features are e0, e1, e2, e3, e5, e5 (image 4 looks like
+    # "five"). A caption's feature is the indicator of the NAMES it holds.
+    for j in range(6):
+        grey(tmp_path / "img" / f"{j}.png", j)
+    captions = [(0, "zero"), (1, "one"), (1, "zero"), (2, "two three"), (3, "three"), (4, "four"), (5, "five")]
+    with open(tmp_path / "pairs.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("filepath", "title"), *((f"img/{j}.png", text) for j, text in captions)])
+    model = FakeCLIP(table([[1], [0, 1], [0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 1]]))
+    result = evaluation.retrieval(model, str(tmp_path / "pairs.csv"))
+    assert (result["images"], result["captions"]) == (6, 7)
+    # image -> text, rank of its best caption: image 0's "zero" ties image 1's "zero" -> 1; image 4's
+    # "four" scores 0, as do 5 wrong captions, and "five" scores 1 -> 6; images 1, 2, 3, 5 -> 0
+    assert result["image_to_text_R@1"] == 4 / 6
+    assert result["image_to_text_R@5"] == 5 / 6 and result["image_to_text_R@10"] == 1.0
+    # text -> image: "zero"(0), "one", "three" -> 0; "two three" ties images 2 and 3 -> 1; "five" ties
+    # images 4 and 5 -> 1; "four" scores 0 on every image -> 5; "zero"(1) is below image 0 and tied
+    # with the other four -> 5
+    assert result["text_to_image_R@1"] == 3 / 7
+    assert result["text_to_image_R@5"] == 5 / 7 and result["text_to_image_R@10"] == 1.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,3 +313,7 @@ def test_errors_are_one_line(checkpoint, tmp_path, capsys):
     assert "no images" in run_cli(["--checkpoint", checkpoint, "--data", str(tmp_path / "empty")], capsys)
     assert "--train-data" in run_cli(["--checkpoint", checkpoint, "--task", "linear-probe", "--data", str(root)], capsys)
     assert "--out" in run_cli(["--checkpoint", checkpoint, "--task", "score"], capsys)
+    average = make_folder(tmp_path / "average", [("cats", 1), ("dogs", 2)], per_class=1)
+    with pytest.raises(SystemExit):  # found once both datasets ran: their progress bars come first
+        eval_cli.main(["--checkpoint", checkpoint, "--data", str(root), str(average)])
+    assert capsys.readouterr().err.endswith("eval.py: error: a dataset may not be named 'average'\n")

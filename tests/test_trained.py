@@ -11,7 +11,7 @@ import eval as eval_cli
 import train
 from tinyclip.checkpoint import load_checkpoint
 from tinyclip.synthetic import SyntheticPairs
-from tinyclip.tasks import zeroshot
+from tinyclip.evaluation import zeroshot
 
 FLAGS = ["--arch", "vit-test", "--text-arch", "test", "--image-size", "32", "--context-length", "16",
          "--workers", "0", "--eval-data", "none", "--batch-size", "32", "--samples-seen", str(32 * 150),

@@ -1,12 +1,14 @@
-"""Image-text data for CLIP training: subsets, the quality filter, the distributed training loader,
-class folders for evaluation, and the converter to tar shards.
+"""Which image-text pairs CLIP trains on, and in what order: subsets, the quality filter with its
+score file (read and written here), the distributed training stream and loader, and the converter
+to tar shards. Where pairs come from is tinyclip.sources.
 
 "Scaling (Down) CLIP" (Li, Xie, Cubuk 2024) varies the data along two axes, each an option here:
-quantity, `dataset_size=N`, a fixed random subset (seeded by subset_seed, not by the training seed;
-subsets with the same subset_seed are nested), and quality, `keep_top=0.4` with a `key,score` file:
+quantity, `dataset_size=N`, a fixed random subset (not seeded by the training seed; a smaller subset
+lies inside every larger one), and quality, `keep_top=0.4` with a `key,score` file:
 exactly round(0.4 * N) pairs with the highest image-text scores, ties broken by key. The quality
-filter runs first, then the subset. Where pairs come from (the `spec` string: 'synthetic',
-'synthetic:noise=0.3', pairs.csv/.tsv, 'data/{00000..00099}.tar', a folder) is tinyclip.sources.
+filter runs first, then the subset. The `spec` string ('synthetic', 'synthetic:noise=0.3',
+pairs.csv/.tsv, 'data/{00000..00099}.tar', a folder) names a tinyclip.sources source; the score
+file is what `eval.py --task score` writes (write_scores).
 
 The training stream. Every source is map-style (tar shards through a header index), so one design
 serves all: global position p, the number of samples all ranks together consumed before it, is in
@@ -26,6 +28,7 @@ batches stay full and deterministic. Each batch carries its worker's skip counts
 indexing, which are counted once; decode-time problems are counted each time they are met).
 
 Converter: python -m tinyclip.data shard --input pairs.csv|folder|shards --output out/ --shard-size 1000
+(here, not in tinyclip.shards, because it reads any source: sources.py imports shards.py, not back).
 """
 
 import argparse
@@ -41,19 +44,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from tinyclip import shards as tar_shards
-from tinyclip.shards import expand_braces
-from tinyclip.sources import (FolderPairs, PairsDataset, SkipSample, SyntheticSource, TarShards, decode_image,
-                              open_source, read_file)
+from tinyclip.checkpoint import atomic_write
+from tinyclip.shards import write_shards
+from tinyclip.sources import SkipSample, decode_image, open_source
 from tinyclip.tokenizer import tokenize
-
-__all__ = ["make_train_loader", "TrainLoader", "BatchStream", "iter_pairs", "select_indices", "read_scores",
-           "ImageFolderDataset", "open_source", "PairsDataset", "FolderPairs", "TarShards", "SyntheticSource",
-           "SkipSample", "decode_image", "expand_braces", "main"]
 
 # -----------------------------------------------------------------------------
 # quantity and quality: subsets and the score filter
-
 
 def read_scores(path: str) -> dict[str, float]:
     """A `key,score` file (comma, or tab for .tsv; a header row is optional) as {key: score}."""
@@ -78,8 +75,18 @@ def read_scores(path: str) -> dict[str, float]:
     return scores
 
 
-def select_indices(source, dataset_size: int = None, keep_top: float = None, score_file: str = None,
-                   subset_seed: int = 0) -> np.ndarray:
+def write_scores(path, keys, scores) -> None:
+    """Write the `key,score` CSV (with a header) that read_scores and `train.py --scores` read; atomic,
+    so a killed scoring run never leaves a half-written file for a filter to trust."""
+    with atomic_write(path) as f:
+        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+        writer = csv.writer(text)
+        writer.writerow(["key", "score"])
+        writer.writerows((key, repr(float(score))) for key, score in zip(keys, scores))
+        text.detach()  # flushes into f and leaves it open for atomic_write to sync
+
+
+def select_indices(source, dataset_size: int = None, keep_top: float = None, score_file: str = None) -> np.ndarray:
     """Source indices kept: the top `keep_top` fraction by score, then a seeded subset of dataset_size."""
     indices = np.arange(len(source))
     if keep_top is not None:
@@ -99,7 +106,7 @@ def select_indices(source, dataset_size: int = None, keep_top: float = None, sco
     if dataset_size is not None:
         if not 1 <= dataset_size <= len(indices):
             raise ValueError(f"dataset_size={dataset_size} but {source.name} has {len(indices)} usable pairs")
-        chosen = np.random.default_rng(subset_seed).permutation(len(indices))[:dataset_size]
+        chosen = np.random.default_rng(0).permutation(len(indices))[:dataset_size]  # not the training seed
         indices = indices[np.sort(chosen)]  # a prefix of one permutation: smaller subsets nest in larger
     return indices
 
@@ -116,45 +123,20 @@ def first_valid(source, indices) -> None:
     raise ValueError(f"no valid sample in {source.name}: skipped {dict(reasons + source.skipped)}")
 
 
-def iter_pairs(spec: str, *, skipped: Counter = None, dataset_size: int = None, keep_top: float = None,
-               score_file: str = None, subset_seed: int = 0, **source_options):
-    """Yield (key, PIL image, all captions) in source order, for retrieval eval and pair scoring.
-
-    Bad samples are skipped and counted in `skipped` (a Counter you pass). source_options:
-    csv_img_key, csv_caption_key, csv_separator. Use 'synthetic:split=val' for held-out pairs.
-    """
-    source = open_source(spec, **source_options)
-    if skipped is not None:
-        skipped.update(source.skipped)
-    for index in select_indices(source, dataset_size, keep_top, score_file, subset_seed):
-        try:
-            image, captions = source.load(int(index))
-        except SkipSample as bad:
-            if skipped is not None:
-                skipped[bad.reason] += 1
-            continue
-        yield source.key(int(index)), image, captions
-
-
 # -----------------------------------------------------------------------------
 # the training stream
-
 
 class BatchStream(IterableDataset):
     """Rank `rank`'s batches, forever; in a DataLoader worker, only that worker's share (see top)."""
     MAX_ATTEMPTS = 1000  # replacements tried for one position before giving up
 
     def __init__(self, source, indices, *, transform, batch_size, rank, world_size, seed, start_sample,
-                 context_length, ssl_transform=None, tokenizer=None, with_keys=False):
+                 context_length, ssl_transform, with_keys):
         self.source, self.indices = source, np.asarray(indices, dtype=np.int64)
-        self.transform, self.ssl_transform, self.tokenizer = transform, ssl_transform, tokenizer
+        self.transform, self.ssl_transform, self.with_keys = transform, ssl_transform, with_keys
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.start_sample, self.context_length = seed, start_sample, context_length
-        self.with_keys = with_keys
         self._permutations, self._bad = {}, {}  # per process: epoch -> permutation; index -> reason
-
-    def first_position(self, batch: int) -> int:
-        return self.start_sample + (batch * self.world_size + self.rank) * self.batch_size
 
     def __iter__(self):
         info = get_worker_info()
@@ -192,21 +174,19 @@ class BatchStream(IterableDataset):
         raise ValueError(f"{self.MAX_ATTEMPTS} bad samples in a row in {self.source.name}: {dict(skipped)}")
 
     def make_batch(self, batch: int) -> dict:
-        skipped, images, texts, keys, views = Counter(), [], [], [], ([], [])
-        first = self.first_position(batch)
+        skipped, images, texts, keys, views = Counter(), [], [], [], []
+        first = self.start_sample + (batch * self.world_size + self.rank) * self.batch_size
         for position in range(first, first + self.batch_size):
             key, image, captions = self.load(position, skipped)
             rng = random.Random(f"tinyclip-sample:{self.seed}:{position}")  # same for any worker count
             texts.append(rng.choice(captions))
             images.append(self.transform(image, rng))  # 3, S, S
-            if self.ssl_transform is not None:
-                views[0].append(self.ssl_transform(image, rng))
-                views[1].append(self.ssl_transform(image, rng))
+            if self.ssl_transform is not None:  # sample i's two views: rows 2i, 2i + 1, the first drawn first
+                views += [self.ssl_transform(image, rng), self.ssl_transform(image, rng)]
             keys.append(key)
-        encode = self.tokenizer.tokenize if self.tokenizer is not None else tokenize
-        out = {"image": torch.stack(images), "text": encode(texts, self.context_length)}  # B,3,S,S; B,L
+        out = {"image": torch.stack(images), "text": tokenize(texts, self.context_length)}  # B,3,S,S; B,L
         if self.ssl_transform is not None:
-            out["views"] = (torch.stack(views[0]), torch.stack(views[1]))
+            out["views"] = torch.stack(views)  # 2B, 3, S, S: a contiguous split keeps a sample's views together
         if self.with_keys:
             out["key"] = keys
         out["skipped"] = dict(skipped)
@@ -214,19 +194,16 @@ class BatchStream(IterableDataset):
 
 
 class TrainLoader:
-    """Iterate for batch dicts, forever. `.skipped` adds up bad samples met so far (by reason).
+    """Iterate for batch dicts, forever (every iter() starts again at start_sample: take one iterator
+    per run); `.skipped` adds up the bad samples met so far, by reason."""
 
-    Every iter() starts again at start_sample: take one iterator per run. Under CUDA the
-    DataLoader pins memory, which turns the "views" tuple into a list (unpack it either way).
-    """
-
-    def __init__(self, stream: BatchStream, *, workers: int, prefetch: int, skipped: Counter, spec: str):
+    def __init__(self, stream: BatchStream, *, workers: int, skipped: Counter, spec: str):
         self.stream, self.spec, self.skipped = stream, spec, Counter(skipped)
         self.num_samples = len(stream.indices)
         # Our own generator: DataLoader would otherwise draw its worker seed from the global RNG at
         # each iter(), shifting the FLIP masks a resumed run replays from its checkpoint.
         self.loader = DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=workers > 0,
-                                 pin_memory=torch.cuda.is_available(), prefetch_factor=prefetch if workers else None,
+                                 pin_memory=torch.cuda.is_available(), prefetch_factor=2 if workers else None,
                                  generator=torch.Generator().manual_seed(0))
 
     def __iter__(self):
@@ -249,114 +226,25 @@ class TrainLoader:
 def make_train_loader(spec: str = "synthetic", *, transform, batch_size: int, rank: int = 0, world_size: int = 1,
                       workers: int = 2, seed: int = 0, context_length: int = 77, dataset_size: int = None,
                       keep_top: float = None, score_file: str = None, ssl_transform=None, start_sample: int = 0,
-                      epochs_hint: int = None, subset_seed: int = 0, csv_img_key: str = "filepath",
-                      csv_caption_key: str = "title", csv_separator: str = None, tokenizer=None,
-                      prefetch: int = 2, with_keys: bool = False) -> TrainLoader:
-    """The per-rank training loader (see the module docstring for the stream it reads).
-
-    batch_size is per rank (global batch = batch_size * world_size); start_sample is the number of
-    global samples already consumed, for an exact resume. transform / ssl_transform are
-    `t(img, rng) -> [3, S, S]` (tinyclip.augment); with ssl_transform each batch also has "views",
-    two more augmented views of each image (SLIP). tokenizer: a tinyclip Tokenizer (default: CLIP's).
-    with_keys adds each sample's key under "key"; prefetch is batches queued per worker.
-    epochs_hint is accepted for callers that know the run length; map-style sources do not need it.
-    """
-    if not callable(transform) or (ssl_transform is not None and not callable(ssl_transform)):
-        raise TypeError("transform and ssl_transform must be callables t(img, rng) -> tensor")
+                      csv_img_key: str = "filepath", csv_caption_key: str = "title",
+                      with_keys: bool = False) -> TrainLoader:
+    """The per-rank training loader over the stream above: batch_size is per rank, start_sample the
+    global samples already consumed (an exact resume). transform / ssl_transform are tinyclip.augment's
+    `t(img, rng) -> [3, S, S]`; with ssl_transform each batch also has SLIP's "views" [2B, 3, S, S],
+    sample i's in rows 2i and 2i + 1. with_keys adds each sample's key under "key"."""
     if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
     if workers < 0 or start_sample < 0 or seed < 0:
         raise ValueError(f"workers, start_sample and seed must be >= 0, got {workers}, {start_sample}, {seed}")
-    source = open_source(spec, csv_img_key, csv_caption_key, csv_separator)
+    source = open_source(spec, csv_img_key, csv_caption_key)
     if len(source) == 0:
         raise ValueError(f"no valid sample in {source.name}: skipped {dict(source.skipped)}")
-    indices = select_indices(source, dataset_size, keep_top, score_file, subset_seed)
+    indices = select_indices(source, dataset_size, keep_top, score_file)
     first_valid(source, indices)
     stream = BatchStream(source, indices, transform=transform, batch_size=batch_size, rank=rank,
                          world_size=world_size, seed=seed, start_sample=start_sample, context_length=context_length,
-                         ssl_transform=ssl_transform, tokenizer=tokenizer, with_keys=with_keys)
-    return TrainLoader(stream, workers=workers, prefetch=prefetch, skipped=source.skipped, spec=spec)
-
-
-# -----------------------------------------------------------------------------
-# class folders (classification evaluation)
-
-
-class ImageFolderDataset(torch.utils.data.Dataset):
-    """root/CLASS/**/*.jpg: label = position of CLASS among the sorted folder names.
-
-    class_names_file maps folders to readable names (for zero-shot prompts): one name per line in
-    folder order, or `folder<TAB>name` lines. `dataset[i] -> (transform(img), label)` raises
-    SkipSample on a bad image; `batches()` skips those and counts them in `.skipped`.
-    """
-    EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-
-    def __init__(self, root: str, transform, class_names_file: str = None):
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f"no such image folder: {root!r}")
-        self.root, self.transform, self.skipped = root, transform, Counter()
-        self.classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
-        self.samples = []  # (path, label)
-        for label, name in enumerate(self.classes):
-            for folder, subfolders, files in os.walk(os.path.join(root, name)):
-                subfolders.sort()
-                self.samples += [(os.path.join(folder, f), label) for f in sorted(files)
-                                 if f.lower().endswith(self.EXTENSIONS)]
-        if not self.samples:
-            raise ValueError(f"no images in class folders under {root!r} (expected root/class/image.jpg)")
-        self.class_names = self.read_class_names(class_names_file) if class_names_file else list(self.classes)
-
-    def read_class_names(self, path: str) -> list[str]:
-        with open(path, encoding="utf-8") as f:
-            lines = [line.rstrip("\n") for line in f if line.strip()]
-        if lines and all("\t" in line for line in lines):
-            mapping = dict(line.split("\t", 1) for line in lines)
-            unnamed = [c for c in self.classes if c not in mapping]
-            if unnamed:
-                raise ValueError(f"{path} names no class for folder {unnamed[0]!r} ({len(unnamed)} missing)")
-            return [mapping[c].strip() for c in self.classes]
-        if len(lines) != len(self.classes):
-            raise ValueError(f"{path} has {len(lines)} names for {len(self.classes)} class folders")
-        return [line.strip() for line in lines]
-
-    def __len__(self):
-        return len(self.samples)
-
-    def __getitem__(self, index: int):
-        path, label = self.samples[index]
-        return self.transform(decode_image(read_file(path)), random.Random(index)), label
-
-    def batches(self, batch_size: int = 256, workers: int = 0):
-        """Yield (images [B,3,S,S], labels LongTensor[B]) in order, skipping bad images (counted)."""
-        loader = DataLoader(_SkipToReason(self), batch_size=batch_size, num_workers=workers,
-                            collate_fn=_collate_valid)
-        for images, labels, skipped in loader:
-            self.skipped.update(skipped)
-            if len(labels):
-                yield images, labels
-
-
-class _SkipToReason(torch.utils.data.Dataset):
-    """dataset[i], or the reason it was skipped (an exception would end a DataLoader)."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        try:
-            return self.dataset[index]
-        except SkipSample as bad:
-            return bad.reason
-
-
-def _collate_valid(items):
-    valid = [item for item in items if not isinstance(item, str)]
-    images = torch.stack([image for image, _ in valid]) if valid else torch.empty(0)
-    labels = torch.tensor([label for _, label in valid], dtype=torch.long)
-    return images, labels, Counter(item for item in items if isinstance(item, str))
+                         ssl_transform=ssl_transform, with_keys=with_keys)
+    return TrainLoader(stream, workers=workers, skipped=source.skipped, spec=spec)
 
 
 # -----------------------------------------------------------------------------
@@ -399,7 +287,7 @@ def main(argv=None) -> None:
     except (FileNotFoundError, ValueError) as error:
         parser.exit(2, f"error: {error}\n")
     skipped = Counter()
-    paths = tar_shards.write_shards(shard_samples(source, skipped), args.output, args.shard_size)
+    paths = write_shards(shard_samples(source, skipped), args.output, args.shard_size)
     written = len(source) - sum(skipped.values())
     skipped.update(source.skipped)
     print(f"wrote {written} samples in {len(paths)} shards to {args.output}; "

@@ -1,45 +1,45 @@
-"""Evaluation math for CLIP models: zero-shot classification, top-k accuracy, image-text retrieval,
-pair scoring for data filtering, robustness-benchmark class subsets, and batched feature extraction.
+"""Evaluation as "Scaling (Down) CLIP" (Li, Xie, Cubuk 2024) reports it: the metric math, the one
+loop that encodes images and texts, and the tasks zeroshot, retrieval and score end to end (a model
+and a dataset spec in, a dict of metrics out). The probes are tinyclip/probe.py.
 
-The protocols are those used by "Scaling (Down) CLIP" (Li, Xie, Cubuk 2024), which follow CLIP
-(Radford et al. 2021, "Learning Transferable Visual Models From Natural Language Supervision"):
-- zero-shot: a class's classifier weight is the normalised mean of the normalised text embeddings
-  of its name in every prompt template (CLIP's 80 ImageNet templates, tinyclip/assets/);
-- retrieval: MSCOCO image->text and text->image Recall@K, several captions per image;
-- robustness: ImageNet-A/-R use 200-class subsets of the 1000 ImageNet logits, ObjectNet maps its
-  classes onto sets of ImageNet classes, and the paper reports the average over the variants.
-The linear probe and few-shot classifiers live in tinyclip/probe.py.
-
-Everything here is a pure function of tensors except `zeroshot_classifier` and `extract_features`,
-which call `model.encode_text` / `model.encode_image`. Accuracies and recalls are fractions in [0, 1].
-
-Ties are scored pessimistically everywhere: a correct item's rank is the number of wrong items
-whose score is >= its own, and it counts as within the top k when that rank is < k. So a wrong
-class or caption tied with the right one always counts against, whatever order a sort would give.
+The protocols are CLIP's (Radford et al. 2021, "Learning Transferable Visual Models From Natural
+Language Supervision"): zero-shot weights from prompt ensembles (section 3.1.4; CLIP's 80 ImageNet
+templates in assets/) and, for robustness, ImageNet-V2/-A/-R, ObjectNet and their unweighted
+average; MSCOCO image<->text Recall@K with several captions per image; and each pair's image-text
+cosine, the paper's quality filter (`train.py --keep-top 0.4 --scores scores.csv`). Accuracies and
+recalls are fractions. Ties are pessimistic everywhere: a correct item's rank is the number of
+wrong items scoring >= it, within the top k when < k, so a tied wrong class or caption counts
+against, whatever order a sort would give. `device=None` means the model's device.
 """
-import contextlib
-import csv
 import hashlib
+import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from tinyclip.augment import eval_transform
+from tinyclip.checkpoint import save_atomic
+from tinyclip.data import write_scores
+from tinyclip.model import autocast
+from tinyclip.sources import CaptionsJSON, ImageFolderDataset, load_batches, open_labelled, open_source, read_class_names
+from tinyclip.tokenizer import CLIP_VOCAB_SIZE, tokenize
+
 ASSETS = Path(__file__).parent / "assets"
+TEMPLATE_FILES = {"imagenet": ASSETS / "imagenet_templates.txt",  # CLIP's 80 ImageNet prompts
+                  "generic": ASSETS / "generic_templates.txt"}  # our own 6 plain ones
 CLASS_SUBSETS = {"imagenet-a": ASSETS / "imagenet_a_indices.txt", "imagenet-r": ASSETS / "imagenet_r_indices.txt"}
 
 
-# --------------------------------------------------------------------------------------------
-# Ranking with pessimistic ties (shared by classification and retrieval)
+# ---------------------------------------------------------------------------------------------
+# Ranking with pessimistic ties: top-k accuracy and retrieval recall
 
 def _pessimistic_rank(scores, positive):
-    """Rank of the best positive in each row: the number of negatives scoring >= it.
-
-    scores: [Q, M] float; positive: [Q, M] bool with at least one True per row. Returns [Q] long.
-    A row whose best positive is ranked r is found within the top k exactly when r < k.
-    """
+    """Rank of the best positive in each row of scores [Q, M] (positive [Q, M] bool, one True or
+    more per row): the number of negatives scoring >= it. Returns [Q] long."""
     best_positive = scores.masked_fill(~positive, float("-inf")).amax(dim=1, keepdim=True)  # Q, 1
     return ((scores >= best_positive) & ~positive).sum(dim=1)  # Q
 
@@ -48,62 +48,135 @@ def _hits_at(ranks, ks, prefix):
     return {f"{prefix}{k}": (ranks < k).sum().item() / len(ranks) for k in ks}  # exact count / total
 
 
-# --------------------------------------------------------------------------------------------
-# Classification accuracy
-
 def topk_accuracy(logits, labels, ks=(1, 5), chunk_size=4096):
-    """Top-k accuracy of logits [N, C] against integer labels [N]: {"top1": ..., "top5": ...}.
-
-    A sample counts for top-k when fewer than k *other* classes have a logit >= the true class's
-    logit (pessimistic ties; see the module docstring). With no ties this equals torch.topk.
-    """
-    if logits.ndim != 2 or labels.shape != logits.shape[:1]:
-        raise ValueError(f"expected logits [N, C] and labels [N], got {tuple(logits.shape)} and {tuple(labels.shape)}")
-    if len(labels) == 0:
-        raise ValueError("topk_accuracy needs at least one sample")
-    if labels.min() < 0 or labels.max() >= logits.shape[1]:
-        raise ValueError(f"labels must lie in [0, {logits.shape[1]}) for {logits.shape[1]} classes")
+    """Top-k accuracy of logits [N, C] against integer labels [N]: {"top1": ..., "top5": ...}; with
+    no ties it equals torch.topk's, with ties a tied wrong class counts against."""
     ranks = []
     for start in range(0, len(labels), chunk_size):  # chunked: ImageNet is 50k x 1000
-        chunk, y = logits[start:start + chunk_size], labels[start:start + chunk_size]
-        positive = F.one_hot(y.long(), logits.shape[1]).bool()  # n, C
-        ranks.append(_pessimistic_rank(chunk.float(), positive))
+        positive = F.one_hot(labels[start:start + chunk_size].long(), logits.shape[1]).bool()  # n, C
+        ranks.append(_pessimistic_rank(logits[start:start + chunk_size].float(), positive))
     return _hits_at(torch.cat(ranks), ks, "top")
 
 
-# --------------------------------------------------------------------------------------------
-# Zero-shot classification (Radford et al. 2021, section 3.1.4 prompt ensembling)
+def retrieval_recall(image_features, text_features, text_to_image, ks=(1, 5, 10), chunk_size=1024, normalize=True):
+    """Image->text and text->image Recall@K of image_features [N, D] and text_features [T, D], caption t
+    describing image text_to_image[t]: an image is found at K when ANY of its captions is in its top K,
+    a caption when its image is. Cosines unless normalize=False; `chunk_size` queries at a time, so
+    memory stays at chunk_size x max(N, T) scores (MSCOCO: 5k images x 25k captions)."""
+    n_images, n_texts = len(image_features), len(text_features)
+    text_to_image = torch.as_tensor(text_to_image, dtype=torch.long, device=image_features.device)
+    images, texts = image_features.float(), text_features.float().to(image_features.device)
+    if normalize:
+        images, texts = F.normalize(images, dim=-1), F.normalize(texts, dim=-1)
+    image_ranks, text_ranks = [], []
+    for start in range(0, n_images, chunk_size):
+        image_ids = torch.arange(start, min(start + chunk_size, n_images), device=images.device)
+        positive = text_to_image[None, :] == image_ids[:, None]  # n, T
+        image_ranks.append(_pessimistic_rank(images[start:start + chunk_size] @ texts.t(), positive))
+    for start in range(0, n_texts, chunk_size):
+        positive = F.one_hot(text_to_image[start:start + chunk_size], n_images).bool()  # t, N
+        text_ranks.append(_pessimistic_rank(texts[start:start + chunk_size] @ images.t(), positive))
+    return {**_hits_at(torch.cat(image_ranks), ks, "image_to_text_R@"),
+            **_hits_at(torch.cat(text_ranks), ks, "text_to_image_R@")}
 
-def zeroshot_classifier(model, class_names, templates, tokenize_fn=None, context_length=None, device=None,
-                        batch_size=256):
-    """Zero-shot classifier weights [D, C] for `image_features_unit @ weights`.
 
-    Column c is the L2-normalised mean over templates of the L2-normalised text embeddings of
-    `template.format(class_names[c])`, computed with `model.encode_text(ids)`. `tokenize_fn(texts,
-    context_length=L) -> LongTensor[N, L]` defaults to tinyclip.tokenizer.tokenize; `context_length`
-    defaults to model.config.context_length (or 77).
-    """
-    if not class_names or not templates:
-        raise ValueError("zeroshot_classifier needs at least one class name and one template")
-    for template in templates:
-        if "{}" not in template:
-            raise ValueError(f"template {template!r} has no '{{}}' placeholder for the class name")
-    if tokenize_fn is None:
-        from tinyclip.tokenizer import tokenize as tokenize_fn  # imported late: only needed here
-    if context_length is None:
-        context_length = getattr(getattr(model, "config", None), "context_length", 77)
-    device = torch.device(device) if device is not None else _model_device(model)
+# ---------------------------------------------------------------------------------------------
+# The encode loop
 
-    prompts = [template.format(name) for name in class_names for template in templates]  # class-major
+def encode(model, batches, *, device=None, precision="fp32", desc="encoding", total=None):
+    """The one encode loop: yields each batch with "image" [B, 3, S, S] / "text" [T, L] replaced by raw
+    features [B, D] / [T, D] (float32, CPU), the rest passed through; no grad, eval mode (restored
+    afterwards), autocast for bf16/fp16."""
+    device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    embeddings = []
-    with torch.no_grad():
-        for start in range(0, len(prompts), batch_size):
-            ids = tokenize_fn(prompts[start:start + batch_size], context_length=context_length).to(device)
-            embeddings.append(F.normalize(model.encode_text(ids).float(), dim=-1))  # b, D
-    model.train(was_training)
-    per_template = torch.cat(embeddings).view(len(class_names), len(templates), -1)  # C, T, D
+    try:
+        for batch in tqdm(batches, desc=desc, total=total):
+            with torch.no_grad(), autocast(device, precision):  # model.encode_image / model.encode_text
+                features = {kind: getattr(model, f"encode_{kind}")(batch[kind].to(device)).float().cpu()
+                            for kind in ("image", "text") if kind in batch}
+            yield {**batch, **features}
+    finally:
+        model.train(was_training)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: templates, the model's vocabulary, preprocessing, image features
+
+def read_templates(templates):
+    """A list -> itself; 'imagenet' (CLIP's 80), 'generic' (6 of ours) or a file, one per line."""
+    if isinstance(templates, (list, tuple)):
+        return list(templates)
+    path = TEMPLATE_FILES.get(templates, Path(templates))
+    if not path.is_file():
+        raise FileNotFoundError(f"no such templates file: {templates} (built in: {', '.join(TEMPLATE_FILES)})")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _check_vocabulary(model):
+    """The CLIP tokenizer emits ids up to 49407: a smaller embedding table would index out of range."""
+    if model.config.vocab_size < CLIP_VOCAB_SIZE:
+        raise ValueError(f"the model's vocabulary has {model.config.vocab_size} tokens but the CLIP tokenizer "
+                         f"needs {CLIP_VOCAB_SIZE}")
+
+
+def preprocessing(model, synthetic, image_size, normalize, crop_ratio):
+    """(augment.eval_transform, its description); image_size defaults to the model's, crop_ratio to 1.0
+    on synthetic data (the scenes fill the canvas, as in training), else to 0.875 (the paper's
+    resize-then-centre-crop; eval.py gives OpenAI weights their own preprocessing, 1.0)."""
+    image_size = image_size or model.visual.image_size
+    if crop_ratio is None:
+        crop_ratio = 1.0 if synthetic else 0.875
+    return eval_transform(image_size, normalize, crop_ratio), f"eval:{image_size}:{normalize}:{crop_ratio}"
+
+
+def image_features(model, dataset, *, image_size, normalize, crop_ratio, device, precision, batch_size,
+                   workers, cache_dir, checkpoint):
+    """{"image": [N, D] raw features, "labels": [N]} of an open_labelled dataset. With cache_dir, kept in
+    a file keyed by the checkpoint file (resolved path, size, mtime: re-training in place changes the
+    key) and what they come from (the data, a folder's files and labels, transform, precision)."""
+    folder = isinstance(dataset, ImageFolderDataset)
+    transform, transform_id = preprocessing(model, not folder, image_size, normalize, crop_ratio)
+    description = (f"folder:{os.path.abspath(dataset.root)}" if folder else
+                   f"synthetic:{dataset.pairs.split}:{dataset.pairs.size}:{','.join(dataset.classes)}")
+    if cache_dir is not None:
+        path, stat = Path(checkpoint).resolve(), Path(checkpoint).stat()
+        listing = "".join(f"\n{file}\t{label}" for file, label in dataset.samples) if folder else ""
+        what = f"{path}\n{stat.st_size}\n{stat.st_mtime_ns}\n{description}\n{transform_id}\n{precision}{listing}"
+        cache_file = Path(cache_dir) / f"image-{hashlib.sha256(what.encode()).hexdigest()[:16]}.pt"
+        if cache_file.is_file():
+            return torch.load(cache_file, map_location="cpu", weights_only=True)
+    skipped = dataset.skipped if folder else Counter()
+    batches = load_batches(dataset.__getitem__, len(dataset), transform, skipped=skipped, batch_size=batch_size,
+                           workers=workers)
+    encoded = list(encode(model, batches, device=device, precision=precision, desc="image features",
+                          total=-(-len(dataset) // batch_size)))
+    if not encoded:
+        raise ValueError(f"no readable image in {description} (skipped: {dict(skipped)})")
+    features = {"image": torch.cat([batch["image"] for batch in encoded]),  # N, D
+                "labels": torch.tensor([label for batch in encoded for label in batch["target"]])}  # N
+    if cache_dir is not None:
+        save_atomic(features, cache_file)
+    return features
+
+
+# ---------------------------------------------------------------------------------------------
+# Zero-shot classification and the robustness benchmarks' class subsets and mappings
+
+def zeroshot_classifier(model, class_names, templates, *, device=None, precision="fp32", batch_size=256):
+    """Zero-shot classifier weights [D, C]: column c is the L2-normalised mean over templates of the
+    L2-normalised text embeddings of `template.format(class_names[c])` (CLIP's prompt ensemble)."""
+    if not class_names or not templates:
+        raise ValueError("zeroshot_classifier needs at least one class name and one template")
+    if any("{}" not in template for template in templates):
+        raise ValueError(f"every template needs a '{{}}' placeholder for the class name, got {templates}")
+    prompts = [template.format(name) for name in class_names for template in templates]  # class-major
+    batches = ({"text": tokenize(prompts[i:i + batch_size], context_length=model.config.context_length)}
+               for i in range(0, len(prompts), batch_size))
+    encoded = encode(model, batches, device=device, precision=precision, desc="class prompts",
+                     total=-(-len(prompts) // batch_size))
+    texts = torch.cat([batch["text"] for batch in encoded])  # C * T, D
+    per_template = F.normalize(texts, dim=-1).view(len(class_names), len(templates), -1)  # C, T, D
     return F.normalize(per_template.mean(dim=1), dim=-1).t().contiguous()  # D, C
 
 
@@ -112,243 +185,206 @@ def zeroshot_logits(image_features, classifier):
     return F.normalize(image_features.float(), dim=-1) @ classifier.to(image_features.device).float()
 
 
-def _model_device(model):
-    parameter = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
-# --------------------------------------------------------------------------------------------
-# Image-text retrieval (MSCOCO 5k test images x 25k captions)
-
-def retrieval_recall(image_features, text_features, text_to_image, ks=(1, 5, 10), chunk_size=1024, normalize=True):
-    """Image->text and text->image Recall@K: {"image_to_text_R@1": ..., "text_to_image_R@1": ...}.
-
-    image_features [N, D], text_features [T, D], text_to_image [T]: the image each caption
-    describes (an image may have several captions). Image->text: an image is found at K when ANY
-    of its captions ranks within the top K captions. Text->image: a caption is found when its
-    image ranks within the top K images. Ties with wrong items count against (pessimistic).
-    Similarities are cosines (features L2-normalised here unless normalize=False); queries are
-    processed `chunk_size` at a time so memory stays at chunk_size x max(N, T) scores.
-    """
-    n_images, n_texts = len(image_features), len(text_features)
-    if n_images == 0 or n_texts == 0:
-        raise ValueError(f"retrieval needs images and captions, got {n_images} and {n_texts}")
-    text_to_image = torch.as_tensor(text_to_image, dtype=torch.long, device=text_features.device)
-    if text_to_image.shape != (n_texts,):
-        raise ValueError(f"text_to_image must hold one image index per caption ({n_texts}), "
-                         f"got shape {tuple(text_to_image.shape)}")
-    if text_to_image.min() < 0 or text_to_image.max() >= n_images:
-        raise ValueError(f"text_to_image holds indices outside [0, {n_images})")
-    captions_per_image = torch.bincount(text_to_image, minlength=n_images)
-    if (captions_per_image == 0).any():
-        missing = torch.nonzero(captions_per_image == 0).flatten()[:5].tolist()
-        raise ValueError(f"images {missing} have no captions; every image needs at least one")
-    images, texts = image_features.float(), text_features.float().to(image_features.device)
-    if normalize:
-        images, texts = F.normalize(images, dim=-1), F.normalize(texts, dim=-1)
-    text_to_image = text_to_image.to(images.device)
-
-    image_ranks, text_ranks = [], []
-    for start in range(0, n_images, chunk_size):
-        scores = images[start:start + chunk_size] @ texts.t()  # n, T
-        image_ids = torch.arange(start, start + len(scores), device=images.device)
-        image_ranks.append(_pessimistic_rank(scores, text_to_image[None, :] == image_ids[:, None]))
-    for start in range(0, n_texts, chunk_size):
-        scores = texts[start:start + chunk_size] @ images.t()  # t, N
-        positive = F.one_hot(text_to_image[start:start + chunk_size], n_images).bool()  # t, N
-        text_ranks.append(_pessimistic_rank(scores, positive))
-    return {**_hits_at(torch.cat(image_ranks), ks, "image_to_text_R@"),
-            **_hits_at(torch.cat(text_ranks), ks, "text_to_image_R@")}
-
-
-# --------------------------------------------------------------------------------------------
-# Pair scoring for data filtering (the paper's "Quality" study ranks pairs by image-text similarity)
-
-def score_pairs(image_features, text_features):
-    """Cosine similarity of each matched pair: row i of image_features with row i of text_features -> [N]."""
-    if image_features.shape != text_features.shape:
-        raise ValueError(f"matched pairs need equal shapes, got {tuple(image_features.shape)} "
-                         f"and {tuple(text_features.shape)}")
-    return F.cosine_similarity(image_features.float(), text_features.float(), dim=-1)
-
-
-def write_scores(path, keys, scores):
-    """Write a `key,score` CSV (with header) that the data pipeline's --score-file reads; atomic."""
-    scores = torch.as_tensor(scores).flatten().tolist()
-    if len(keys) != len(scores):
-        raise ValueError(f"got {len(keys)} keys but {len(scores)} scores")
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["key", "score"])
-        writer.writerows((key, repr(float(score))) for key, score in zip(keys, scores))
-    os.replace(tmp, path)
-
-
-# --------------------------------------------------------------------------------------------
-# Robustness benchmarks: class subsets (ImageNet-A/-R), class mappings (ObjectNet), averages
-
-def load_class_subset(name_or_path, wnids=None):
-    """ImageNet class indices of a class subset: "imagenet-a", "imagenet-r" or a file path.
-
-    A file holds one entry per line (blank lines and `#` comments ignored): either an integer class
-    index, or a WordNet id such as n01443537, looked up in `wnids` (the 1000 ImageNet wnids in class
-    order, e.g. the sorted folder names of an ImageNet ImageFolder). The dataset's label j must be
-    the subset's j-th class; for ImageFolder copies of ImageNet-A/-R (sorted wnid folders) that holds
-    for the shipped ascending lists, taken from the datasets' authors (hendrycks on GitHub).
-    """
+def load_class_subset(name_or_path):
+    """ImageNet class indices of a class subset: "imagenet-a", "imagenet-r" or a file of one class
+    index per line (blank lines and `#` comments ignored). Label j is the subset's j-th class: for
+    ImageFolder copies of ImageNet-A/-R (sorted wnid folders) that holds for the shipped ascending
+    lists, from the datasets' authors (hendrycks on GitHub)."""
     path = CLASS_SUBSETS.get(str(name_or_path).lower(), Path(name_or_path))
     if not path.is_file():
         raise FileNotFoundError(f"class subset {name_or_path!r}: no such file (built in: {sorted(CLASS_SUBSETS)})")
-    entries = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
-    entries = [entry for entry in entries if entry]
+    entries = [entry for entry in (line.split("#")[0].strip() for line in path.read_text().splitlines()) if entry]
     if not entries:
         raise ValueError(f"class subset file {path} lists no classes")
-    wnid_index = {wnid: i for i, wnid in enumerate(wnids or [])}
     indices = []
     for entry in entries:
-        if entry.isdigit():
-            indices.append(int(entry))
-        elif entry in wnid_index:
-            indices.append(wnid_index[entry])
-        else:
-            hint = "" if wnids else " (pass wnids= to look up WordNet ids)"
-            raise ValueError(f"class subset {path}: {entry!r} is neither a class index nor a known wnid{hint}")
+        if not entry.isdigit():
+            raise ValueError(f"class subset {path}: {entry!r} is not a class index")
+        indices.append(int(entry))
     if len(set(indices)) != len(indices):
         raise ValueError(f"class subset {path} lists a class twice")
     return indices
 
 
 def subset_logits(logits, class_indices):
-    """Keep only the columns of `class_indices` (logits [N, 1000] -> [N, S]); column j is label j.
-
-    This is the ImageNet-A/-R protocol: the model still scores all 1000 classes' weights, but the
-    argmax is taken over the dataset's 200 classes only, with labels numbered in subset order.
-    """
-    index = torch.as_tensor(class_indices, dtype=torch.long, device=logits.device)
-    if index.numel() and (index.min() < 0 or index.max() >= logits.shape[1]):
-        raise ValueError(f"class indices must lie in [0, {logits.shape[1]})")
-    return logits.index_select(1, index)
+    """Keep only the columns of `class_indices` (logits [N, 1000] -> [N, S]); column j is label j: the
+    ImageNet-A/-R protocol, where the argmax is over the dataset's 200 classes only."""
+    return logits.index_select(1, torch.as_tensor(class_indices, dtype=torch.long, device=logits.device))
 
 
-def mapped_accuracy(logits, labels, class_to_indices, restrict=True):
-    """Top-1 accuracy when each dataset class maps to a set of model classes (ObjectNet -> ImageNet).
-
-    logits [N, C_model], labels [N] dataset classes, class_to_indices[label] = model class indices
-    that count as correct. With restrict=True the argmax only considers model classes that appear in
-    some mapping (ObjectNet's usual protocol); classes outside every mapping can never be predicted.
-    """
-    if labels.shape != logits.shape[:1]:
-        raise ValueError(f"expected labels [N] for logits {tuple(logits.shape)}, got {tuple(labels.shape)}")
-    n_model = logits.shape[1]
-    correct_set = torch.zeros(len(class_to_indices), n_model, dtype=torch.bool, device=logits.device)  # C_data, C_model
-    for c, indices in enumerate(class_to_indices):
-        if len(indices) == 0:
-            raise ValueError(f"dataset class {c} maps to no model class")
+def mapped_accuracy(logits, labels, class_to_indices):
+    """Top-1 accuracy when dataset class c maps to the set of model classes class_to_indices[c]
+    (ObjectNet -> ImageNet): logits [N, C_model], labels [N]. The argmax only considers model classes
+    in some mapping (ObjectNet's usual protocol)."""
+    correct_set = torch.zeros(len(class_to_indices), logits.shape[1], dtype=torch.bool, device=logits.device)
+    for c, indices in enumerate(class_to_indices):  # C_data, C_model
         correct_set[c, torch.as_tensor(list(indices), dtype=torch.long)] = True
-    scores = logits.float()
-    if restrict:
-        scores = scores.masked_fill(~correct_set.any(dim=0), float("-inf"))
-    predicted = scores.argmax(dim=1)  # N
-    return correct_set[labels.long(), predicted].float().mean().item()
+    scores = logits.float().masked_fill(~correct_set.any(dim=0), float("-inf"))
+    return correct_set[labels.long(), scores.argmax(dim=1)].float().mean().item()
 
 
-def average_over_datasets(results):
-    """{name: top1} -> the same dict plus "average", the unweighted mean the paper reports."""
-    if not results:
-        raise ValueError("average_over_datasets needs at least one result")
-    if "average" in results:
-        raise ValueError("a dataset may not be named 'average'")
-    return {**results, "average": sum(results.values()) / len(results)}
+def zeroshot(model, data="synthetic", *, image_size=None, normalize="clip", label_set="shape-color", size=1000,
+             class_names=None, templates=None, class_subset=None, device=None, precision="fp32", batch_size=256,
+             workers=0, crop_ratio=None, cache_dir=None, checkpoint=None):
+    """Zero-shot top-1/top-5 accuracy: {"top1", "top5", "n", "classes"} (+ "skipped" bad images).
 
-
-# --------------------------------------------------------------------------------------------
-# Feature extraction with an optional on-disk cache
-
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def feature_fingerprint(checkpoint_path, dataset, transform):
-    """A short hash naming a feature cache: checkpoint (path, size, mtime), dataset and transform.
-
-    `dataset` and `transform` are strings the caller chooses (e.g. a path and a preset name with
-    its image size); re-training the checkpoint in place changes its mtime and so the fingerprint.
-    """
-    path = Path(checkpoint_path).resolve()
-    stat = f"{path.stat().st_size}:{path.stat().st_mtime_ns}" if path.is_file() else "missing"
-    text = "\n".join([str(path), stat, str(dataset), str(transform)])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _split_batch(batch, kinds):
-    """Inputs per kind plus optional labels/keys from a loader batch: a dict, (inputs, labels) or a tensor."""
-    if isinstance(batch, dict):
-        missing = [kind for kind in kinds if kind not in batch]
-        if missing:
-            raise ValueError(f"loader batches have keys {sorted(batch)}, missing {missing}")
-        return {kind: batch[kind] for kind in kinds}, batch.get("label"), batch.get("key")
-    if isinstance(batch, (tuple, list)):
-        inputs, labels = batch[0], (batch[1] if len(batch) > 1 else None)
+    data: "synthetic" (val split, `size` images, `label_set`'s names and templates) or an ImageFolder
+    directory. class_names: None (folder names, '_' read as a space), "imagenet", a file or a list.
+    templates: None (the label set's on synthetic, CLIP's 80 on folders), "imagenet", "generic", a
+    file or a list. Integer-named folders (ImageNet-V2's "0".."999") are indices into class_names.
+    class_subset (folders only): "imagenet-a", "imagenet-r" or a .txt of class indices (the sorted
+    folders are that subset, in order), or an ObjectNet-style .json {folder: [model class indices]}
+    (mapped_accuracy; top5 is None; unmapped folders left out). cache_dir: see image_features."""
+    _check_vocabulary(model)
+    if data == "synthetic" and (class_names is not None or class_subset is not None):
+        raise ValueError("class names and class subsets apply to ImageFolder data; synthetic classes come "
+                         "from the label set")
+    dataset = open_labelled(data, "val", label_set=label_set, size=size)
+    folder = dataset if isinstance(dataset, ImageFolderDataset) else None
+    names, subset, mapping = dataset.classes, None, None
+    if folder is not None:
+        names, subset, mapping = _folder_classes(data, folder, class_names, class_subset)
+    templates = read_templates(templates if templates is not None else "imagenet" if folder else dataset.templates)
+    classifier = zeroshot_classifier(model, names, templates, device=device, precision=precision,
+                                     batch_size=batch_size)  # D, C
+    features = image_features(model, dataset, image_size=image_size, normalize=normalize,
+                              crop_ratio=crop_ratio, device=device, precision=precision, batch_size=batch_size,
+                              workers=workers, cache_dir=cache_dir, checkpoint=checkpoint)
+    logits, labels = zeroshot_logits(features["image"], classifier), features["labels"]  # N, C; N
+    if mapping is not None:
+        result = {"top1": mapped_accuracy(logits, labels, list(mapping.values())), "top5": None,
+                  "n": len(labels), "classes": len(mapping)}
     else:
-        inputs, labels = batch, None
-    if len(kinds) != 1:
-        raise ValueError("kind='pair' needs a loader whose batches are dicts with 'image' and 'text'")
-    return {kinds[0]: inputs}, labels, None
+        if subset is not None:
+            logits = subset_logits(logits, subset)  # N, S: the argmax over the dataset's classes only
+        result = {**topk_accuracy(logits, labels, ks=(1, 5)), "n": len(labels), "classes": logits.shape[1]}
+    return {**result, "skipped": dict(folder.skipped)} if folder is not None and folder.skipped else result
 
 
-def extract_features(model, loader, kind="image", device=None, precision="fp32", cache_dir=None, fingerprint=None,
-                     progress=True):
-    """Encode every batch of `loader` and return {"image"|"text": [N, D] float32 on CPU, ...}.
+def _folder_classes(data, folder, class_names, class_subset):
+    """(class names of the classifier, class subset or None, class mapping or None) for a folder,
+    relabelling folder.samples where needed: integer-named folders ("0".."999", ImageNet-V2's layout)
+    are class indices, label = int(name), and every class competes; a mapping drops the images of
+    unmapped folders and numbers the rest in mapping order."""
+    folders, subset, mapping, used = folder.classes, None, None, []
+    if str(class_subset).endswith(".json"):
+        mapping = _read_mapping(class_subset, folders)
+        kept = {folders.index(name): j for j, name in enumerate(mapping)}
+        folder.samples = [(path, kept[label]) for path, label in folder.samples if label in kept]
+        used = [i for indices in mapping.values() for i in indices]
+    elif class_subset is not None:
+        used = subset = load_class_subset(class_subset)
+        if len(subset) != len(folders):
+            raise ValueError(f"class subset {class_subset} has {len(subset)} classes but {data} has "
+                             f"{len(folders)} class folders")
+    elif all(name.isdigit() for name in folders):
+        folder.samples = [(path, int(folders[label])) for path, label in folder.samples]
+        used = [int(name) for name in folders]
+    names = read_class_names(class_names, sorted(folders, key=int) if used and not subset and not mapping else folders)
+    if names is None:
+        if all(name.isdigit() for name in folders):
+            raise ValueError(f"the class folders of {data} are class indices: give class names (e.g. 'imagenet')")
+        names = [name.replace("_", " ") for name in folders]
+    if not used and len(names) != len(folders):
+        hint = " (are the folders a subset of the classes? give a class subset)" if len(names) > len(folders) else ""
+        raise ValueError(f"{len(names)} class names for {len(folders)} class folders in {data}{hint}")
+    if used and max(used) >= len(names):
+        raise ValueError(f"{len(names)} class names, but {data} uses class index {max(used)}")
+    return names, subset, mapping
 
-    kind: "image" (model.encode_image), "text" (model.encode_text) or "pair" (both, from dict
-    batches with "image" and "text"). Batches are dicts (optional "label" and "key" entries),
-    `(inputs, labels)` tuples (ImageFolder style) or bare tensors; labels and keys, when present,
-    come back as "labels" (LongTensor[N]) and "keys" (list of str). Features are the raw encoder
-    outputs (not normalised). Runs under torch.no_grad in eval mode, under autocast for bf16/fp16.
-    With cache_dir, the result is saved to cache_dir/<kind>-<fingerprint>.pt and reused by later
-    calls with the same fingerprint (see feature_fingerprint); files load with weights_only=True.
-    """
-    kinds = {"image": ("image",), "text": ("text",), "pair": ("image", "text")}.get(kind)
-    if kinds is None:
-        raise ValueError(f"kind must be 'image', 'text' or 'pair', got {kind!r}")
-    if precision not in AUTOCAST_DTYPES:
-        raise ValueError(f"precision must be one of {sorted(AUTOCAST_DTYPES)}, got {precision!r}")
-    cache_file = None
-    if cache_dir is not None:
-        if not fingerprint:
-            raise ValueError("a feature cache needs a fingerprint (see feature_fingerprint)")
-        cache_file = Path(cache_dir) / f"{kind}-{fingerprint}.pt"
-        if cache_file.is_file():
-            return torch.load(cache_file, map_location="cpu", weights_only=True)
 
-    device = torch.device(device) if device is not None else _model_device(model)
-    encoders = {"image": model.encode_image, "text": model.encode_text}
-    dtype = AUTOCAST_DTYPES[precision]
-    features = {kind_: [] for kind_ in kinds}
-    labels, keys = [], []
-    was_training = model.training
-    model.eval()
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-    with torch.no_grad(), autocast:
-        for batch in tqdm(loader, desc=f"{kind} features", disable=not progress):
-            inputs, batch_labels, batch_keys = _split_batch(batch, kinds)
-            for kind_, x in inputs.items():
-                features[kind_].append(encoders[kind_](x.to(device)).float().cpu())  # B, D
-            if batch_labels is not None:
-                labels.append(torch.as_tensor(batch_labels).long().cpu())
-            if batch_keys is not None:
-                keys.extend(str(key) for key in batch_keys)
-    model.train(was_training)
+def _read_mapping(path, folders):
+    """ObjectNet-style {dataset class: [model class indices]}, in folder order, for the folders it maps
+    (names compared case-blind, with '_' read as a space)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no such class mapping file: {path}")
+    raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(raw, dict) or not all(isinstance(v, list) and v and all(isinstance(i, int) for i in v)
+                                            for v in raw.values()):
+        raise ValueError(f"{path} must be a JSON object mapping class names to non-empty lists of class indices")
 
-    result = {kind_: torch.cat(chunks) for kind_, chunks in features.items()}
-    if labels:
-        result["labels"] = torch.cat(labels)
-    if keys:
-        result["keys"] = keys
-    if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(cache_file.name + ".tmp")
-        torch.save(result, tmp)
-        os.replace(tmp, cache_file)  # atomic: a killed run never leaves a half-written cache
-    return result
+    def canonical(name):
+        return name.lower().replace("_", " ").strip()
+
+    lookup = {canonical(key): value for key, value in raw.items()}
+    mapping = {name: lookup[canonical(name)] for name in folders if canonical(name) in lookup}
+    if not mapping:
+        raise ValueError(f"{path} maps none of the {len(folders)} class folders")
+    return mapping
+
+
+# ---------------------------------------------------------------------------------------------
+# Image-text pairs: retrieval and scoring
+
+def _pairs(model, data, *, eval_split, size, image_root, split, csv_img_key, csv_caption_key, image_size,
+           normalize, crop_ratio, device, precision, batch_size, workers, skipped):
+    """(source, its readable pairs encoded batch by batch: "index" [B] source indices, "image" [B, D],
+    "text" [T, D] for every caption, "text_to_image" [T] in 0..B-1), so scoring millions of pairs needs
+    memory for scores only; with eval_split, 'synthetic' is its val split."""
+    _check_vocabulary(model)
+    spec = str(data)
+    if eval_split and spec.split(":")[0] == "synthetic" and "split=" not in spec:
+        spec = f"synthetic:split=val,size={size}" if spec == "synthetic" else spec + ",split=val"
+    source = (CaptionsJSON(spec, image_root, split) if spec.lower().endswith(".json")
+              else open_source(spec, csv_img_key, csv_caption_key))
+    skipped.update(source.skipped)
+    transform, _ = preprocessing(model, spec.startswith("synthetic"), image_size, normalize, crop_ratio)
+
+    def batches():
+        for batch in load_batches(source.load, len(source), transform, skipped=skipped, batch_size=batch_size,
+                                  workers=workers):
+            captions = batch.pop("target")
+            batch["text"] = tokenize([c for caps in captions for c in caps], context_length=model.config.context_length)
+            counts = torch.tensor([len(caps) for caps in captions])
+            batch["text_to_image"] = torch.arange(len(captions)).repeat_interleave(counts)  # T
+            yield batch
+
+    return source, encode(model, batches(), device=device, precision=precision, desc="pairs",
+                          total=-(-len(source) // batch_size))
+
+
+def retrieval(model, data="synthetic", *, image_size=None, normalize="clip", size=1000, image_root=None, split="test",
+              csv_img_key="filepath", csv_caption_key="title", device=None, precision="fp32", batch_size=256,
+              workers=0, crop_ratio=None):
+    """Image->text and text->image Recall@1/5/10 over every caption of every image, plus counts. data:
+    "synthetic" (its val split, `size` images), a tinyclip.sources spec, or COCO-style captions JSON
+    (Karpathy's, its `split`, or COCO's `captions_*.json`; images under image_root, default its folder)."""
+    skipped = Counter()
+    source, batches = _pairs(model, data, eval_split=True, size=size, image_root=image_root, split=split,
+                             csv_img_key=csv_img_key, csv_caption_key=csv_caption_key, image_size=image_size,
+                             normalize=normalize, crop_ratio=crop_ratio, device=device, precision=precision,
+                             batch_size=batch_size, workers=workers, skipped=skipped)
+    encoded = list(batches)
+    if not encoded:
+        raise ValueError(f"no readable pair in {source.name} (skipped: {dict(+skipped)})")
+    offsets = torch.tensor([0] + [len(batch["index"]) for batch in encoded]).cumsum(0)  # first image of each batch
+    images = torch.cat([batch["image"] for batch in encoded])  # N, D
+    texts = torch.cat([batch["text"] for batch in encoded])  # T, D
+    text_to_image = torch.cat([batch["text_to_image"] + offset for batch, offset in zip(encoded, offsets)])  # T
+    result = {**retrieval_recall(images, texts, text_to_image, ks=(1, 5, 10)), "images": len(images),
+              "captions": len(texts)}
+    return {**result, "skipped": dict(+skipped)} if +skipped else result  # unary +: drop zero counts
+
+
+def score(model, data, out_path, *, image_size=None, normalize="clip", csv_img_key="filepath",
+          csv_caption_key="title", device=None, precision="fp32", batch_size=256, workers=0, crop_ratio=None):
+    """Write `key,score` for every pair of `data` read as train.py reads it ('synthetic': the train split),
+    so the keys are those --keep-top filters; returns {"pairs", "scored", "skipped", "mean", "out"}. A
+    score is the MEAN cosine of the image with each of its captions, the similarity training sees on
+    average (it draws one caption at random); unreadable pairs get -inf, ranked last, never kept."""
+    scores, skipped = {}, Counter()  # source index -> score; reasons
+    source, batches = _pairs(model, data, eval_split=False, size=None, image_root=None, split="test",
+                             csv_img_key=csv_img_key, csv_caption_key=csv_caption_key, image_size=image_size,
+                             normalize=normalize, crop_ratio=crop_ratio, device=device, precision=precision,
+                             batch_size=batch_size, workers=workers, skipped=skipped)
+    for batch in batches:
+        per_caption = F.cosine_similarity(batch["image"][batch["text_to_image"]], batch["text"], dim=-1)  # T
+        totals = torch.zeros(len(batch["index"])).index_add_(0, batch["text_to_image"], per_caption)  # B
+        per_image = totals / torch.bincount(batch["text_to_image"], minlength=len(totals))  # B: mean over captions
+        scores.update(zip(batch["index"], per_image.tolist()))
+    if not scores:
+        raise ValueError(f"no readable pair in {source.name} (skipped: {dict(+skipped)})")
+    write_scores(out_path, [source.key(i) for i in range(len(source))],
+                 [scores.get(i, float("-inf")) for i in range(len(source))])
+    return {"pairs": len(source), "scored": len(scores), "skipped": len(source) - len(scores),
+            "mean": sum(scores.values()) / len(scores), "out": str(out_path)}

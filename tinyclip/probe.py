@@ -1,5 +1,6 @@
-"""Linear-probe and few-shot classifiers on frozen features, for "Scaling (Down) CLIP" (Li, Xie,
-Cubuk 2024), which reports ImageNet linear probing and 5-/10-shot accuracy of a frozen image tower.
+"""Linear-probe and few-shot classification on a frozen image tower, for "Scaling (Down) CLIP" (Li,
+Xie, Cubuk 2024), which reports ImageNet linear probing and 5-/10-shot accuracy: the classifier on
+features, and the two tasks end to end (a model and a train and test dataset in, metrics out).
 
 The probe is L2-regularised multinomial logistic regression, as in CLIP's linear-probe evaluation
 (Radford et al. 2021, appendix A.3, which used scikit-learn's L-BFGS logistic regression), written
@@ -13,12 +14,17 @@ in torch so it runs on the GPU next to the features:
   the whole training split with that decay.
 Everything is deterministic: the split comes from a seeded generator and the fit is full-batch.
 Few-shot evaluation samples exactly k training examples per class per seed and runs the same probe.
+
+The tasks read "synthetic" as its train split (`train_size` images) to fit and its val split
+(`size`) to test, with `label_set`'s classes; folders are a train and a test ImageFolder with the
+same class folders. Features come from tinyclip.evaluation's encode loop (and its feature cache).
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tinyclip.evaluation import topk_accuracy
+from tinyclip.evaluation import image_features, topk_accuracy
+from tinyclip.sources import open_labelled
 
 WEIGHT_DECAYS = tuple(10.0 ** e for e in range(-6, 1))  # 1e-6 ... 1
 
@@ -36,21 +42,17 @@ class LinearProbe(nn.Module):
         self.linear = nn.Linear(num_features, num_classes)
         nn.init.zeros_(self.linear.weight)  # zero init: the paper's choice, and it makes the fit deterministic
         nn.init.zeros_(self.linear.bias)
-        self.weight_decay = None  # set by train_linear_probe
-
-    def fit_standardization(self, features):
-        self.mean = features.mean(dim=0)
-        std = features.std(dim=0, correction=0)
-        self.std = torch.where(std > 1e-8, std, torch.ones_like(std))  # constant features stay at 0
+        self.weight_decay = None  # set by _fit
 
     def forward(self, features):
         return self.linear((features.float() - self.mean) / self.std)  # N, C
 
 
 def _fit(features, labels, num_classes, weight_decay, max_iter):
-    """Fit a fresh zero-initialised probe with full-batch L-BFGS; returns the probe."""
+    """A fresh zero-initialised probe, standardised on `features` and fitted with full-batch L-BFGS."""
     probe = LinearProbe(features.shape[1], num_classes).to(features.device)
-    probe.fit_standardization(features)
+    probe.mean, std = features.mean(dim=0), features.std(dim=0, correction=0)
+    probe.std = torch.where(std > 1e-8, std, torch.ones_like(std))  # constant features stay at 0
     x = (features - probe.mean) / probe.std  # N, D: standardised once, not in every closure call
     optimizer = torch.optim.LBFGS(probe.linear.parameters(), lr=1.0, max_iter=max_iter, history_size=10,
                                   tolerance_grad=1e-7, tolerance_change=1e-10, line_search_fn="strong_wolfe")
@@ -80,27 +82,13 @@ def _stratified_holdout(labels, fraction, seed):
     return torch.cat(fit).sort().values, torch.cat(held_out).sort().values
 
 
-def train_linear_probe(train_feats, train_labels, num_classes, weight_decays=WEIGHT_DECAYS, weight_decay=None,
-                       holdout_fraction=0.2, max_iter=1000, seed=0, device=None):
-    """Fit a LinearProbe on features [N, D] and labels [N]; its `.weight_decay` is the decay chosen.
-
-    With weight_decay=None the decay is chosen from `weight_decays` on a stratified held-out
-    `holdout_fraction` of the training split, then the probe is refitted on all of it; pass a
-    number to skip the search. `seed` fixes the held-out split. Runs on `device` (default: the
-    features' device), full batch: N x max(D, C) floats must fit there.
-    """
-    device = torch.device(device) if device is not None else train_feats.device
-    features = train_feats.to(device).float()
-    labels = torch.as_tensor(train_labels, device=device).long()
-    if features.ndim != 2 or labels.shape != features.shape[:1]:
-        raise ValueError(f"expected features [N, D] and labels [N], got {tuple(features.shape)} "
-                         f"and {tuple(labels.shape)}")
-    if len(labels) == 0 or labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(f"labels must be non-empty and lie in [0, {num_classes})")
-
+def train_linear_probe(train_feats, train_labels, num_classes, *, weight_decays=WEIGHT_DECAYS, weight_decay=None,
+                       holdout_fraction=0.2, max_iter=1000, seed=0):
+    """Fit a LinearProbe on features [N, D] and labels [N] (full batch, on the features' device); its
+    `.weight_decay` is `weight_decay`, or with None the one of `weight_decays` that scores best on a
+    stratified held-out `holdout_fraction` (split seeded by `seed`), refitted on all of the data."""
+    features, labels = train_feats.float(), train_labels.to(train_feats.device)
     if weight_decay is None:
-        if not weight_decays:
-            raise ValueError("weight_decays is empty: give a grid or a fixed weight_decay")
         fit, held_out = _stratified_holdout(labels, holdout_fraction, seed)
         if len(held_out) == 0:
             raise ValueError(f"too few examples per class to hold out {holdout_fraction:.0%} for choosing the "
@@ -114,12 +102,11 @@ def train_linear_probe(train_feats, train_labels, num_classes, weight_decays=WEI
     return _fit(features, labels, num_classes, weight_decay, max_iter)
 
 
-def linear_probe(train_feats, train_labels, test_feats, test_labels, num_classes=None, **probe_kwargs):
+def probe_accuracy(train_feats, train_labels, test_feats, test_labels, num_classes, *, weight_decay=None,
+                   weight_decays=WEIGHT_DECAYS, max_iter=1000, seed=0):
     """Train a probe on the train split, report {"top1": test accuracy, "weight_decay": chosen decay}."""
-    train_labels, test_labels = torch.as_tensor(train_labels).long(), torch.as_tensor(test_labels).long()
-    if num_classes is None:
-        num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    probe = train_linear_probe(train_feats, train_labels, num_classes, **probe_kwargs)
+    probe = train_linear_probe(train_feats, train_labels, num_classes, weight_decay=weight_decay,
+                               weight_decays=weight_decays, max_iter=max_iter, seed=seed)
     device = probe.mean.device
     with torch.no_grad():
         logits = probe(test_feats.to(device))  # N_test, C
@@ -130,19 +117,15 @@ def linear_probe(train_feats, train_labels, test_feats, test_labels, num_classes
 # --------------------------------------------------------------------------------------------
 # Few-shot
 
-def sample_fewshot(labels, k, seed, num_classes=None):
-    """Indices of exactly k examples of every class, chosen by a generator seeded with `seed`.
-
-    Classes are 0..num_classes-1 when num_classes is given, else the labels present. Indices come
-    grouped by class in class order. Raises ValueError naming a class with fewer than k examples.
-    """
-    labels = torch.as_tensor(labels).long().cpu()
+def sample_fewshot(labels, k, seed, num_classes):
+    """Indices of exactly k examples of each class 0..num_classes-1, grouped by class, drawn by a
+    generator seeded with `seed`; ValueError naming a class with fewer than k examples."""
+    labels = labels.cpu()
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    classes = range(num_classes) if num_classes is not None else torch.unique(labels).tolist()
     generator = torch.Generator().manual_seed(seed)
     chosen = []
-    for c in classes:
+    for c in range(num_classes):
         members = torch.nonzero(labels == c).flatten()
         if len(members) < k:
             raise ValueError(f"class {c} has only {len(members)} examples, fewer than k={k}")
@@ -150,25 +133,67 @@ def sample_fewshot(labels, k, seed, num_classes=None):
     return torch.cat(chosen)
 
 
-def fewshot_eval(train_feats, train_labels, test_feats, test_labels, ks=(5, 10), seeds=(0, 1, 2), num_classes=None,
-                 **probe_kwargs):
-    """k-shot linear-probe accuracy over several seeds: {k: {"mean", "std", "per_seed", "weight_decays"}}.
-
-    For each k and seed, `sample_fewshot` draws k training examples per class and `linear_probe`
-    (same decay search, on the k-shot set itself) is evaluated on the full test split. "std" is the
-    sample standard deviation over seeds (0 for a single seed).
-    """
-    train_labels, test_labels = torch.as_tensor(train_labels).long(), torch.as_tensor(test_labels).long()
-    if num_classes is None:
-        num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+def fewshot_accuracy(train_feats, train_labels, test_feats, test_labels, num_classes, *, ks=(5, 10), seeds=(0, 1, 2),
+                     weight_decay=None, weight_decays=WEIGHT_DECAYS, max_iter=1000):
+    """k-shot linear-probe accuracy over seeds: {k: {"mean", "std", "per_seed", "weight_decays"}}; each
+    k-shot set gets its own probe (and decay search) and is tested on the whole test split; "std" is
+    the sample standard deviation over seeds (0 for one seed)."""
     results = {}
     for k in ks:
         runs = []
         for seed in seeds:
             index = sample_fewshot(train_labels, k, seed, num_classes)
-            runs.append(linear_probe(train_feats[index.to(train_feats.device)], train_labels[index], test_feats,
-                                     test_labels, num_classes, seed=seed, **probe_kwargs))
+            runs.append(probe_accuracy(train_feats[index.to(train_feats.device)], train_labels[index], test_feats,
+                                       test_labels, num_classes, weight_decay=weight_decay,
+                                       weight_decays=weight_decays, max_iter=max_iter, seed=seed))
         top1 = torch.tensor([run["top1"] for run in runs], dtype=torch.float64)
         results[k] = {"mean": top1.mean().item(), "std": top1.std().item() if len(runs) > 1 else 0.0,
                       "per_seed": top1.tolist(), "weight_decays": [run["weight_decay"] for run in runs]}
     return results
+
+
+# --------------------------------------------------------------------------------------------
+# The tasks: a model and datasets in, metrics out
+
+def _probe_features(model, train_data, test_data, *, image_size, normalize, label_set, size, train_size, device,
+                    precision, batch_size, workers, crop_ratio, cache_dir, checkpoint):
+    """(train features, train labels, test features, test labels, number of classes), on the device."""
+    device, splits = device or next(model.parameters()).device, []
+    for data, split, n in ((train_data, "train", train_size), (test_data, "val", size)):
+        dataset = open_labelled(data, split, label_set=label_set, size=n)
+        features = image_features(model, dataset, image_size=image_size, normalize=normalize, crop_ratio=crop_ratio,
+                                  device=device, precision=precision, batch_size=batch_size, workers=workers,
+                                  cache_dir=cache_dir, checkpoint=checkpoint)
+        splits.append((features["image"].to(device), features["labels"].to(device), dataset.classes))
+    (train_x, train_y, train_classes), (test_x, test_y, test_classes) = splits
+    if list(train_classes) != list(test_classes):
+        differ = next((f"{a!r} vs {b!r}" for a, b in zip(train_classes, test_classes) if a != b), "")
+        raise ValueError(f"a probe needs the same classes in train and test data: {train_data} has "
+                         f"{len(train_classes)}, {test_data} has {len(test_classes)} {differ}".rstrip())
+    return train_x, train_y, test_x, test_y, len(train_classes)
+
+
+def linear_probe(model, train_data="synthetic", test_data="synthetic", *, weight_decay=None, image_size=None,
+                 normalize="clip", label_set="shape-color", size=1000, train_size=2000, device=None, precision="fp32",
+                 batch_size=256, workers=0, crop_ratio=None, cache_dir=None, checkpoint=None):
+    """The linear probe of a model's frozen image features: {"top1", "weight_decay", "train", "test",
+    "classes"}; weight_decay=None chooses the decay (see the top). Arguments as for evaluation.zeroshot."""
+    train_x, train_y, test_x, test_y, classes = _probe_features(
+        model, train_data, test_data, image_size=image_size, normalize=normalize, label_set=label_set, size=size,
+        train_size=train_size, device=device, precision=precision, batch_size=batch_size, workers=workers,
+        crop_ratio=crop_ratio, cache_dir=cache_dir, checkpoint=checkpoint)
+    result = probe_accuracy(train_x, train_y, test_x, test_y, num_classes=classes, weight_decay=weight_decay)
+    return {**result, "train": len(train_y), "test": len(test_y), "classes": classes}
+
+
+def fewshot(model, train_data="synthetic", test_data="synthetic", *, ks=(5, 10), seeds=(0, 1, 2), weight_decay=None,
+            image_size=None, normalize="clip", label_set="shape-color", size=1000, train_size=2000, device=None,
+            precision="fp32", batch_size=256, workers=0, crop_ratio=None, cache_dir=None, checkpoint=None):
+    """k-shot probes (fewshot_accuracy): {"5-shot": {"mean", "std", "per_seed", "weight_decays"}, ...,
+    "classes"}. Arguments as for linear_probe."""
+    train_x, train_y, test_x, test_y, classes = _probe_features(
+        model, train_data, test_data, image_size=image_size, normalize=normalize, label_set=label_set, size=size,
+        train_size=train_size, device=device, precision=precision, batch_size=batch_size, workers=workers,
+        crop_ratio=crop_ratio, cache_dir=cache_dir, checkpoint=checkpoint)
+    results = fewshot_accuracy(train_x, train_y, test_x, test_y, classes, ks=ks, seeds=seeds, weight_decay=weight_decay)
+    return {**{f"{k}-shot": value for k, value in results.items()}, "classes": classes}

@@ -13,11 +13,12 @@ where each sample's image and text bytes lie. tinyclip.data then treats the shar
 dataset: exact epochs, exact resume at any world size or worker count, exact subsets and quality
 filters (they need every key anyway). The cost is random reads across shards, which suits local
 disks; copy shards from object storage to local disk first. Only the standard library's tarfile
-is used; nothing here decodes images (tinyclip.data does).
+is used; nothing here decodes images (tinyclip.sources does).
 """
 
 import glob
 import io
+import itertools
 import json
 import multiprocessing
 import os
@@ -29,12 +30,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tinyclip.checkpoint import atomic_write
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
 
 # -----------------------------------------------------------------------------
 # shard lists: brace expansion, '::' lists, globs
-
 
 def expand_braces(pattern: str) -> list[str]:
     """Expand shell-style braces: `{00000..00099}` (zero padding kept), `{a,b}`, nested and repeated."""
@@ -73,11 +75,9 @@ def expand_braces(pattern: str) -> list[str]:
 
 
 def resolve_shards(spec: str) -> tuple[list[str], list[str]]:
-    """Shard paths named by `spec` ('::'-joined patterns; braces; globs), as (existing, missing).
-
-    Missing files are returned rather than raised so that one failed img2dataset shard does not
-    stop a run (the caller counts them); a glob matching nothing, or nothing existing, raises.
-    """
+    """Shard paths named by `spec` ('::'-joined patterns; braces; globs), as (existing, missing): one
+    failed img2dataset shard should not stop a run (the caller counts it); a glob matching nothing, or
+    nothing existing, raises."""
     existing, missing = [], []
     for pattern in spec.split("::"):
         for path in expand_braces(os.path.expanduser(pattern)):
@@ -96,20 +96,9 @@ def resolve_shards(spec: str) -> tuple[list[str], list[str]]:
 # -----------------------------------------------------------------------------
 # header index
 
-
-def split_member_name(name: str) -> tuple[str, str]:
-    """'dir/000123.jpg' -> ('dir/000123', 'jpg'); the extension is everything after the first dot."""
-    folder, base = os.path.split(name)
-    stem, _, ext = base.partition(".")
-    return (os.path.join(folder, stem) if folder else stem), ext.lower()
-
-
 def scan_shard(path: str) -> tuple[list[tuple[str, int, int, int, int]], Counter]:
-    """Read one shard's headers: rows (key, image offset, image size, text offset, text size), skips.
-
-    Samples without an image, without a .txt, or whose data runs past the end of the file (a
-    truncated shard) are left out and counted; an unreadable shard counts as 'corrupt_shard'.
-    """
+    """One shard's headers as rows (key, image offset, image size, text offset, text size) and skips:
+    samples without an image or a .txt, or whose data runs past the end of the file, are counted."""
     skipped: Counter = Counter()
     parts: dict[str, dict[str, tuple[int, int]]] = {}
     try:
@@ -127,7 +116,9 @@ def scan_shard(path: str) -> tuple[list[tuple[str, int, int, int, int]], Counter
                     break
                 if not member.isfile():
                     continue
-                key, ext = split_member_name(member.name)
+                folder, base = os.path.split(member.name)
+                stem, _, ext = base.partition(".")  # the extension is everything after the first dot
+                key, ext = os.path.join(folder, stem), ext.lower()  # 'dir/000123.jpg' -> 'dir/000123', 'jpg'
                 if member.offset_data + member.size > file_size:
                     skipped["truncated_member"] += 1
                     parts.setdefault(key, {})["truncated"] = (0, 0)
@@ -162,12 +153,9 @@ class TarIndex:
 
 
 def build_index(paths: list[str], processes: int = None) -> TarIndex:
-    """Scan the headers of all shards, in parallel processes when there are many.
-
-    Parsing headers costs about 30 us per member in Python, so a process pool pays off beyond a few
-    shards. It forks, as DataLoader workers do on Linux (spawn would re-run the caller's script);
-    where fork does not exist the scan runs in this process.
-    """
+    """Scan the headers of all shards, in forked processes when there are many: a header costs about
+    30 us in Python. Fork, as DataLoader workers on Linux (spawn would re-run the caller's script);
+    where fork does not exist the scan runs in this process."""
     if processes is None:
         processes = min(os.cpu_count() or 1, 16) if len(paths) >= 8 else 1
     processes = max(1, min(processes, len(paths)))
@@ -188,21 +176,19 @@ def build_index(paths: list[str], processes: int = None) -> TarIndex:
 
 
 class ShardReader:
-    """Reads byte ranges from shards, keeping a few files open per process.
+    """Reads byte ranges from shards, keeping up to MAX_OPEN files open per process. Handles are never
+    shared between processes: a forked worker's seeks would race with the parent's on a shared offset."""
+    MAX_OPEN = 32
 
-    Handles are never shared between processes: a forked DataLoader worker would otherwise share
-    the parent's file offsets, and its seeks would race with the parent's.
-    """
-
-    def __init__(self, paths: list[str], max_open: int = 32):
-        self.paths, self.max_open, self._open, self._pid = paths, max_open, {}, os.getpid()
+    def __init__(self, paths: list[str]):
+        self.paths, self._open, self._pid = paths, {}, os.getpid()
 
     def read(self, shard_id: int, offset: int, size: int) -> bytes:
         if self._pid != os.getpid():  # inherited through fork: start afresh
             self._open, self._pid = {}, os.getpid()
         handle = self._open.pop(shard_id, None)  # re-inserted below: most recently used last
         if handle is None:
-            if len(self._open) >= self.max_open:
+            if len(self._open) >= self.MAX_OPEN:
                 self._open.pop(next(iter(self._open))).close()
             handle = open(self.paths[shard_id], "rb")
         self._open[shard_id] = handle
@@ -213,12 +199,11 @@ class ShardReader:
         return data
 
     def __getstate__(self):
-        return {"paths": self.paths, "max_open": self.max_open, "_open": {}, "_pid": None}
+        return {"paths": self.paths, "_open": {}, "_pid": None}
 
 
 # -----------------------------------------------------------------------------
 # writing
-
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
@@ -227,32 +212,20 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_shards(samples, output_dir: str, shard_size: int = 1000) -> list[str]:
-    """Write (source_key, image_bytes, image_ext, captions) samples to output_dir/00000.tar, ...
-
-    Keys are img2dataset-style running numbers (shard number, then position); KEY.json records the
-    sample's original key as "source", KEY.txt holds one caption per line. Shards are written under
-    a temporary name and renamed when complete, so a crash never leaves a truncated shard.
-    """
+    """Write (source_key, image_bytes, image_ext, captions) samples to output_dir/00000.tar, ... with
+    img2dataset-style keys (shard number, then position), KEY.txt one caption per line and KEY.json
+    the original key as "source"; each shard atomically, so a crash never leaves a truncated one."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     os.makedirs(output_dir, exist_ok=True)
-    width = len(str(shard_size - 1))
-    written, tar, count = [], None, 0
-    for source_key, image_bytes, ext, captions in samples:
-        shard_id, position = divmod(count, shard_size)
-        if position == 0:
-            if tar is not None:
-                tar.close()
-                os.replace(written[-1] + ".tmp", written[-1])
-            written.append(os.path.join(output_dir, f"{shard_id:05d}.tar"))
-            tar = tarfile.open(written[-1] + ".tmp", mode="w")
-        key = f"{shard_id:05d}{position:0{width}d}"
-        text = "\n".join(" ".join(c.split("\n")) for c in captions)
-        _add_member(tar, f"{key}.{ext}", image_bytes)
-        _add_member(tar, f"{key}.txt", text.encode("utf-8"))
-        _add_member(tar, f"{key}.json", json.dumps({"key": key, "source": source_key}).encode("utf-8"))
-        count += 1
-    if tar is not None:
-        tar.close()
-        os.replace(written[-1] + ".tmp", written[-1])
+    width, written = len(str(shard_size - 1)), []
+    for shard_id, shard in itertools.groupby(enumerate(samples), lambda item: item[0] // shard_size):
+        written.append(os.path.join(output_dir, f"{shard_id:05d}.tar"))
+        with atomic_write(written[-1]) as f, tarfile.open(fileobj=f, mode="w") as tar:
+            for count, (source_key, image_bytes, ext, captions) in shard:
+                key = f"{shard_id:05d}{count % shard_size:0{width}d}"
+                text = "\n".join(" ".join(c.split("\n")) for c in captions)
+                _add_member(tar, f"{key}.{ext}", image_bytes)
+                _add_member(tar, f"{key}.txt", text.encode("utf-8"))
+                _add_member(tar, f"{key}.json", json.dumps({"key": key, "source": source_key}).encode("utf-8"))
     return written

@@ -1,9 +1,10 @@
-"""Where image-text pairs come from: the sources tinyclip trains on, and how bad samples are caught.
+"""Where image-text pairs and labelled images come from, and how bad samples are caught.
 
-A source is map-style: `len(source)`, `source.key(i)` (the name a score file uses), `source.read(i)
--> (image bytes, captions)`, `source.load(i) -> (PIL image, captions)` fully decoded, and
-`source.skipped`, a Counter of problems found while indexing. `read`/`load` raise SkipSample(reason)
-for a sample that cannot be used; tinyclip.data counts it and moves on (see its docstring).
+A pairs source is map-style: `len(source)`, `source.key(i)` (the name a score file uses),
+`source.read(i) -> (image bytes, captions)`, `source.load(i) -> (PIL image, captions)` fully
+decoded, and `source.skipped`, a Counter of problems found while indexing. `read`/`load` raise
+SkipSample(reason) for a sample that cannot be used; the reader counts it and moves on (training:
+tinyclip.data; evaluation: load_batches below).
 
   synthetic[:noise=0.3,size=N,seed=S,image_size=P,split=train]   tinyclip.synthetic (SyntheticPairs);
                           all five phrasings of an image are its captions; key = meta(i)["key"]
@@ -16,7 +17,11 @@ for a sample that cannot be used; tinyclip.data counts it and moves on (see its 
   folder/                 *.tar inside it, else images (searched recursively) with same-name .txt
                           captions (one per line); key = the image path relative to the folder
   captions.json           COCO-style captions (Karpathy's or COCO's format), evaluation only
-                          (CaptionsJSON, opened by tinyclip.tasks); key = the image path
+                          (CaptionsJSON); key = the image path
+  root/CLASS/img.jpg      labelled images for classification (ImageFolderDataset; open_labelled also
+                          gives the synthetic val/train split): `dataset[i] -> (PIL image, label)`,
+                          label = position of CLASS among the sorted folders; read_class_names
+                          names the classes (one per line, or folder<TAB>name)
 
 Bad input never stops a run and never goes unnoticed: decoding is complete (img.load(), so a
 truncated JPEG fails here, not inside a transform); empty captions, captions that are not UTF-8,
@@ -30,14 +35,17 @@ import os
 from collections import Counter
 from pathlib import Path
 
+import torch
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 
 from tinyclip import shards as tar_shards
-from tinyclip.synthetic import SyntheticPairs
+from tinyclip.synthetic import SyntheticClassification, SyntheticPairs
+
+CLASS_NAME_FILES = {"imagenet": Path(__file__).parent / "assets" / "imagenet_classnames.txt"}  # ImageNet order
 
 # -----------------------------------------------------------------------------
 # bad samples
-
 
 class SkipSample(Exception):
     """A sample that cannot be used; `reason` is the key it is counted under."""
@@ -95,10 +103,16 @@ def read_file(path: str) -> bytes:
 # -----------------------------------------------------------------------------
 # sources: len, key(i), read(i) -> (image bytes, captions), load(i) -> (PIL image, captions)
 
-
 class FileSource:
-    """Shared part of file-backed sources: load = read + full decode."""
+    """Shared part of file-backed sources: sample i is named keys[i]; load = read + full decode."""
+    keys: list[str]
     skipped: Counter
+
+    def __len__(self):
+        return len(self.keys)
+
+    def key(self, index):
+        return self.keys[index]
 
     def load(self, index: int) -> tuple[Image.Image, list[str]]:
         data, captions = self.read(index)
@@ -167,24 +181,18 @@ class PairsDataset(FileSource):
                     group.append(check_caption(row[caption_col]))
                 except SkipSample as bad:
                     self.skipped[bad.reason] += 1
-        self.paths = [p for p, caps in captions.items() if caps]  # images left without any caption go
-        self.captions = [captions[p] for p in self.paths]
-
-    def __len__(self):
-        return len(self.paths)
-
-    def key(self, index):
-        return self.paths[index]
+        self.keys = [p for p, caps in captions.items() if caps]  # images left without any caption go
+        self.captions = [captions[p] for p in self.keys]
 
     def read(self, index):
-        return read_file(os.path.join(self.root, self.paths[index])), self.captions[index]
+        return read_file(os.path.join(self.root, self.keys[index])), self.captions[index]
 
 
 class FolderPairs(FileSource):
     """A folder (searched recursively) of images with same-name .txt captions."""
 
     def __init__(self, root: str):
-        self.name, self.root, self.paths, self.skipped = root, root, [], Counter()
+        self.name, self.root, self.keys, self.skipped = root, root, [], Counter()
         for folder, subfolders, files in os.walk(root):
             subfolders.sort()
             names = set(files)
@@ -192,19 +200,13 @@ class FolderPairs(FileSource):
                 stem, ext = os.path.splitext(name)
                 if ext.lower().lstrip(".") in tar_shards.IMAGE_EXTENSIONS:
                     if stem + ".txt" in names:
-                        self.paths.append(os.path.relpath(os.path.join(folder, name), root))
+                        self.keys.append(os.path.relpath(os.path.join(folder, name), root))
                     else:
                         self.skipped["missing_caption"] += 1
-        self.paths.sort()
-
-    def __len__(self):
-        return len(self.paths)
-
-    def key(self, index):
-        return self.paths[index]
+        self.keys.sort()
 
     def read(self, index):
-        path = os.path.join(self.root, self.paths[index])
+        path = os.path.join(self.root, self.keys[index])
         return read_file(path), decode_captions(read_file(os.path.splitext(path)[0] + ".txt"))
 
 
@@ -214,16 +216,10 @@ class TarShards(FileSource):
     def __init__(self, spec: str):
         existing, missing = tar_shards.resolve_shards(spec)
         self.name, self.index = spec, tar_shards.build_index(existing)
-        self.skipped = Counter(self.index.skipped)
+        self.keys, self.skipped = self.index.keys, Counter(self.index.skipped)
         if missing:  # a failed img2dataset shard should not stop a run: counted, and the run goes on
             self.skipped["missing_shard"] += len(missing)
         self.reader = tar_shards.ShardReader(existing)
-
-    def __len__(self):
-        return len(self.index.keys)
-
-    def key(self, index):
-        return self.index.keys[index]
 
     def read(self, index):
         shard = int(self.index.shard[index])
@@ -252,13 +248,11 @@ def open_source(spec: str, csv_img_key: str = "filepath", csv_caption_key: str =
     raise FileNotFoundError(f"no dataset at {spec!r} (expected 'synthetic', a .csv/.tsv, tar shards or a folder)")
 
 
-class CaptionsJSON:
-    """A COCO-style captions file as a pairs source (len, key, load, skipped, name, as tinyclip.sources).
-
-    Karpathy's format {"images": [{"filename"|"file_name", "filepath"?, "split"?, "sentences": [{"raw"}]}]}
-    (only images of `split` when the file has splits) or COCO's {"images": [{"id", "file_name"}],
-    "annotations": [{"image_id", "caption"}]}. Keys are image paths relative to `image_root`.
-    """
+class CaptionsJSON(FileSource):
+    """A COCO-style captions file as a pairs source: Karpathy's format {"images": [{"filename"|"file_name",
+    "filepath"?, "split"?, "sentences": [{"raw"}]}]} (only images of `split` when the file has splits)
+    or COCO's {"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]}. Keys are
+    image paths relative to `image_root`."""
 
     def __init__(self, path, image_root=None, split="test"):
         if not os.path.isfile(path):
@@ -280,16 +274,103 @@ class CaptionsJSON:
         except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as error:
             raise ValueError(f"{path} is not a COCO-style captions JSON ({type(error).__name__}: {error})") from None
         self.skipped.update(no_caption=sum(1 for _, caps in entries if not caps))
-        self.paths = [image for image, caps in entries if caps]
+        self.keys = [image for image, caps in entries if caps]
         self.captions = [caps for _, caps in entries if caps]
-        if not self.paths:
+        if not self.keys:
             raise ValueError(f"{path} holds no captioned images (split {split!r} where the file has splits)")
 
+    def read(self, index):
+        return read_file(os.path.join(self.root, self.keys[index])), self.captions[index]
+
+
+# -----------------------------------------------------------------------------
+# labelled images, and reading any source in order (evaluation)
+
+class ImageFolderDataset:
+    """root/CLASS/**/*.jpg: `dataset[i] -> (PIL image, label)`, label = position of CLASS among the
+    sorted folder names (`classes`); `samples` lists (path, label); SkipSample on a bad image."""
+    EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+    def __init__(self, root: str):
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"no such image folder: {root!r}")
+        self.root, self.skipped = root, Counter()
+        self.classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+        self.samples = []  # (path, label)
+        for label, name in enumerate(self.classes):
+            for folder, subfolders, files in os.walk(os.path.join(root, name)):
+                subfolders.sort()
+                self.samples += [(os.path.join(folder, f), label) for f in sorted(files)
+                                 if f.lower().endswith(self.EXTENSIONS)]
+        if not self.samples:
+            raise ValueError(f"no images in class folders under {root!r} (expected root/class/image.jpg)")
+
     def __len__(self):
-        return len(self.paths)
+        return len(self.samples)
 
-    def key(self, index):
-        return self.paths[index]
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        return decode_image(read_file(path)), label
 
-    def load(self, index):
-        return decode_image(read_file(os.path.join(self.root, self.paths[index]))), self.captions[index]
+
+def open_labelled(data: str, split: str, *, label_set: str, size: int):
+    """The synthetic `split` (`size` images of `label_set`, with its class names and templates) or a folder."""
+    if data == "synthetic":
+        return SyntheticClassification(split, label_set=label_set, size=size)
+    return ImageFolderDataset(str(data))
+
+
+def read_class_names(class_names, folders: list[str]):
+    """None/list -> itself; 'imagenet' (the 1000 shipped names) or a file: one name per line, or
+    `folder<TAB>name` lines, looked up by the dataset's class folder names."""
+    if class_names is None or isinstance(class_names, (list, tuple)):
+        return class_names
+    path = CLASS_NAME_FILES.get(class_names, Path(class_names))
+    if not path.is_file():
+        raise FileNotFoundError(f"no such class names file: {class_names} (built in: {', '.join(CLASS_NAME_FILES)})")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not all("\t" in line for line in lines):
+        return lines
+    mapping = {folder.strip(): name.strip() for folder, name in (line.split("\t", 1) for line in lines)}
+    missing = [folder for folder in folders if folder not in mapping]
+    if missing:
+        raise ValueError(f"{class_names} names no class for folder {missing[0]!r} ({len(missing)} missing)")
+    return [mapping[folder] for folder in folders]
+
+
+class _Loaded(Dataset):
+    """(index, transform(image), target) of load(index), or (index, None, the reason it was skipped):
+    an exception would end the DataLoader."""
+
+    def __init__(self, load, count: int, transform):
+        self.load, self.count, self.transform = load, count, transform
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, index):
+        try:
+            image, target = self.load(index)
+        except SkipSample as bad:
+            return index, None, bad.reason
+        return index, self.transform(image), target
+
+
+def _collate_readable(items):
+    readable = [item for item in items if item[1] is not None]
+    reasons = Counter(reason for _, image, reason in items if image is None)
+    if not readable:
+        return None, reasons
+    indices, images, targets = zip(*readable)
+    return {"index": list(indices), "image": torch.stack(images), "target": list(targets)}, reasons
+
+
+def load_batches(load, count: int, transform, *, skipped: Counter, batch_size: int = 256, workers: int = 0):
+    """Yield {"index": [B], "image": [B, 3, S, S], "target": [B]} for indices 0..count-1 in order, from
+    `load(i) -> (PIL image, target)`; samples that raise SkipSample are left out, counted in `skipped`."""
+    loader = DataLoader(_Loaded(load, count, transform), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_collate_readable)
+    for batch, reasons in loader:
+        skipped.update(reasons)
+        if batch is not None:
+            yield batch
