@@ -1,9 +1,13 @@
 """train.py end to end on the built-in data: every strategy learns (the loss falls below chance),
 two torchrun/gloo processes end with the same weights as one process, a run killed mid-way and
 resumed with --resume auto ends bit-identical to an uninterrupted one, the autocast paths run,
-and every bad configuration stops with a one-line error."""
+and every bad configuration stops with a one-line error. Resuming refuses a checkpoint of other
+settings or other data (naming what differs), lets reporting settings change, clears half-written
+temporary files, and continues at another world size. FLIP's unmasked tuning is a stage of its own
+(schedule, masking, compute, resume inside it). --compile works under DDP with --accum-steps."""
 
 import json
+import random
 import math
 import os
 import signal
@@ -17,6 +21,7 @@ import torch
 
 import train
 from tinyclip.checkpoint import read_checkpoint
+from tinyclip.model import CLIP
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--arch", "vit-test", "--text-arch", "test", "--image-size", "32", "--context-length", "16",
@@ -169,20 +174,21 @@ def test_bad_configurations(capsys, tmp_path, args, message):
 
 
 def test_batch_not_divisible_by_world_size():
-    args = train.resolve_defaults(train.parse_args(TINY + ["--batch-size", "10"]))
+    args = train.parse_args(TINY + ["--batch-size", "10"])
     with pytest.raises(train.ConfigError, match="--batch-size 10 .global. does not split over 3 ranks"):
-        train.build_everything(args, 0, 3, torch.device("cpu"))
+        train.check_args(args, 3)
 
 
 def test_out_dir_of_another_run_is_refused(capsys, tmp_path):
     run_main(tmp_path, "--batch-size", "16", "--samples-seen", "32", name="bad")
     assert "already holds a run" in _error(capsys, tmp_path)
-    assert "holds a checkpoint of another run" in _error(capsys, tmp_path, "--strategy", "flip", "--resume", "auto")
+    line = _error(capsys, tmp_path, "--strategy", "flip", "--resume", "auto")
+    assert "is from a run with --strategy clip, not flip" in line
 
 
 def test_nan_loss_stops_naming_the_step(capsys, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = train.loss_stage
+    real = CLIP.loss
 
     def poisoned(*a, **k):
         calls["n"] += 1
@@ -191,10 +197,188 @@ def test_nan_loss_stops_naming_the_step(capsys, tmp_path, monkeypatch):
             terms["loss"] = terms["loss"] * float("nan")
         return terms
 
-    monkeypatch.setattr(train, "loss_stage", poisoned)
+    monkeypatch.setattr(CLIP, "loss", poisoned)
     line = _error(capsys, tmp_path, "--save-every", "2", "--samples-seen", str(16 * 8))
     assert "loss is nan at step 3" in line
     out = tmp_path / "bad"
     assert not (out / "ckpt.pt").exists()
     good = read_checkpoint(out / "checkpoints" / "step_00000002.pt")
     assert all(torch.isfinite(t).all() for t in good["model"].values() if t.is_floating_point())
+
+
+# -----------------------------------------------------------------------------
+# resuming: what may change, what is refused
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_at(monkeypatch, call):
+    """Make the `call`-th train_step raise (a crash mid-run, after the checkpoints before it were written)."""
+    real, calls = train.train_step, {"n": 0}
+
+    def step(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise Interrupted
+        return real(*a, **k)
+
+    monkeypatch.setattr(train, "train_step", step)
+
+
+def run_interrupted(tmp_path, monkeypatch, call, *args, name="interrupted"):
+    interrupt_at(monkeypatch, call)
+    with pytest.raises(Interrupted):
+        run_main(tmp_path, *args, name=name)
+    monkeypatch.undo()
+    return tmp_path / name
+
+
+RESUMABLE = ["--batch-size", "16", "--samples-seen", str(16 * 4), "--save-every", "2"]
+
+
+@pytest.mark.parametrize("flag, value, saved", [
+    ("--batch-size", "8", "16"), ("--seed", "1", "0"), ("--lr", "0.002", "0.001"), ("--samples-seen", "96", "64"),
+    ("--warmup", "3", "0"), ("--dataset-size", "500", "None"), ("--mask-ratio", "0.75", "0.5"),
+])
+def test_resume_refuses_another_setting_naming_it(capsys, tmp_path, monkeypatch, flag, value, saved):
+    out = run_interrupted(tmp_path, monkeypatch, 3, *RESUMABLE)
+    changed = RESUMABLE + [flag, value]  # argparse: the last value of a flag wins
+    with pytest.raises(SystemExit) as e:
+        train.main(TINY + ["--out", str(out), "--resume", "auto", *changed])
+    assert e.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"is from a run with {flag} {saved}, not {value}" in line
+
+
+def test_resume_may_change_how_the_run_reports(tmp_path, monkeypatch):
+    full = run_main(tmp_path, *RESUMABLE, name="full")
+    out = run_interrupted(tmp_path, monkeypatch, 3, *RESUMABLE)
+    (out / "checkpoints" / ".step_00000004.pt.tmp4242").write_bytes(b"half a file")  # a writer killed mid-way
+    (out / ".ckpt.pt.tmp4243").write_bytes(b"half a file")
+    train.main(TINY + ["--out", str(out), "--resume", "auto", *RESUMABLE, "--log-every", "3", "--keep-checkpoints",
+                       "5", "--save-every", "3"])
+    assert not list(out.rglob(".*.tmp*"))
+    assert all(torch.equal(a, b) for a, b in zip(_weights(full).values(), _weights(out).values()))
+
+
+def write_pairs_csv(folder, n):
+    from tinyclip.synthetic import SyntheticPairs
+    folder.mkdir(exist_ok=True)
+    pairs, rows = SyntheticPairs(size=n, image_size=32), ["filepath,title"]
+    for i in range(n):
+        image, caption = pairs.pair(i)
+        image.save(folder / f"{i}.png")
+        rows.append(f"{i}.png,{caption}")
+    (folder / "pairs.csv").write_text("\n".join(rows) + "\n")
+    return str(folder / "pairs.csv")
+
+
+def test_resume_refuses_data_that_changed(capsys, tmp_path, monkeypatch):
+    csv = write_pairs_csv(tmp_path / "data", 40)
+    out = run_interrupted(tmp_path, monkeypatch, 3, *RESUMABLE, "--data", csv)
+    write_pairs_csv(tmp_path / "data", 48)  # the same file name, eight more pairs
+    with pytest.raises(SystemExit):
+        train.main(TINY + ["--out", str(out), "--resume", "auto", *RESUMABLE, "--data", csv])
+    assert "now selects 48 pairs, not the 40" in capsys.readouterr().err
+
+
+def test_resume_at_another_world_size_continues_the_same_data(tmp_path, monkeypatch):
+    # The loader's batches depend on the global batch only, and CLIP draws no random numbers in a
+    # step: a run resumed on two processes ends where the uninterrupted single process does.
+    common = ["--batch-size", "16", "--samples-seen", str(16 * 4), "--save-every", "2", "--lr", "1e-3",
+              "--warmup", "1"]
+    full = run_main(tmp_path, *common, name="full")
+    out = run_interrupted(tmp_path, monkeypatch, 3, *common)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    done = subprocess.run(torchrun + _cli(*common, "--out", str(out), "--resume", "auto")[1:], cwd=tmp_path,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "world size 1 -> 2" in done.stdout
+    assert losses(out)[-2:] == pytest.approx(losses(full)[-2:], abs=1e-4)
+    for name, value in _weights(full).items():
+        assert torch.allclose(value, _weights(out)[name], atol=1e-4), name
+
+
+# -----------------------------------------------------------------------------
+# FLIP's unmasked tuning: its own stage after the masked budget
+
+
+STAGE = ["--strategy", "flip", "--batch-size", "16", "--samples-seen", str(16 * 6), "--warmup", "2",
+         "--unmasked-steps", "5", "--unmasked-lr", "1e-5"]
+
+
+def test_unmasked_tuning_is_a_stage_of_its_own(tmp_path, monkeypatch):
+    ratios, real = [], train.train_step
+    monkeypatch.setattr(train, "train_step", lambda *a: ratios.append(a[3]) or real(*a))
+    out = run_main(tmp_path, *STAGE)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert ratios == [0.5] * 6 + [0.0] * 5
+    assert [r["stage"] for r in log] == ["main"] * 6 + ["unmasked"] * 5
+    assert log[-1]["samples_seen"] == 16 * 11
+    # FLIP's schedule for the stage: warmup over 20% of it (1 step of 5), then cosine from 1e-5 to zero
+    expected = [1e-5] + [0.5e-5 * (1 + math.cos(math.pi * s / 4)) for s in range(4)]
+    assert [r["lr"] for r in log[6:]] == pytest.approx(expected)
+    # the main run's own schedule is untouched: warmup 2, cosine over its 6 steps
+    assert log[5]["lr"] == pytest.approx(0.5e-3 * (1 + math.cos(math.pi * 3 / 4)))
+    # compute: the tuning steps cost an unmasked sample each
+    masked, unmasked = log[0]["gflops_per_sample"], log[-1]["gflops_per_sample"]
+    assert unmasked > masked
+    assert log[-1]["total_pflops"] == pytest.approx((96 * masked + 80 * unmasked) / 1e6, rel=1e-4)
+
+
+def test_resume_inside_the_tuning_stage_equals_uninterrupted(tmp_path, monkeypatch):
+    full = run_main(tmp_path, *STAGE, "--save-every", "2", name="full")
+    out = run_interrupted(tmp_path, monkeypatch, 10, *STAGE, "--save-every", "2")  # crashes in step 10 (stage)
+    assert read_checkpoint(out / "checkpoints" / "step_00000008.pt")["step"] == 8
+    train.main(TINY + ["--out", str(out), "--resume", "auto", *STAGE, "--save-every", "2"])
+    assert all(torch.equal(a, b) for a, b in zip(_weights(full).values(), _weights(out).values()))
+    assert losses(out)[-3:] == losses(full)[-3:]
+
+
+# -----------------------------------------------------------------------------
+# torch.compile under DDP with the gradient cache
+
+
+def test_compile_with_two_processes_and_the_gradient_cache(tmp_path):
+    common = ["--batch-size", "8", "--samples-seen", "16", "--accum-steps", "2", "--lr", "1e-3", "--warmup", "1"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        done = subprocess.run(torchrun + _cli(*common, *extra, "--out", str(tmp_path / name))[1:], cwd=tmp_path,
+                              env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), abs=1e-4)
+    eager, compiled = _weights(tmp_path / "eager"), _weights(tmp_path / "compiled")
+    assert eager.keys() == compiled.keys()  # compiled in place: no _orig_mod. prefix in the checkpoint
+    for name in eager:
+        assert torch.allclose(eager[name], compiled[name], atol=1e-4), name
+
+
+def test_the_papers_adafactor_trains(tmp_path):
+    steps, batch = 40, 16
+    out = run_main(tmp_path, "--optimizer", "adafactor", "--batch-size", str(batch), "--samples-seen",
+                   str(batch * steps), "--lr", "3e-3", "--warmup", "5")
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    args = json.loads((out / "args.json").read_text())
+    assert (args["wd"], args["beta2"]) == (1e-4, 0.999)  # big_vision's decay and beta2 cap: the paper's
+    first, last = sum(r["loss"] for r in log[:3]) / 3, sum(r["loss"] for r in log[-5:]) / 5
+    assert last < first - 0.3
+    optimizer = read_checkpoint(out / "ckpt.pt")["optimizer"]
+    assert any("v_row" in state for state in optimizer["state"].values())  # factored second moments
+
+
+def test_slip_trains_its_clip_view_on_slips_random_crop():
+    # SLIP (main.py): RandomResizedCrop(scale 0.5-1) for the CLIP view, no flip; plain CLIP: a centre crop
+    from PIL import Image
+    from tinyclip.augment import make_transform
+    image = Image.new("RGB", (32, 32), (255, 0, 0))
+    image.paste((0, 0, 255), (16, 0, 32, 32))  # left half red, right half blue
+    views = {}
+    for strategy in ("clip", "slip"):
+        preset = train.STRATEGIES[strategy](train.parse_args(["--strategy", strategy]))[0]
+        views[strategy] = [make_transform(preset, 32, "pm1")(image, random.Random(seed)) for seed in range(8)]
+    assert all(torch.equal(v, views["clip"][0]) for v in views["clip"])
+    assert len({v[0].sum().item() for v in views["slip"]}) > 1  # random crops: the red share varies
+    assert all(v[0, :, 0].mean() > 0.9 and v[2, :, -1].mean() > 0.9 for v in views["slip"])  # never mirrored

@@ -1,13 +1,16 @@
 """Checkpoints: one self-contained file per save, written atomically, read safely.
 
 A checkpoint is a dict
-    {"model", "config", "optimizer", "scaler", "step", "samples_seen", "args", "rng", "data_state"}
-(plus "ssl_head" for SLIP runs). "config" is the model's CLIPConfig as a plain dict, so
-`load_checkpoint(path)` rebuilds the model from the file alone. Files are written to a temporary
-name and renamed into place, so a crash mid-write never leaves a half-written file under a
-checkpoint's name, and read with `torch.load(weights_only=True)`, which cannot run code.
+    {"model", "config", "optimizer", "scaler", "step", "samples_seen", "args", "rng", "data_state"}:
+"config" is the model's CLIPConfig as a plain dict (SLIP's head included), so `load_checkpoint(path)`
+rebuilds the model from the file alone; "args" are the run's settings and "data_state" what its data
+selected, which a resume must match (train.py); "rng" holds every rank's random state. Files are
+written to a temporary name and renamed into place (atomic_write), so a crash mid-write never
+leaves a half-written file under a checkpoint's name, and read with `torch.load(weights_only=True)`,
+which cannot run code.
 """
 
+import contextlib
 import os
 import random
 import re
@@ -16,25 +19,54 @@ from pathlib import Path
 
 import torch
 
-CHECKPOINT_KEYS = ("model", "config", "optimizer", "scaler", "step", "samples_seen", "args", "rng",
-                   "data_state")
+from tinyclip.model import build_model
+
 _STEP_FILE = re.compile(r"step_(\d+)\.pt$")
+TEMP_MARK = ".tmp"  # temporary files are .NAME.tmpPID
 
 
 # -----------------------------------------------------------------------------
 # writing
 
 
-def save_atomic(obj, path) -> None:
-    """torch.save to `path` via a temporary file in the same folder and an atomic rename."""
+@contextlib.contextmanager
+def atomic_write(path, mode: str = "wb"):
+    """Open `path` for writing so that readers see the old file or the whole new one, never a part.
+
+    The data goes to a temporary file in the same folder (`.NAME.tmpPID`, which
+    remove_stale_temp_files clears when a killed writer left one), is flushed to disk, renamed into
+    place, and the folder is synced so the rename itself survives a crash."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    tmp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
+    try:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def remove_stale_temp_files(folder) -> list:
+    """Delete the temporary files that writers killed mid-write (SIGKILL, power loss) left behind."""
+    stale = [p for p in Path(folder).glob(f".*{TEMP_MARK}*") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def save_atomic(obj, path) -> None:
+    """torch.save to `path` through atomic_write."""
+    with atomic_write(path) as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict:
@@ -116,8 +148,6 @@ def latest_valid_checkpoint(out_dir):
 
 def load_checkpoint(path, device="cpu"):
     """Rebuild a trained model from a checkpoint file alone: returns (model in eval mode, ckpt)."""
-    from .model import build_model  # model.py imports nothing from here; keep it that way
-
     ckpt = read_checkpoint(path)
     model = build_model(ckpt["config"])
     model.load_state_dict(ckpt["model"])

@@ -6,82 +6,77 @@ Batch Size under Memory Limited Setup") keeps the full-batch loss and costs one 
 
 1. embed every micro-batch without gradient and cache the embeddings (small: [B, D]);
 2. compute the full-batch loss on the cached embeddings and back-propagate it down to them (and
-   to whatever the loss owns: the logit scale, SLIP's head);
+   to whatever the loss itself owns: the logit scale, SLIP's head);
 3. re-run each micro-batch with gradient and back-propagate its slice of the cached embeddings'
    gradient into the towers (by the chain rule, d loss / d theta = sum_i (d loss / d e_i) . d e_i / d theta).
 
 Each micro-batch's RNG state is replayed in step 3, so random masks (FLIP) and drop-path are the
-same in both passes. Only activations of one micro-batch are alive at a time.
+same in both passes. Only activations of one micro-batch are alive at a time. Step 1 leaves no
+trace in the model: BatchNorm running statistics are put back as they were, so after the step
+they have counted each micro-batch once, as plain accumulation would (the normalisation itself
+uses each micro-batch's statistics, not the whole batch's: the one thing that differs from one
+pass, for towers with BatchNorm).
 
-The caller supplies the model-specific parts (how to embed, the loss, the backward with its
-scaler) and, under data parallelism, a context that defers gradient reduction (DDP's no_sync); it
-then reduces the gradients itself, once, after this returns.
+Every tensor of the batch splits into K contiguous chunks (SLIP's views are interleaved, rows 2i
+and 2i+1 of sample i, so they split with their images). The caller defers DDP's gradient
+reduction (no_sync) and reduces the gradients itself, once, after this returns.
 """
 import contextlib
 
 import torch
 
 from tinyclip import checkpoint as ckpt_io
+from tinyclip.model import autocast
 
 
-def split_batch(batch: dict, k: int, i: int) -> dict:
-    """Micro-batch i of k from a batch dict {"image", "text"[, "views": (v1, v2)]}."""
-    n = batch["image"].shape[0] // k
-    part = lambda t: t[i * n:(i + 1) * n]
-    out = {"image": part(batch["image"]), "text": part(batch["text"])}
-    if "views" in batch:
-        out["views"] = tuple(part(v) for v in batch["views"])
-    return out
+@contextlib.contextmanager
+def buffers_kept(model):
+    """Put every buffer (BatchNorm's running statistics) back as it was on leaving."""
+    saved = [b.clone() for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in zip(model.buffers(), saved):
+                buffer.copy_(value)
 
 
-def gradient_cache_step(encode, loss_of, backward, batch: dict, k: int, logit_scale: torch.Tensor,
-                        autocast=contextlib.nullcontext, no_sync=contextlib.nullcontext) -> dict:
-    """One step over `batch` as k micro-batches; returns the loss terms of the whole batch.
+def gradient_cache_step(model, raw_model, batch: dict, k: int, mask_ratio: float, ssl_scale: float,
+                        precision: str, scaler, no_sync=contextlib.nullcontext) -> dict:
+    """One step's forward and backward over `batch` as k micro-batches; returns the whole batch's loss terms.
 
-    encode(micro_batch) -> {"image": [n, D], "text": [n, D], optional "views": [2n, D] laid out
-        [all first views; all second views]}: unnormalised embeddings, with graph.
-    loss_of(features) -> {"loss", ...}: the loss of a whole batch's features (plus "logit_scale").
-    backward(terms): back-propagates terms["loss"] (scaling it, checking it is finite).
+    model: what to call (the DDP wrapper under data parallelism); raw_model: the CLIP underneath,
+    whose loss() runs on the cached embeddings. The gradients are left in the parameters (scaled by
+    `scaler`), exactly those of one pass over the batch (to float rounding).
     """
-    micro = [split_batch(batch, k, i) for i in range(k)]
+    device = batch["image"].device
+    micro = [{name: t.chunk(k)[i] for name, t in batch.items()} for i in range(k)]
+
+    def embed(mb):  # forward's outputs minus the logit scale: image [n, E], text [n, E] (, views [2n, W])
+        outputs = model(mb["image"], mb["text"], mask_ratio, mb.get("views"))
+        return [out for i, out in enumerate(outputs) if i != 2]
 
     # 1. every micro-batch's embeddings, no graph kept; remember the RNG each one started from
     rng_states, cached = [], []
-    with torch.no_grad():
+    with torch.no_grad(), buffers_kept(raw_model):
         for mb in micro:
             rng_states.append(ckpt_io.rng_state())
-            with autocast():
-                cached.append(encode(mb))
-    names = [name for name in ("image", "text", "views") if name in cached[0]]
-    feats = {name: torch.cat([c[name] for c in cached]) for name in names if name != "views"}
-    if "views" in names:  # keep the [all first views; all second views] layout of a single pass
-        feats["views"] = torch.cat([c["views"].chunk(2)[0] for c in cached] +
-                                   [c["views"].chunk(2)[1] for c in cached])
-    feats = {name: f.float().requires_grad_() for name, f in feats.items()}
-    feats["logit_scale"] = logit_scale
+            with autocast(device, precision):
+                cached.append(embed(mb))
+    full = [torch.cat(parts).float().requires_grad_() for parts in zip(*cached)]  # the batch's embeddings
 
-    # 2. the full-batch loss, differentiated down to the cached embeddings
-    with autocast():
-        terms = loss_of(feats)
-    backward(terms)
+    # 2. the full-batch loss, differentiated down to the cached embeddings (and the logit scale, SLIP's head)
+    with autocast(device, precision):
+        terms = raw_model.loss(full[0], full[1], raw_model.logit_scale.exp(), *full[2:], ssl_scale=ssl_scale)
+    scaler.scale(terms["loss"]).backward()
 
-    # 3. each micro-batch again, with gradient, fed its slice of the embedding gradient
+    # 3. each micro-batch again, with gradient, fed its slice of the embeddings' gradient
     rng_after = ckpt_io.rng_state()
     for i, mb in enumerate(micro):
         ckpt_io.set_rng_state(rng_states[i])
-        with no_sync(), autocast():
-            out = encode(mb)
-        surrogate = sum((out[name].float() * _rows(feats[name].grad, name, i, k, mb)).sum() for name in names)
+        with no_sync(), autocast(device, precision):
+            outputs = embed(mb)
+        surrogate = sum((out.float() * cache.grad.chunk(k)[i]).sum() for out, cache in zip(outputs, full))
         surrogate.backward()
     ckpt_io.set_rng_state(rng_after)
     return terms
-
-
-def _rows(grad, name, i, k, mb):
-    """Rows of a cached embedding's gradient that belong to micro-batch i."""
-    if name != "views":
-        n = grad.shape[0] // k
-        return grad[i * n:(i + 1) * n]
-    # the cache holds [all first views; all second views]; a micro-batch embeds [its v1; its v2]
-    n, half = mb["views"][0].shape[0], grad.shape[0] // 2
-    return torch.cat([grad[i * n:(i + 1) * n], grad[half + i * n:half + (i + 1) * n]])
