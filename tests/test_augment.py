@@ -2,7 +2,8 @@
 
 Checked on small hand-made images: flips mirror exactly; grayscale has equal channels; crops stay
 in bounds and keep the requested size; RandomResizedCrop's box has an area fraction inside the
-scale range and an aspect inside the ratio range (and the known fallback box); normalisation hits
+scale range and an aspect inside the ratio range (and the known fallback box); "crop" (SLIP's CLIP
+view) is crop-flip's crop, never mirrored; normalisation hits
 [-1, 1] exactly for "pm1" and the known CLIP mean/std values for a constant image; every preset is
 reproducible from its rng alone (same seed -> identical tensor, different seed -> different, global
 RNGs neither used nor disturbed) and survives pickling; RandAugment applies exactly the N ops that
@@ -36,18 +37,18 @@ def as_array(img):
 
 def test_hflip_mirrors_exactly():
     img = textured(17, 9)
-    assert np.array_equal(as_array(A.hflip(img)), as_array(img)[:, ::-1])
     flipped = A.RandomHorizontalFlip(p=1.0)(img, random.Random(0))
     assert np.array_equal(as_array(flipped), as_array(img)[:, ::-1])
     assert A.RandomHorizontalFlip(p=0.0)(img, random.Random(0)) is img
 
 
 def test_grayscale_has_equal_channels():
-    gray = as_array(A.grayscale(textured()))
+    grayscale = A.RandomGrayscale(p=1.0)
+    gray_img = grayscale(textured(), random.Random(0))
+    gray = as_array(gray_img)
     assert np.array_equal(gray[..., 0], gray[..., 1]) and np.array_equal(gray[..., 1], gray[..., 2])
     # ITU-R 601 luma: 0.299 * 200 + 0.587 * 50 + 0.114 * 10 = 90.4
-    assert A.grayscale(Image.new("RGB", (2, 2), (200, 50, 10))).getpixel((0, 0)) == (90, 90, 90)
-    gray_img = A.RandomGrayscale(p=1.0)(textured(), random.Random(0))
+    assert grayscale(Image.new("RGB", (2, 2), (200, 50, 10)), random.Random(0)).getpixel((0, 0)) == (90, 90, 90)
     x = A.make_transform("none", 16, normalize="pm1")(gray_img)
     assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
 
@@ -108,14 +109,33 @@ def test_random_resized_crop_aspect_is_log_uniform_and_retries():
     assert fallbacks < 0.5 * 300
 
 
+def test_crop_is_crop_flips_crop_and_never_mirrored():
+    # scale >= 0.5 with an aspect in [3/4, 4/3] keeps the centre of a square image in every crop, so an
+    # unflipped crop of a red-left / blue-right image is red on its left edge and blue on its right
+    pixels = np.zeros((40, 40, 3), np.uint8)
+    pixels[:, :20], pixels[:, 20:] = (255, 0, 0), (0, 0, 255)
+    img = Image.fromarray(pixels)
+    crop, crop_flip = A.make_transform("crop", 32, "pm1"), A.make_transform("crop-flip", 32, "pm1")
+    mirrored = 0
+    for seed in range(20):
+        x, y = crop(img, random.Random(seed)), crop_flip(img, random.Random(seed))
+        assert (x[0, :, 0] > x[2, :, 0]).all() and (x[2, :, -1] > x[0, :, -1]).all(), seed
+        assert torch.equal(x, y) or torch.equal(x, y.flip(-1)), seed  # the same crop drawn
+        mirrored += not torch.equal(x, y)
+    assert 0 < mirrored < 20  # crop-flip flips some of them
+
+
 def test_resize_and_centre_crop_sizes():
     assert A.resized_shorter_size(400, 300, 64) == (85, 64)  # 64 * 400 / 300 = 85.3, truncated
     assert A.resized_shorter_size(300, 400, 64) == (64, 85)
     assert A.resized_shorter_size(350, 300, 64) == (74, 64)  # 74.7, truncated like torchvision
-    assert A.resize_shorter(textured(400, 300), 64).size == (85, 64)
     assert A.centre_crop_box(85, 64, 64) == (10, 0, 74, 64)  # (85 - 64) / 2 = 10.5 rounds to even
     assert A.centre_crop_box(87, 64, 64) == (12, 0, 76, 64)  # 11.5 rounds to even, upwards
-    assert A.centre_crop(textured(85, 64), 64).size == (64, 64)
+    img = textured(400, 300)
+    expected = img.resize((85, 64), Image.BICUBIC).crop((10, 0, 74, 64))
+    assert np.array_equal(as_array(A.ResizeCentreCrop(64, 64)(img)), as_array(expected))
+    small = textured(85, 64)  # already the right size: cropped only
+    assert np.array_equal(as_array(A.ResizeCentreCrop(64, 64)(small)), as_array(small.crop((10, 0, 74, 64))))
 
 
 def test_eval_transform_is_resize_to_size_over_ratio_then_known_centre_box():
@@ -189,6 +209,7 @@ def test_presets_are_made_of_the_documented_steps():
     colour = ["RandomApply(step=ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1), p=0.8)",
               "RandomGrayscale(p=0.2)", "RandomApply(step=GaussianBlur(sigma=(0.1, 2.0)), p=0.5)"]
     assert steps("none") == ["ResizeCentreCrop(resize=224, size=224)"]
+    assert steps("crop") == crop_flip[:1]
     assert steps("crop-flip") == crop_flip
     assert steps("randaug") == crop_flip + [randaug]
     assert steps("stacked-randaug") == crop_flip + [randaug] + colour
@@ -200,7 +221,7 @@ def test_presets_are_made_of_the_documented_steps():
 
 
 def test_unknown_preset_and_bad_arguments():
-    with pytest.raises(ValueError, match="none, crop-flip, randaug, stacked-randaug, simclr"):
+    with pytest.raises(ValueError, match="none, crop, crop-flip, randaug, stacked-randaug, simclr"):
         A.make_transform("autoaugment", 32)
     with pytest.raises(ValueError, match="normalize"):
         A.make_transform("none", 32, normalize="imagenet")
@@ -267,7 +288,7 @@ def test_colour_jitter_random_order_and_ranges():
 
 def test_gaussian_blur_smooths():
     img = textured(64, 64)
-    assert as_array(A.gaussian_blur(img, 2.0)).std() < 0.5 * as_array(img).std()
+    assert as_array(A.GaussianBlur((2.0, 2.0))(img, random.Random(0))).std() < 0.5 * as_array(img).std()
 
 
 def grey_row(values):
@@ -276,7 +297,7 @@ def grey_row(values):
 
 def test_solarize_known_answer():
     row = grey_row([0, 100, 127, 128, 200, 255])
-    assert as_array(A.solarize(row, 128))[0, :, 0].tolist() == [0, 100, 127, 127, 55, 0]
+    assert as_array(A.apply_randaug_op(row, "solarize", 128))[0, :, 0].tolist() == [0, 100, 127, 127, 55, 0]
     assert A.randaug_op_value("solarize", 0) == 256  # nothing inverted
     assert A.randaug_op_value("solarize", 5) == 128
     assert A.randaug_op_value("solarize", 10) == 0  # full negative
@@ -284,8 +305,8 @@ def test_solarize_known_answer():
 
 def test_posterize_known_answer():
     row = grey_row([0, 15, 16, 200, 255])
-    assert as_array(A.posterize(row, 4))[0, :, 0].tolist() == [0, 0, 16, 192, 240]
-    assert as_array(A.posterize(row, 1))[0, :, 0].tolist() == [0, 0, 0, 128, 128]
+    assert as_array(A.apply_randaug_op(row, "posterize", 4))[0, :, 0].tolist() == [0, 0, 16, 192, 240]
+    assert as_array(A.apply_randaug_op(row, "posterize", 1))[0, :, 0].tolist() == [0, 0, 0, 128, 128]
     assert [A.randaug_op_value("posterize", m) for m in (0, 4, 5, 10, 30)] == [8, 6, 6, 4, 1]
 
 
@@ -337,8 +358,8 @@ def test_each_randaug_op_changes_a_textured_image(name):
 def test_affine_ops_known_geometry():
     img = textured(20, 10, seed=6)
     arr = as_array(img)
-    moved = as_array(A.translate_x(img, 0.25, fill=(0, 0, 0)))  # 5 pixels right
+    moved = as_array(A.apply_randaug_op(img, "translate_x", 0.25, fill=(0, 0, 0)))  # 5 pixels right
     assert np.array_equal(moved[:, 5:], arr[:, :-5]) and (moved[:, :5] == 0).all()
-    moved = as_array(A.translate_y(img, -0.3, fill=(0, 0, 0)))  # 3 pixels up
+    moved = as_array(A.apply_randaug_op(img, "translate_y", -0.3, fill=(0, 0, 0)))  # 3 pixels up
     assert np.array_equal(moved[:-3], arr[3:]) and (moved[-3:] == 0).all()
-    assert np.array_equal(as_array(A.rotate(textured(8, 8), 0.0)), as_array(textured(8, 8)))
+    assert np.array_equal(as_array(A.apply_randaug_op(textured(8, 8), "rotate", 0.0)), as_array(textured(8, 8)))

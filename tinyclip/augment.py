@@ -20,19 +20,19 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-NORMALIZATIONS = ("clip", "pm1")
-AUGMENT_PRESETS = ("none", "crop-flip", "randaug", "stacked-randaug", "simclr")
+AUGMENT_PRESETS = ("none", "crop", "crop-flip", "randaug", "stacked-randaug", "simclr")
 
-# SLIP trains its CLIP view with RandomResizedCrop(scale=(0.5, 1)): strong enough to help in the
-# multi-epoch regime, mild enough that the crop still matches its caption (captions often name
-# several objects; SimCLR's 0.08 would cut most of them out).
+# SLIP trains its CLIP view with RandomResizedCrop(scale=(0.5, 1)) and no flip (SLIP's main.py): strong
+# enough to help in the multi-epoch regime, mild enough that the crop still matches its caption
+# (captions often name several objects; SimCLR's 0.08 would cut most of them out). crop-flip adds a flip.
 CROP_FLIP_SCALE = (0.5, 1.0)
 SIMCLR_SCALE = (0.08, 1.0)
 ASPECT_RATIO = (3 / 4, 4 / 3)
 GREY_FILL = (128, 128, 128)  # what geometric RandAugment ops expose (the TF reference's value)
-# normalisation as (pixel - shift) / scale on 0..255 values
-_CLIP_SHIFT = torch.tensor(CLIP_MEAN).view(3, 1, 1) * 255.0
-_CLIP_SCALE = torch.tensor(CLIP_STD).view(3, 1, 1) * 255.0
+# normalisation as (pixel - shift) / scale on 0..255 values; "pm1" maps 0 -> -1 and 255 -> 1 exactly
+_NORMALIZE = {"clip": (torch.tensor(CLIP_MEAN).view(3, 1, 1) * 255.0, torch.tensor(CLIP_STD).view(3, 1, 1) * 255.0),
+              "pm1": (127.5, 127.5)}
+NORMALIZATIONS = tuple(_NORMALIZE)
 
 # --------------------------------------------------------------------------------------------
 # conversion: any PIL mode -> RGB, RGB -> normalised float tensor
@@ -54,19 +54,14 @@ def to_rgb(img):
 
 def to_tensor(img, normalize="clip"):
     """RGB PIL image -> FloatTensor[3, H, W]; "clip": CLIP's mean/std, "pm1": pixels in [-1, 1]."""
-    if normalize == "clip":
-        shift, scale = _CLIP_SHIFT, _CLIP_SCALE
-    elif normalize == "pm1":
-        shift, scale = 127.5, 127.5  # 0 -> -1 and 255 -> 1 exactly
-    else:
-        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+    shift, scale = _NORMALIZE[normalize]
     pixels = torch.from_numpy(np.asarray(img, dtype=np.float32))  # H, W, 3 (a fresh float copy)
     x = pixels.permute(2, 0, 1).contiguous()  # 3, H, W
     return x.sub_(shift).div_(scale)  # in place: no further copies
 
 
 # --------------------------------------------------------------------------------------------
-# geometry: resize, crops, flip
+# crop boxes (PIL boxes: left, top, right, bottom)
 
 
 def resized_shorter_size(width, height, size):
@@ -76,25 +71,16 @@ def resized_shorter_size(width, height, size):
     return int(size * width / height), size
 
 
-def resize_shorter(img, size, resample=Image.BICUBIC):
-    new_size = resized_shorter_size(*img.size, size)
-    return img if new_size == img.size else img.resize(new_size, resample)
-
-
 def centre_crop_box(width, height, size):
-    """PIL box (left, top, right, bottom) of the centred size x size square (torchvision rounding)."""
+    """The centred size x size square, with torchvision's rounding."""
     left = int(round((width - size) / 2.0))
     top = int(round((height - size) / 2.0))
     return left, top, left + size, top + size
 
 
-def centre_crop(img, size):
-    return img.crop(centre_crop_box(*img.size, size))  # PIL pads with black past the edges
-
-
 def random_resized_crop_box(width, height, rng, scale=CROP_FLIP_SCALE, ratio=ASPECT_RATIO):
     """torchvision's RandomResizedCrop box: area fraction ~ U(scale), aspect ~ log-U(ratio);
-    10 attempts, then the largest centred box whose aspect lies in `ratio`. Returns a PIL box."""
+    10 attempts, then the largest centred box whose aspect lies in `ratio`."""
     area = width * height
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
@@ -117,12 +103,8 @@ def random_resized_crop_box(width, height, rng, scale=CROP_FLIP_SCALE, ratio=ASP
     return left, top, left + w, top + h
 
 
-def hflip(img):
-    return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-
-
 # --------------------------------------------------------------------------------------------
-# photometric ops (factor 1 = unchanged, as PIL's ImageEnhance and torchvision)
+# colour ops (factor 1 = unchanged, as PIL's ImageEnhance and torchvision)
 
 
 def adjust_brightness(img, factor):
@@ -151,61 +133,6 @@ def adjust_hue(img, hue_factor):
     return Image.merge("HSV", (h, s, v)).convert("RGB")
 
 
-def grayscale(img):
-    """Luma (ITU-R 601) copied to all three channels."""
-    return img.convert("L").convert("RGB")
-
-
-def gaussian_blur(img, sigma):
-    return img.filter(ImageFilter.GaussianBlur(radius=sigma))  # PIL's radius is the std dev
-
-
-def solarize(img, threshold):
-    """Invert every channel value >= threshold (threshold 256: unchanged, 0: full negative)."""
-    return ImageOps.solarize(img, threshold)
-
-
-def posterize(img, bits):
-    """Keep the top `bits` bits of each channel value."""
-    return ImageOps.posterize(img, bits)
-
-
-def autocontrast(img):
-    return ImageOps.autocontrast(img)
-
-
-def equalize(img):
-    return ImageOps.equalize(img)
-
-
-# --------------------------------------------------------------------------------------------
-# affine ops: PIL's AFFINE maps each output (x, y) to input (a x + b y + c, d x + e y + f).
-# Nearest-neighbour sampling, as torchvision's RandAugment: about 15x faster than bilinear in PIL.
-
-
-def rotate(img, degrees, fill=GREY_FILL):
-    return img.rotate(degrees, resample=Image.NEAREST, fillcolor=fill)
-
-
-def shear_x(img, factor, fill=GREY_FILL):
-    return img.transform(img.size, Image.AFFINE, (1, factor, 0, 0, 1, 0), Image.NEAREST, fillcolor=fill)
-
-
-def shear_y(img, factor, fill=GREY_FILL):
-    return img.transform(img.size, Image.AFFINE, (1, 0, 0, factor, 1, 0), Image.NEAREST, fillcolor=fill)
-
-
-def translate_x(img, fraction, fill=GREY_FILL):
-    """Shift right by fraction * width pixels (negative: left)."""
-    dx = round(fraction * img.size[0])
-    return img.transform(img.size, Image.AFFINE, (1, 0, -dx, 0, 1, 0), Image.NEAREST, fillcolor=fill)
-
-
-def translate_y(img, fraction, fill=GREY_FILL):
-    dy = round(fraction * img.size[1])
-    return img.transform(img.size, Image.AFFINE, (1, 0, 0, 0, 1, -dy), Image.NEAREST, fillcolor=fill)
-
-
 # --------------------------------------------------------------------------------------------
 # RandAugment (Cubuk et al. 2020): N ops drawn uniformly with replacement, all at magnitude M.
 # M is on the RandAugment paper's scale: 0..10, where 10 is each op's AutoAugment maximum
@@ -219,38 +146,54 @@ RANDAUG_OPS = ("identity", "autocontrast", "equalize", "rotate", "solarize", "co
 RANDAUG_MAX_MAGNITUDE = 10.0
 _ENHANCE = {"color": adjust_saturation, "contrast": adjust_contrast,
             "brightness": adjust_brightness, "sharpness": adjust_sharpness}
-_AFFINE = {"rotate": (rotate, 30.0), "shear_x": (shear_x, 0.3), "shear_y": (shear_y, 0.3),
-           "translate_x": (translate_x, 0.45), "translate_y": (translate_y, 0.45)}  # op, value at M=10
-_WITH_VALUE = {"posterize": posterize, "solarize": solarize, **_ENHANCE}
-_NO_VALUE = {"identity": lambda img: img, "autocontrast": autocontrast, "equalize": equalize}
+_GEOMETRIC_MAX = {"rotate": 30.0, "shear_x": 0.3, "shear_y": 0.3, "translate_x": 0.45, "translate_y": 0.45}
+
+
+def _check_op(name):
+    if name not in RANDAUG_OPS:
+        raise ValueError(f"unknown RandAugment op {name!r}; valid: {', '.join(RANDAUG_OPS)}")
 
 
 def randaug_op_value(name, magnitude, sign=1.0):
     """The op's argument at `magnitude`: degrees, shear factor, translate fraction, enhance factor,
     posterize bits or solarize threshold; None for the ops without one."""
+    _check_op(name)
     m = magnitude / RANDAUG_MAX_MAGNITUDE
-    if name in _AFFINE:
-        return sign * _AFFINE[name][1] * m
+    if name in _GEOMETRIC_MAX:
+        return sign * _GEOMETRIC_MAX[name] * m
     if name in _ENHANCE:
         return max(0.0, 1.0 + sign * 0.9 * m)
     if name == "posterize":
         return min(8, max(1, 8 - round(4 * m)))
     if name == "solarize":
         return min(256, max(0, round(256 * (1 - m))))
-    if name in _NO_VALUE:
-        return None
-    raise ValueError(f"unknown RandAugment op {name!r}; valid: {', '.join(RANDAUG_OPS)}")
+    return None  # identity, autocontrast, equalize
 
 
 def apply_randaug_op(img, name, value, fill=GREY_FILL):
-    """Apply one RandAugment op with the argument from randaug_op_value."""
-    if name in _AFFINE:
-        return _AFFINE[name][0](img, value, fill)
-    if name in _WITH_VALUE:
-        return _WITH_VALUE[name](img, value)
-    if name in _NO_VALUE:
-        return _NO_VALUE[name](img)
-    raise ValueError(f"unknown RandAugment op {name!r}; valid: {', '.join(RANDAUG_OPS)}")
+    """Apply one RandAugment op with the argument from randaug_op_value. Geometric ops sample the
+    nearest neighbour, as torchvision's RandAugment (about 15x faster than bilinear in PIL)."""
+    _check_op(name)
+    if name in _ENHANCE:
+        return _ENHANCE[name](img, value)
+    if name == "rotate":
+        return img.rotate(value, resample=Image.NEAREST, fillcolor=fill)
+    if name in _GEOMETRIC_MAX:
+        # PIL's AFFINE maps each output (x, y) to input (a x + b y + c, d x + e y + f); translate
+        # moves right / down by value * side pixels (negative: left / up)
+        dx, dy = round(value * img.size[0]), round(value * img.size[1])
+        abcdef = {"shear_x": (1, value, 0, 0, 1, 0), "shear_y": (1, 0, 0, value, 1, 0),
+                  "translate_x": (1, 0, -dx, 0, 1, 0), "translate_y": (1, 0, 0, 0, 1, -dy)}[name]
+        return img.transform(img.size, Image.AFFINE, abcdef, Image.NEAREST, fillcolor=fill)
+    if name == "solarize":
+        return ImageOps.solarize(img, value)  # invert every channel value >= value
+    if name == "posterize":
+        return ImageOps.posterize(img, value)  # keep the top `value` bits
+    if name == "autocontrast":
+        return ImageOps.autocontrast(img)
+    if name == "equalize":
+        return ImageOps.equalize(img)
+    return img  # identity
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,14 +216,14 @@ class ResizeCentreCrop(_Step):
         self.resize, self.size = resize, size
 
     def __call__(self, img, rng=None):
-        return centre_crop(resize_shorter(img, self.resize), self.size)
+        new_size = resized_shorter_size(*img.size, self.resize)
+        if new_size != img.size:
+            img = img.resize(new_size, Image.BICUBIC)
+        return img.crop(centre_crop_box(*img.size, self.size))  # PIL pads with black past the edges
 
 
 class RandomResizedCrop(_Step):
     def __init__(self, size, scale=CROP_FLIP_SCALE, ratio=ASPECT_RATIO):
-        if not (0 < scale[0] <= scale[1] <= 1) or not (0 < ratio[0] <= ratio[1]):
-            raise ValueError(f"need 0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1], "
-                             f"got scale={scale}, ratio={ratio}")
         self.size, self.scale, self.ratio = size, tuple(scale), tuple(ratio)
 
     def __call__(self, img, rng):
@@ -295,7 +238,7 @@ class RandomHorizontalFlip(_Step):
         self.p = p
 
     def __call__(self, img, rng):
-        return hflip(img) if rng.random() < self.p else img
+        return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < self.p else img
 
 
 class RandomGrayscale(_Step):
@@ -303,7 +246,7 @@ class RandomGrayscale(_Step):
         self.p = p
 
     def __call__(self, img, rng):
-        return grayscale(img) if rng.random() < self.p else img
+        return img.convert("L").convert("RGB") if rng.random() < self.p else img  # ITU-R 601 luma
 
 
 class RandomApply(_Step):
@@ -318,9 +261,6 @@ class RandAugment(_Step):
     """RandAugment (Cubuk et al. 2020): num_ops ops at `magnitude` on the paper's 0..10 scale."""
 
     def __init__(self, num_ops=2, magnitude=10.0, fill=GREY_FILL):
-        if num_ops < 0 or magnitude < 0:
-            raise ValueError(f"RandAugment needs num_ops >= 0 and magnitude >= 0, got {num_ops}, "
-                             f"{magnitude}")
         self.num_ops, self.magnitude, self.fill = int(num_ops), float(magnitude), tuple(fill)
 
     def choose_ops(self, rng):
@@ -343,19 +283,17 @@ class ColorJitter(_Step):
     applied in a random order (torchvision's semantics); a zero strength skips that op."""
 
     def __init__(self, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1):
-        if min(brightness, contrast, saturation, hue) < 0 or hue > 0.5:
-            raise ValueError("ColorJitter strengths must be >= 0 and hue <= 0.5")
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
 
     def choose_ops(self, rng):
         """[(adjust function, factor)] in the order __call__ applies them."""
         order = [0, 1, 2, 3]
         rng.shuffle(order)
-        strengths = (self.brightness, self.contrast, self.saturation)
-        factors = [rng.uniform(max(0.0, 1 - s), 1 + s) for s in strengths]
+        strengths = (self.brightness, self.contrast, self.saturation, self.hue)
+        factors = [rng.uniform(max(0.0, 1 - s), 1 + s) for s in strengths[:3]]
         factors.append(rng.uniform(-self.hue, self.hue))
         ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
-        return [(ops[i], factors[i]) for i in order if (strengths + (self.hue,))[i] > 0]
+        return [(ops[i], factors[i]) for i in order if strengths[i] > 0]
 
     def __call__(self, img, rng):
         for adjust, factor in self.choose_ops(rng):
@@ -368,7 +306,7 @@ class GaussianBlur(_Step):
         self.sigma = tuple(sigma)
 
     def __call__(self, img, rng):
-        return gaussian_blur(img, rng.uniform(*self.sigma))
+        return img.filter(ImageFilter.GaussianBlur(radius=rng.uniform(*self.sigma)))  # radius: the std dev
 
 
 class Compose:
@@ -413,32 +351,28 @@ def simclr_colour_steps(image_size):
             RandomApply(GaussianBlur((0.1 * k, 2.0 * k)), p=0.5)]
 
 
-def make_transform(preset, image_size, normalize="clip", *, crop_scale=CROP_FLIP_SCALE,
-                   randaug_num_ops=2, randaug_magnitude=10.0):
+def make_transform(preset, image_size, normalize="clip"):
     """A training transform by name (AUGMENT_PRESETS):
     none             resize shorter side + centre crop: the paper's plain CLIP preprocessing
-    crop-flip        RandomResizedCrop(crop_scale) + horizontal flip
-    randaug          crop-flip, then RandAugment(N=randaug_num_ops, M=randaug_magnitude of 10)
+    crop             RandomResizedCrop(0.5, 1): SLIP's CLIP view
+    crop-flip        RandomResizedCrop(0.5, 1) + horizontal flip
+    randaug          crop-flip, then RandAugment(N=2, M=10 of 10)
     stacked-randaug  randaug, then SimCLR colour jitter / grayscale / blur (SupCon)
     simclr           SLIP's SimCLR view: RandomResizedCrop(0.08, 1), colour distortion, flip
     """
     _check_size(image_size)
-    crop_flip = [RandomResizedCrop(image_size, crop_scale), RandomHorizontalFlip()]
-    if preset == "none":
-        steps = [ResizeCentreCrop(image_size, image_size)]
-    elif preset == "crop-flip":
-        steps = crop_flip
-    elif preset == "randaug":
-        steps = crop_flip + [RandAugment(randaug_num_ops, randaug_magnitude)]
-    elif preset == "stacked-randaug":
-        randaug = RandAugment(randaug_num_ops, randaug_magnitude)
-        steps = crop_flip + [randaug, *simclr_colour_steps(image_size)]
-    elif preset == "simclr":
-        steps = [RandomResizedCrop(image_size, SIMCLR_SCALE), *simclr_colour_steps(image_size),
-                 RandomHorizontalFlip()]
-    else:
+    crop, flip = RandomResizedCrop(image_size, CROP_FLIP_SCALE), RandomHorizontalFlip()
+    presets = {
+        "none": [ResizeCentreCrop(image_size, image_size)],
+        "crop": [crop],
+        "crop-flip": [crop, flip],
+        "randaug": [crop, flip, RandAugment()],
+        "stacked-randaug": [crop, flip, RandAugment(), *simclr_colour_steps(image_size)],
+        "simclr": [RandomResizedCrop(image_size, SIMCLR_SCALE), *simclr_colour_steps(image_size), flip],
+    }
+    if preset not in presets:
         raise ValueError(f"unknown augmentation preset {preset!r}; valid: {', '.join(AUGMENT_PRESETS)}")
-    return Compose(steps, normalize)
+    return Compose(presets[preset], normalize)
 
 
 def eval_size(image_size, crop_ratio=0.875):

@@ -46,12 +46,10 @@ CAPTIONS_PER_IMAGE = 5
 
 COUNT_WORDS = {1: ("a", "a", "one", "a single"), 2: ("two", "two", "a pair of"), 3: ("three",)}
 SIZE_WORDS = {"small": ("small", "small", "little", "tiny"), "large": ("large", "large", "big")}
-BACKGROUND_WORDS = {"plain": ("plain", "blank"), "striped": ("striped",),
-                    "dotted": ("dotted", "polka-dot", "spotted"),
+BACKGROUND_WORDS = {"plain": ("plain", "blank"), "striped": ("striped",), "dotted": ("dotted", "polka-dot", "spotted"),
                     "checkered": ("checkered", "checkerboard")}
 POSITION_PHRASES = {
-    **{p: (f"at the {p}", f"in the {p} corner")
-       for p in ("top left", "top right", "bottom left", "bottom right")},
+    **{p: (f"at the {p}", f"in the {p} corner") for p in ("top left", "top right", "bottom left", "bottom right")},
     **{p: (f"at the {p}", f"near the {p}") for p in ("top", "bottom")},
     **{p: (f"on the {p}", f"on the {p} side") for p in ("left", "right")},
     "centre": ("in the centre", "in the middle"),
@@ -66,7 +64,7 @@ GAP = 0.03  # minimum clearance between objects
 COUNT_WEIGHTS = (2, 1, 1)  # a single object half the time, so positions get described often
 SECOND_OBJECT_P = 0.25  # chance of a second, distinct (always small) object
 MISMATCH_SHARE = 0.5  # of the noisy pairs; the rest are 'partial' (one attribute changed)
-PARTIAL_ATTRIBUTES = ("shape", "color", "count", "size")
+PARTIAL_ATTRIBUTES = {"shape": SHAPES, "color": tuple(COLORS), "count": COUNTS, "size": SIZES}  # and their values
 BACKGROUND_TONES = ((246, 246, 246), (226, 226, 226), (240, 232, 214), (222, 230, 238))
 SUPERSAMPLE = 2  # draw at 2x and box-downsample: anti-aliased edges for little cost
 
@@ -112,26 +110,22 @@ def _cell_centre(position):
     return CELL_CENTRES[col], CELL_CENTRES[row]
 
 
-def _layout(attrs, rng):
-    """Centres (fractions of the side) for the main objects then the second: no two overlap."""
-    radii = [RADIUS[attrs["size"]]] * attrs["count"]
-    if attrs["second"]:
-        radii.append(RADIUS["small"])
+def _layout(radii, position, rng):
+    """Centres (fractions of the side) for objects of these radii, the first in the cell `position`
+    names if it is not None, the rest in random other cells: no two overlap."""
 
-    def place(x, y, r):  # jitter, then keep the whole object inside the canvas
+    def place(cell, r):  # the cell's centre, jittered, then the whole object kept inside the canvas
+        x, y = _cell_centre(cell)
         x, y = x + rng.uniform(-JITTER, JITTER), y + rng.uniform(-JITTER, JITTER)
         return min(max(x, r), 1 - r), min(max(y, r), 1 - r)
 
-    def apart(centres):
-        return all(math.dist(centres[i], centres[j]) >= radii[i] + radii[j] + GAP
-                   for i in range(len(centres)) for j in range(i))
-
-    fixed = [place(*_cell_centre(attrs["position"]), radii[0])] if attrs["position"] else []
-    free = [p for p in POSITIONS if p != attrs["position"]]
+    fixed = [place(position, radii[0])] if position else []
+    free = [p for p in POSITIONS if p != position]
     for _ in range(30):
         cells = rng.sample(free, len(radii) - len(fixed))
-        centres = fixed + [place(*_cell_centre(c), r) for c, r in zip(cells, radii[len(fixed):])]
-        if apart(centres):
+        centres = fixed + [place(c, r) for c, r in zip(cells, radii[len(fixed):])]
+        if all(math.dist(centres[i], centres[j]) >= radii[i] + radii[j] + GAP
+               for i in range(len(centres)) for j in range(i)):
             return centres
     # Rare fallback, always valid: the remaining objects go to corners, farthest first.
     near, far = RADIUS["large"], 1 - RADIUS["large"]
@@ -149,7 +143,8 @@ def _scene(attrs, rng):
     if attrs["second"]:
         kinds.append((attrs["second"]["shape"], attrs["second"]["color"], "small"))
     objects = []
-    for (shape, color, size), (x, y) in zip(kinds, _layout(attrs, rng)):
+    centres = _layout([RADIUS[size] for _, _, size in kinds], attrs["position"], rng)
+    for (shape, color, size), (x, y) in zip(kinds, centres):
         rgb = tuple(min(255, max(0, c + rng.randint(-12, 12))) for c in COLORS[color])
         radius = RADIUS[size] * rng.uniform(0.9, 1.0)
         rotation = 0.0 if shape in ("circle", "ring") else rng.uniform(-12, 12)
@@ -217,15 +212,14 @@ def _render(objects, background, image_size):
     _draw_background(draw, side, background)
     for obj in objects:
         cx, cy, r = obj["x"] * side, obj["y"] * side, obj["radius"] * side
+        box = [cx - r, cy - r, cx + r, cy + r]
         if obj["shape"] == "circle":
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=obj["rgb"])
+            draw.ellipse(box, fill=obj["rgb"])
         elif obj["shape"] == "ring":
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=obj["rgb"],
-                         width=max(1, round(0.38 * r)))
+            draw.ellipse(box, outline=obj["rgb"], width=max(1, round(0.38 * r)))
         else:
-            draw.polygon(_polygon(UNIT_SHAPES[obj["shape"]], cx, cy, r, obj["rotation"]),
-                         fill=obj["rgb"])
-    return image.reduce(SUPERSAMPLE) if SUPERSAMPLE > 1 else image
+            draw.polygon(_polygon(UNIT_SHAPES[obj["shape"]], cx, cy, r, obj["rotation"]), fill=obj["rgb"])
+    return image.reduce(SUPERSAMPLE)
 
 
 # --- captions -------------------------------------------------------------------------------------
@@ -240,10 +234,10 @@ def _noun_phrase(rng, shape, color, size, count, with_color, with_size):
     return " ".join(words + ([color] if with_color else []) + [noun])
 
 
-def _caption(attrs, rng, force=()):
-    """One faithful phrasing of `attrs`; attributes named in `force` are always stated."""
+def _caption(attrs, rng, forced=None):
+    """One faithful phrasing of `attrs`; the attribute named `forced` is always stated."""
     main = _noun_phrase(rng, attrs["shape"], attrs["color"], attrs["size"], attrs["count"],
-                        "color" in force or rng.random() < 0.8, "size" in force or rng.random() < 0.5)
+                        forced == "color" or rng.random() < 0.8, forced == "size" or rng.random() < 0.5)
     if attrs["position"] and attrs["count"] == 1 and rng.random() < 0.5:
         main += " " + rng.choice(POSITION_PHRASES[attrs["position"]])
     texture = rng.choice(BACKGROUND_WORDS[attrs["background"]]) if rng.random() < 0.35 else None
@@ -295,26 +289,23 @@ class SyntheticPairs:
         return (f"SyntheticPairs(split={self.split!r}, size={self.size}, seed={self.seed}, "
                 f"noise={self.noise}, image_size={self.image_size})")
 
-    def _check(self, index):
-        """index as a Python int (numpy and torch integers welcome), or a one-line error."""
-        if isinstance(index, (bool, float, str)) or not hasattr(index, "__index__"):
+    def _stream(self, index, stream):
+        return _rng(self.seed, SPLITS[self.split], index, stream)
+
+    def _truth(self, index):
+        """(index as a Python int, true attributes, the rng that goes on to lay out and colour the
+        scene). Numpy and torch integers are welcome as indices; anything else is a one-line error."""
+        if isinstance(index, bool) or not hasattr(index, "__index__"):
             raise TypeError(f"index must be an integer, got {type(index).__name__}")
         index = operator.index(index)
         if not 0 <= index < self.size:
             raise IndexError(f"index {index} out of range for {self.split} split of size {self.size}")
-        return index
-
-    def _rng(self, index, stream):
-        return _rng(self.seed, SPLITS[self.split], index, stream)
-
-    def _truth(self, index):
-        rng = self._rng(index, _SCENE_STREAM)
-        attrs = _sample_attributes(rng)
-        return attrs, rng  # the same rng goes on to lay out and colour the scene
+        rng = self._stream(index, _SCENE_STREAM)
+        return index, _sample_attributes(rng), rng
 
     def _described(self, index, true):
         """(noise kind, attributes the caption states, attribute forced into every phrasing)."""
-        rng = self._rng(index, _NOISE_STREAM)
+        rng = self._stream(index, _NOISE_STREAM)
         noisy, kind_draw = rng.random() < self.noise, rng.random()  # drawn whatever noise is
         if not noisy:
             return "clean", true, None
@@ -323,15 +314,13 @@ class SyntheticPairs:
                 other = _sample_attributes(rng)
                 if (other["shape"], other["color"]) != (true["shape"], true["color"]):
                     return "mismatch", other, None
-        attribute = rng.choice(PARTIAL_ATTRIBUTES)
-        choices = {"shape": SHAPES, "color": tuple(COLORS), "count": COUNTS, "size": SIZES}[attribute]
+        attribute = rng.choice(tuple(PARTIAL_ATTRIBUTES))
         described = dict(true)
-        described[attribute] = rng.choice([v for v in choices if v != true[attribute]])
+        described[attribute] = rng.choice([v for v in PARTIAL_ATTRIBUTES[attribute] if v != true[attribute]])
         return "partial", described, attribute
 
     def meta(self, index):
-        index = self._check(index)
-        true, rng = self._truth(index)
+        index, true, rng = self._truth(index)
         objects, background = _scene(true, rng)
         kind, described, _ = self._described(index, true)
         return {"key": f"{self.split}/{index:08d}", "split": self.split, "index": index,
@@ -340,12 +329,11 @@ class SyntheticPairs:
 
     def captions(self, index):
         """CAPTIONS_PER_IMAGE distinct phrasings of the described attributes (same for every call)."""
-        index = self._check(index)
-        true, _ = self._truth(index)
+        index, true, _ = self._truth(index)
         _, described, forced = self._described(index, true)
-        rng, found = self._rng(index, _CAPTION_STREAM), []
+        rng, found = self._stream(index, _CAPTION_STREAM), []
         for _ in range(20 * CAPTIONS_PER_IMAGE):
-            text = _caption(described, rng, force=(forced,) if forced else ())
+            text = _caption(described, rng, forced)
             if text not in found:
                 found.append(text)
                 if len(found) == CAPTIONS_PER_IMAGE:
@@ -353,8 +341,7 @@ class SyntheticPairs:
         return found
 
     def image(self, index):
-        index = self._check(index)
-        true, rng = self._truth(index)
+        _, true, rng = self._truth(index)
         return _render(*_scene(true, rng), self.image_size)
 
     def pair(self, index):
@@ -367,26 +354,25 @@ class SyntheticPairs:
 GENERIC_TEMPLATES = ("a photo of a {}.", "a {}.", "an image of a {}.", "a picture of a {}.",
                      "a drawing of a {}.", "there is a {}.")
 # Captions always name the shape, so a colour's prompts are the colour on every shape, averaged.
-COLOR_TEMPLATES = tuple(f"a {{}} {shape}." for shape in SHAPES) + \
-    tuple(f"a photo of a {{}} {shape}." for shape in SHAPES)
-LABEL_SETS = ("shape", "color", "shape-color")
+COLOR_TEMPLATES = tuple(f"{start} {{}} {shape}." for start in ("a", "a photo of a") for shape in SHAPES)
+CLASS_NAMES = {"shape": SHAPES, "color": tuple(COLORS),
+               "shape-color": tuple(f"{color} {shape}" for color in COLORS for shape in SHAPES)}
+LABEL_SETS = tuple(CLASS_NAMES)
 
 
 def _label_of(name, meta):
     """The class index of the main object's true attributes (bound with functools.partial, so it
     pickles into DataLoader workers, which a lambda would not)."""
-    shape, color = SHAPES.index(meta["true"]["shape"]), tuple(COLORS).index(meta["true"]["color"])
-    return {"shape": shape, "color": color, "shape-color": color * len(SHAPES) + shape}[name]
+    shape, color = meta["true"]["shape"], meta["true"]["color"]
+    return CLASS_NAMES[name].index({"shape": shape, "color": color, "shape-color": f"{color} {shape}"}[name])
 
 
 def label_set(name):
     """(class_names, templates, label_of) for zero-shot classification of the main object."""
     if name not in LABEL_SETS:
         raise ValueError(f"unknown label set {name!r}; choose from {', '.join(LABEL_SETS)}")
-    names = {"shape": list(SHAPES), "color": list(COLORS),
-             "shape-color": [f"{c} {s}" for c in COLORS for s in SHAPES]}[name]
     templates = COLOR_TEMPLATES if name == "color" else GENERIC_TEMPLATES
-    return names, list(templates), functools.partial(_label_of, name)
+    return list(CLASS_NAMES[name]), list(templates), functools.partial(_label_of, name)
 
 
 _label_set = label_set  # SyntheticClassification's argument of the same name shadows it

@@ -30,8 +30,7 @@ SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 END_OF_WORD = "</w>"
 CLIP_VOCAB_SIZE = 49408  # OpenAI's merges file holds 262k merges; CLIP uses the first 48,894
 BASE_VOCAB_SIZE = 2 * 256 + 2  # byte symbols, their end-of-word variants, SOT and EOT
-DEFAULT_MERGES_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets",
-                                   "bpe_simple_vocab_16e6.txt.gz")
+DEFAULT_MERGES_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "bpe_simple_vocab_16e6.txt.gz")
 MERGES_HEADER = "#version: 0.2"
 
 # --- text cleaning and pre-tokenisation (both exactly as in CLIP) ------------------------------
@@ -62,11 +61,9 @@ def pretokenize(text: str) -> list[str]:
 
 
 def _byte_symbols() -> dict[int, str]:
-    """Byte -> a visible stand-in character, in CLIP's vocabulary order.
-
-    Printable Latin-1 bytes stand for themselves and come first; the other 68 (control codes,
-    space, soft hyphen, ...) follow in byte order, drawn as chr(256), chr(257), ...
-    """
+    """Byte -> a visible stand-in character, in CLIP's vocabulary order: printable Latin-1 bytes stand
+    for themselves and come first; the other 68 (control codes, space, soft hyphen, ...) follow in
+    byte order, drawn as chr(256), chr(257), ..."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     others = [b for b in range(256) if b not in printable]
     return {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(others)}}
@@ -117,9 +114,9 @@ def load_merges(path: str, limit: int | None = None) -> list[tuple[str, str]]:
     lines = data.decode("utf-8").split("\n", -1 if limit is None else limit + 1)
     first_merge_line = 2 if "#version" in lines[0] else 1
     merges = []
-    for line_number, line in enumerate(lines[first_merge_line - 1:], first_merge_line):
-        if len(merges) == limit or (line == "" and line_number == len(lines)):
-            break
+    for line_number, line in enumerate(lines[first_merge_line - 1:][:limit], first_merge_line):
+        if line == "" and line_number == len(lines):
+            break  # the file's final newline
         first, _, second = line.rstrip("\r").partition(" ")
         if not first or not second or " " in second:
             raise ValueError(f"{path}:{line_number}: expected two symbols separated by a space, got {line!r}")
@@ -128,12 +125,9 @@ def load_merges(path: str, limit: int | None = None) -> list[tuple[str, str]]:
 
 
 def save_merges(merges, path: str) -> None:
-    """Write merges in CLIP's format; gzip-compressed (byte-for-byte reproducible) if path ends .gz."""
-    lines = [MERGES_HEADER]
-    for first, second in merges:
-        if not first or not second or regex.search(r"\s", first + second):
-            raise ValueError(f"cannot save merge {(first, second)!r}: symbols must be non-empty, without spaces")
-        lines.append(f"{first} {second}")
+    """Write merges in CLIP's format; gzip-compressed (byte-for-byte reproducible) if path ends .gz.
+    train_bpe's symbols are byte stand-ins, never whitespace, so every line reads back as one merge."""
+    lines = [MERGES_HEADER] + [f"{first} {second}" for first, second in merges]
     data = ("\n".join(lines) + "\n").encode("utf-8")
     with open(path, "wb") as f:
         f.write(gzip.compress(data, mtime=0) if path.endswith(".gz") else data)
@@ -179,11 +173,6 @@ class Tokenizer:
         self._token_id = {token: i for i, token in enumerate(vocab)}
         self._cache_size = cache_size
         self._cache = {}  # word -> tuple of ids, so each distinct word is segmented once
-        self._clear_cache()
-
-    def _clear_cache(self) -> None:
-        self._cache.clear()
-        self._cache.update({SOT: (self.sot_token_id,), EOT: (self.eot_token_id,)})
 
     @functools.cached_property
     def _token_bytes(self) -> list[bytes]:
@@ -195,6 +184,8 @@ class Tokenizer:
 
     def bpe(self, word: str) -> list[str]:
         """Segment one pre-tokenised word into vocabulary tokens (strings) by applying merges."""
+        if word in (SOT, EOT):
+            return [word]  # typed into a caption, a special token stays one token
         parts = _word_symbols(word)
         rank_of, no_merge = self._merge_rank.get, len(self._merge_rank)
         while len(parts) > 1:
@@ -216,7 +207,7 @@ class Tokenizer:
             if word_ids is None:
                 word_ids = tuple(self._token_id[token] for token in self.bpe(word))
                 if len(cache) >= self._cache_size:
-                    self._clear_cache()  # bounds memory on an endless stream of new words
+                    cache.clear()  # bounds memory on an endless stream of new words
                 cache[word] = word_ids
             ids.extend(word_ids)
         return ids
