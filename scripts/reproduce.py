@@ -1,8 +1,8 @@
 """The four studies of "Scaling (Down) CLIP" (Li, Xie, Cubuk; arXiv 2404.08197, TMLR 2024), end to end:
 data quantity, data quality, architecture and training strategy, each a grid of train.py runs at fixed
 samples-seen budgets with one text tower for every run, evaluated with eval.py (zero-shot top-1, linear
-probe top-1, retrieval R@1), then tabulated, plotted (error vs samples seen and vs total compute) and
-checked against the paper's findings (scripts/findings.py) in a markdown summary.
+probe top-1, retrieval R@1), then tabulated, plotted and checked against the paper's findings
+(scripts/findings.py) in a markdown summary (scripts/report.py).
 
     python scripts/reproduce.py --quick                  # CPU, 2 cores, < 20 min: micro towers, built-in data
     python scripts/reproduce.py --preset full --jobs 8   # the same studies on a bigger grid, 3 seeds (GPU)
@@ -11,27 +11,26 @@ checked against the paper's findings (scripts/findings.py) in a markdown summary
         --retrieval-data coco/dataset_coco.json --probe-train imagenet/train --probe-test imagenet/val \\
         --scores scores.csv --gpus 8 --dry-run           # real scale: print the torchrun/eval.py commands
 
-Two modes build the same train.py/eval.py argument lists. On the built-in synthetic data (the micro
-mode) every run executes in-process (train.main, eval.main) in a pool of --jobs single-threaded
-processes. On real data (--data not synthetic) the paper's settings are the defaults (ViT-B/32 image
-tower, ViT-B text tower, 16 tokens, Adafactor, lr 1e-3, wd 1e-4, batch 16k, pixels in [-1, 1]) and each
-run is `torchrun train.py ...` then `python eval.py ...`; that path is written to be read and run on
-GPUs, and is not exercised here beyond --dry-run.
-
-Settings are fixed before anything runs (PRESETS, MICRO, PAPER below) and never tuned to make a
-result agree. Outputs in --out: runs.csv and runs.json (one row per run and study), summary.md,
-<study>.png figures, and runs/<id>/ (each run's console log, train log and eval JSON; its checkpoint
-only with --keep-checkpoints or on real data). A run whose result.json exists is not run again, so an
-interrupted reproduction resumes, and a second invocation only redraws the outputs.
+Both modes build the same train.py/eval.py argument lists. On the built-in data (micro) every run executes
+in-process (train.main, eval.main) in a pool of --jobs single-threaded processes; on real data, where the
+paper's settings (PAPER) are the defaults, as `torchrun train.py ...` then `python eval.py ...` (a path for
+GPUs, exercised here only by --dry-run). Settings are fixed before anything runs, never tuned to make a
+result agree. --out gets runs.csv, runs.json, summary.md, <study>.png and runs/<id>/ (console log, train
+log, eval JSON; the checkpoint only with --keep-checkpoints or on real data); a run whose result.json
+exists is not run again, so an interrupted reproduction resumes and a rerun only redraws the outputs.
 """
 import argparse
+import concurrent.futures as futures
 import dataclasses
 import functools
 import hashlib
 import json
+import multiprocessing
 import os
+import subprocess
 import sys
 import time
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,19 +38,18 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 import torch  # noqa: E402
 
-import findings  # noqa: E402
+import eval as evaluate  # noqa: E402
 import report  # noqa: E402
-import runner  # noqa: E402
+import train  # noqa: E402
 from report import STUDIES  # noqa: E402
-from tinyclip.model import VISION_PRESETS  # noqa: E402
+from tinyclip.flops import gflops_per_sample  # noqa: E402
+from tinyclip.model import create_model  # noqa: E402
+from tinyclip.sources import open_source  # noqa: E402
 
 STRATEGIES = ("clip", "slip", "flip", "clip-aug:crop-flip", "clip-aug:randaug", "clip-aug:stacked-randaug")
+SLIP_HEAD = (4096, 256)  # SLIP's projector, hidden and out (train.py's --ssl-mlp-dim / --ssl-emb-dim defaults)
 
 # --- settings -------------------------------------------------------------------------------------
-
-# Micro ViTs shaped like the paper's Ti/S/B family: same depth, width 1:2:4, head width fixed (32 here,
-# 64 in the paper); presets of tinyclip/model.py.
-MICRO_VITS = {name: VISION_PRESETS[name] for name in ("vit-ti-micro", "vit-s-micro", "vit-b-micro")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +69,7 @@ class Scale:
     precision: str
     workers: int
     save_every: int
-    slip_head: tuple | None = None  # (hidden, out) of a scaled-down SLIP projector; None: SLIP's 4096/256
+    slip_head: tuple | None = None  # (hidden, out) of a scaled-down SLIP projector; None: SLIP_HEAD
     eval_size: int = 1000  # synthetic: held-out images for zero-shot and retrieval
     probe_train: int = 1000  # synthetic: training images of the linear probe (about 20 per class)
     label_set: str = "shape-color"  # synthetic zero-shot classes (49)
@@ -79,6 +77,8 @@ class Scale:
 
 # The paper's settings (PAPER.md "Setup"): Adafactor, lr 1e-3, wd 1e-4, batch 16k, 16 tokens, ViT-B text
 # tower, [-1, 1] pixels, 224 px. Warmup is not stated: LiT's 10k steps. bf16 is our choice for GPUs.
+# train.py's adafactor is big_vision's, whose --wd is decoupled (multiplied by the schedule, not by the lr)
+# as the paper's 1e-4 at lr 1e-3 is, so `--optimizer adafactor --wd 0.0001` runs what the paper ran.
 PAPER = Scale(base_arch="vit-b-32", text_arch="vit-b", image_size=224, context_length=16, embed_dim=None,
               batch_size=16384, lr=1e-3, wd=1e-4, optimizer="adafactor", warmup=10_000, normalize="pm1",
               precision="bf16", workers=8, save_every=1000)
@@ -89,6 +89,7 @@ PAPER = Scale(base_arch="vit-b-32", text_arch="vit-b", image_size=224, context_l
 MICRO = Scale(base_arch="vit-s-micro", text_arch="test", image_size=32, context_length=16, embed_dim=32,
               batch_size=64, lr=1e-3, wd=None, optimizer="adamw", warmup=None, normalize="pm1", precision="fp32",
               workers=0, save_every=10**9, slip_head=(256, 16))
+SMOKE = dataclasses.replace(MICRO, batch_size=32, eval_size=100, probe_train=500)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,10 +144,8 @@ PRESETS = {
                   strategy_single_sizes=(100_000_000, 400_000_000, 3_400_000_000), strategy_single_list=STRATEGIES,
                   strategy_multi_sizes=(10_000_000, 25_000_000, 50_000_000, 100_000_000), strategy_multi_epochs=30),
 }
-SMOKE = dataclasses.replace(MICRO, batch_size=32, eval_size=100, probe_train=500)
 
-
-# --- the plan: one Run per (study, setting, seed) ------------------------------------------------------------
+# --- the plan: one Run per (study, setting, seed) ----------------------------------------------------------
 
 @dataclasses.dataclass
 class Run:
@@ -174,12 +173,11 @@ def plan(grid: Grid, scale: Scale, data: str, studies, pool_size=None):
                     add("quantity", f"{size} pairs", "fixed-epochs", scale.base_arch, "clip", data, size, size * epochs,
                         epochs=epochs)
         if "quality" in studies and pool_size:
-            pool = quality_pool_spec(grid, data)
             for fraction in grid.quality_fractions:
                 kept = round(fraction * pool_size)
                 for regime, samples in (("one-epoch", kept), ("equal-samples", grid.quality_samples)):
-                    add("quality", f"top {round(100 * fraction)}%", regime, scale.base_arch, "clip", pool, None, samples,
-                        keep_top=fraction, epochs=samples / kept)
+                    add("quality", f"top {round(100 * fraction)}%", regime, scale.base_arch, "clip",
+                        quality_pool_spec(grid, data), None, samples, keep_top=fraction, epochs=samples / kept)
         if "architecture" in studies:
             for arch in grid.arch_list:
                 for size in grid.arch_sizes:
@@ -195,12 +193,10 @@ def plan(grid: Grid, scale: Scale, data: str, studies, pool_size=None):
 
 
 def quality_pool_spec(grid: Grid, data: str) -> str:
-    if data == "synthetic":
-        return f"synthetic:noise={grid.quality_noise},size={grid.quality_pool}"
-    return data
+    return f"synthetic:noise={grid.quality_noise},size={grid.quality_pool}" if data == "synthetic" else data
 
 
-# --- commands ----------------------------------------------------------------------------------------------
+# --- train.py and eval.py arguments ------------------------------------------------------------------------
 
 def batch_size(scale: Scale, strategy: str) -> int:
     return scale.batch_size * (2 if strategy == "flip" else 1)  # FLIP: mask half the patches, double the batch
@@ -235,115 +231,89 @@ def train_id(argv: list) -> str:
 
 
 def eval_argvs(ckpt: Path, run_dir: Path, scale: Scale, args) -> list:
-    """[(task, eval.py arguments)]: zero-shot, retrieval and linear probe on the synthetic held-out split,
-    or on the real sets given (each one optional)."""
+    """eval.py's argument lists: zero-shot, retrieval and linear probe on the synthetic held-out split in one
+    call, or one call per real set given (each optional)."""
     common = ["--checkpoint", str(ckpt), "--precision", scale.precision]
     json_for = lambda task: ["--json", str(run_dir / f"eval-{task}.json")]
     if args.data == "synthetic":
-        return [("all", common + ["--task", "zeroshot", "retrieval", "linear-probe", "--data", "synthetic",
-                                  "--label-set", scale.label_set, "--size", str(scale.eval_size),
-                                  "--train-size", str(scale.probe_train)] + json_for("all"))]
-    out = []
-    if args.eval_data:
-        out.append(("zeroshot", common + ["--task", "zeroshot", "--data", args.eval_data, "--classnames",
-                                          args.classnames] + json_for("zeroshot")))
-    if args.retrieval_data:
-        root = ["--image-root", args.image_root] if args.image_root else []
-        out.append(("retrieval", common + ["--task", "retrieval", "--data", args.retrieval_data] + root + json_for("retrieval")))
-    if args.probe_train and args.probe_test:
-        out.append(("linear-probe", common + ["--task", "linear-probe", "--train-data", args.probe_train,
-                                              "--test-data", args.probe_test] + json_for("linear-probe")))
-    return out
-
-
-def gflops(arch: str, strategy: str, scale: Scale) -> float:
-    """Training GFLOPs per sample (forward + backward, 1 multiply-add = 2 FLOPs), counted on the meta device;
-    augmentation costs no model compute, so every clip-aug variant counts as clip."""
-    kind = strategy.partition(":")[0]
-    return _gflops(arch, "clip" if kind == "clip-aug" else kind, scale)
+        return [common + ["--task", "zeroshot", "retrieval", "linear-probe", "--data", "synthetic", "--label-set",
+                          scale.label_set, "--size", str(scale.eval_size), "--train-size", str(scale.probe_train)]
+                + json_for("all")]
+    root = ["--image-root", args.image_root] if args.image_root else []
+    tasks = [(args.eval_data, "zeroshot", ["--data", args.eval_data, "--classnames", args.classnames]),
+             (args.retrieval_data, "retrieval", ["--data", args.retrieval_data] + root),
+             (args.probe_train and args.probe_test, "linear-probe", ["--train-data", args.probe_train, "--test-data",
+                                                                     args.probe_test])]
+    return [common + ["--task", task] + extra + json_for(task) for given, task, extra in tasks if given]
 
 
 @functools.lru_cache(maxsize=None)
-def _gflops(arch: str, strategy: str, scale: Scale) -> float:
-    from tinyclip.flops import gflops_per_sample
-    from tinyclip.model import create_model
+def gflops(arch: str, strategy: str, scale: Scale) -> float:
+    """Training GFLOPs per sample (forward + backward, 1 multiply-add = 2 FLOPs) of the model train.py builds,
+    counted on the meta device; SLIP's projector is part of it; every clip-aug variant counts as clip
+    (augmentation costs no model compute)."""
+    kind = strategy.partition(":")[0].replace("clip-aug", "clip")
+    head = dict(zip(("ssl_mlp_dim", "ssl_emb_dim"), scale.slip_head or SLIP_HEAD)) if kind == "slip" else {}
     with torch.device("meta"):
-        model = create_model(arch, image_size=scale.image_size, context_length=scale.context_length,
-                             text_arch=scale.text_arch, embed_dim=scale.embed_dim)
-    return gflops_per_sample(model, strategy=strategy, mask_ratio=0.5)["total"]
+        model = create_model(arch, text_arch=scale.text_arch, image_size=scale.image_size,
+                             context_length=scale.context_length, embed_dim=scale.embed_dim, **head)
+    return gflops_per_sample(model, strategy=kind, mask_ratio=0.5, train=True)["total"]
 
 
-# --- results -----------------------------------------------------------------------------------------------
+# --- running: one job = train.py once, then eval.py's calls, its numbers kept as result.json ---------------
 
-def rows_for(runs, ids, results, flops, scale):
-    rows = []
-    for run, run_id in zip(runs, ids):
-        r = results.get(run_id, {})
-        g, batch = flops[(run.arch, run.strategy)], batch_size(scale, run.strategy)
-        trained = max(1, run.samples_seen // batch) * batch  # what train.py runs: whole steps
-        metric = lambda name: None if r.get(name) is None else round(r[name], 5)
-        rows.append({"study": run.study, "setting": run.setting, "regime": run.regime, "seed": run.seed,
-                     "arch": run.arch, "strategy": run.strategy, "dataset_size": run.dataset_size,
-                     "keep_top": run.keep_top, "epochs": round(run.epochs * trained / run.samples_seen, 3),
-                     "samples_seen": trained, "batch_size": batch, "gflops_per_sample": round(g, 6),
-                     "total_compute_gflops": round(g * trained, 3), "zeroshot_top1": metric("zeroshot"),
-                     "linear_probe_top1": metric("probe"), "retrieval_r1": metric("retrieval"),
-                     "retrieval_i2t_r1": metric("i2t"), "retrieval_t2i_r1": metric("t2i"), "wall_s": r.get("wall_s"),
-                     "run_id": run_id})
-    return rows
-
-
-def filter_precision(grid: Grid, scores: Path) -> list:
-    """Synthetic pool only: the share of clean pairs among the top fractions kept (the scorer's quality)."""
-    from tinyclip.data import read_scores
-    from tinyclip.synthetic import SyntheticPairs
-    pool = SyntheticPairs("train", size=grid.quality_pool, noise=grid.quality_noise)
-    clean = {m["key"]: m["clean"] for m in map(pool.meta, range(len(pool)))}
-    ranked = sorted(read_scores(str(scores)).items(), key=lambda kv: (-kv[1], kv[0]))
-    return [(f, sum(clean[k] for k, _ in ranked[:round(f * len(ranked))]) / round(f * len(ranked)))
-            for f in grid.quality_fractions]
-
-
-def settings_table(scale: Scale, grid: Grid) -> list:
-    """(name, value) rows describing how every run was trained and evaluated."""
-    tower = lambda a: (f"{a} (width {MICRO_VITS[a]['width']}, depth {MICRO_VITS[a]['layers']}, heads "
-                       f"{MICRO_VITS[a]['heads']}, patch {MICRO_VITS[a]['patch_size']})" if a in MICRO_VITS else a)
-    rows = [("image tower (data and strategy studies)", tower(scale.base_arch)),
-            ("image towers (architecture study)", ", ".join(map(tower, grid.arch_list))),
-            ("text tower (every run)", scale.text_arch),
-            ("image size / context length / embedding", f"{scale.image_size} px / {scale.context_length} tokens / "
-                                                        f"{scale.embed_dim or 'preset'}"),
-            ("optimizer", f"{scale.optimizer}, lr {scale.lr:g}, weight decay "
-                          f"{scale.wd if scale.wd is not None else 'train.py default (0.1)'}, warmup "
-                          f"{scale.warmup or 'train.py default (min(2000 steps, 10% of the run))'}, cosine decay"),
-            ("batch", f"{scale.batch_size} (FLIP {2 * scale.batch_size}: 50% of patches masked, batch doubled)"),
-            ("pixels / precision", f"{scale.normalize} / {scale.precision}"),
-            ("SLIP projector", f"{scale.slip_head[0]} hidden, {scale.slip_head[1]} out (SLIP's 4096/256 scaled by our "
-                               f"embedding width / its 512)" if scale.slip_head else "SLIP's: 4096 hidden, 256 out"),
-            ("GFLOPs per sample", "tinyclip/flops.py on the towers: SLIP counts three image passes (its two extra "
-                                  "views) plus the text, not its small projector; FLIP counts half the patches"),
-            ("seeds", ", ".join(map(str, grid.seeds)))]
-    if scale.base_arch in MICRO_VITS:
-        rows += [("evaluation", f"zero-shot top-1 on {scale.eval_size} held-out images, {scale.label_set} label set "
-                                f"(49 classes, chance 2%); retrieval R@1 = mean of image->text and text->image over "
-                                f"the same images (5 captions each); linear probe: L-BFGS logistic regression on "
-                                f"{scale.probe_train} training images, weight decay chosen on a held-out 20%"),
-                 ("quality pool and scorer", f"{grid.quality_pool} pairs, noise={grid.quality_noise} (that fraction has "
-                                             f"a wrong caption); scorer: {scale.base_arch} CLIP trained on "
-                                             f"{grid.scorer_samples:,} samples of a disjoint, cleaner pool "
-                                             f"`{grid.scorer_data}` (playing the off-the-shelf CLIP the paper does not "
-                                             f"name); pairs ranked by mean image-caption cosine (eval.py --task score)")]
-    return rows
+def execute(job: dict) -> dict:
+    """Train, then evaluate; returns (and stores as result.json) the run's metrics. In-process (micro): train.main
+    and eval.main with the console output in console.log; else `torchrun train.py`, `python eval.py`."""
+    run_dir = Path(job["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    start, cpu_start, result = time.perf_counter(), time.process_time(), {"run_id": run_dir.name}
+    steps = [(train.main, job["launcher"] + ["train.py"], job["train"])] if job["train"] else []
+    steps += [(evaluate.main, [sys.executable, "eval.py"], argv) for argv in job["evals"]]
+    try:
+        with open(run_dir / "console.log", "a") as log, redirect_stdout(log), redirect_stderr(log):
+            for main_fn, command, argv in steps:
+                if job["launcher"]:
+                    subprocess.run(command + argv, cwd=ROOT, stdout=log, stderr=log, check=True)
+                else:
+                    main_fn(argv)
+                if main_fn is train.main:
+                    result["train_s"] = round(time.perf_counter() - start, 2)
+    except (Exception, SystemExit) as error:  # one failed run is reported, not fatal to the others
+        return {**result, "error": f"{type(error).__name__}: {error} (see {run_dir / 'console.log'})"}
+    merged = {}
+    for path in sorted(run_dir.glob("eval-*.json")):
+        merged.update(json.loads(path.read_text()))
+    first = lambda task: next(iter(merged.get(task, {}).values()), {})
+    i2t, t2i = first("retrieval").get("image_to_text_R@1"), first("retrieval").get("text_to_image_R@1")
+    # CPU time of this process (in-process jobs): the wall time the run would take on an idle core
+    result.update(zeroshot=first("zeroshot").get("top1"), probe=first("linear-probe").get("top1"),
+                  retrieval=None if i2t is None or t2i is None else (i2t + t2i) / 2, i2t=i2t, t2i=t2i,
+                  wall_s=round(time.perf_counter() - start, 2), cpu_s=round(time.process_time() - cpu_start, 2))
+    (run_dir / "result.json").write_text(json.dumps(result, indent=1))
+    if job["drop_checkpoint"]:  # the numbers are kept; a micro checkpoint is ~20 MB, mostly token embeddings
+        (run_dir / "ckpt.pt").unlink(missing_ok=True)
+    return result
 
 
-NOT_COVERED = (
-    "Robustness sets (ImageNet-V2/-A/-R/-Sketch/-Real, ObjectNet) and few-shot accuracy: the built-in data has no "
-    "shifted test sets, and few-shot is left to `eval.py --task fewshot`.",
-    "The paper's scales: its runs see up to 3.4B samples of WebLI; the micro runs see at most tens of thousands of "
-    "synthetic pairs, at 32 px with towers of a few hundred thousand parameters.",
-    "FLIP's optional unmasked tuning (`train.py --unmasked-steps`), Adafactor at micro scale (AdamW is used), and "
-    "per-architecture learning-rate sweeps for the linear probe (one weight-decay search per model instead).",
-)
+def run_jobs(jobs: dict, parallel: int, threads: int, start: float) -> dict:
+    """{id: result} of every job, in a pool of `parallel` processes of `threads` torch threads: those not done
+    yet run longest first, and the quality runs wait for the job "scorer" (when it has to run) to score."""
+    results = {k: json.loads(p.read_text()) for k, j in jobs.items() if (p := Path(j["run_dir"]) / "result.json").exists()}
+    todo = sorted((k for k in jobs if k not in results), key=lambda k: -jobs[k]["cost"])
+    held = [k for k in todo if jobs[k]["quality"]] if "scorer" in todo else []
+    with futures.ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        running = {pool.submit(execute, jobs[k]): k for k in todo if k not in held}
+        while running:
+            for future in futures.wait(running, return_when=futures.FIRST_COMPLETED)[0]:
+                key = running.pop(future)
+                result = results[key] = future.result()
+                metrics = " ".join(f"{m}={result[m]:.3f}" for m in ("zeroshot", "probe", "retrieval") if result.get(m) is not None)
+                print(f"[{len(results) - len(jobs) + len(todo)}/{len(todo)} {(time.perf_counter() - start) / 60:5.1f} min] "
+                      f"{result['run_id']} {result.get('error') or metrics} ({result.get('wall_s', 0):.0f} s)", flush=True)
+                running.update({pool.submit(execute, jobs[k]): k for k in held} if key == "scorer" else {})
+    return results
 
 
 # --- main ------------------------------------------------------------------------------------------------
@@ -352,20 +322,18 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("what to run")
-    g.add_argument("--preset", choices=PRESETS, default=None,
+    g.add_argument("--preset", choices=PRESETS,
                    help="grid: smoke (2 tiny runs), quick (CPU, < 20 min), full (GPU), paper (real data; the default there)")
     g.add_argument("--quick", dest="preset", action="store_const", const="quick", help="same as --preset quick")
     g.add_argument("--smoke", dest="preset", action="store_const", const="smoke", help="same as --preset smoke")
-    g.add_argument("--studies", nargs="+", choices=STUDIES, default=None,
-                   help="studies to run (default: all; smoke: quantity)")
-    g.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
-    g.add_argument("--out", default=None, help="output folder (default runs/reproduce-<preset>)")
+    g.add_argument("--studies", nargs="+", choices=STUDIES, help="studies to run (default: all; smoke: quantity)")
+    g.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
+    g.add_argument("--out", help="output folder (default runs/reproduce-<preset>)")
     g.add_argument("--dry-run", action="store_true", help="print the train.py / eval.py commands and stop")
     g = p.add_argument_group("running")
-    g.add_argument("--jobs", type=int, default=None, help="runs at once (default: 2 on synthetic data, smoke 1; real 1)")
+    g.add_argument("--jobs", type=int, help="runs at once (default: 2 on synthetic data, smoke 1; real 1)")
     g.add_argument("--threads", type=int, default=1, help="torch threads per run (synthetic data)")
-    g.add_argument("--keep-checkpoints", action="store_true",
-                   help="keep every run's ckpt.pt once evaluated (always kept on real data)")
+    g.add_argument("--keep-checkpoints", action="store_true", help="keep every run's ckpt.pt once evaluated (real data: always)")
     g.add_argument("--gpus", type=int, default=1, help="real data: torchrun --nproc_per_node")
     g = p.add_argument_group("real data (the paper's settings are the defaults)")
     g.add_argument("--data", default="synthetic", help="training pairs: synthetic, CSV/TSV, tar shards (as train.py)")
@@ -384,127 +352,92 @@ def main(argv=None):
     args = parse_args(argv)
     synthetic = args.data == "synthetic"
     preset = args.preset or ("quick" if synthetic else "paper")
-    grid = PRESETS[preset]
-    if args.seeds:
-        grid = dataclasses.replace(grid, seeds=tuple(args.seeds))
+    grid = dataclasses.replace(PRESETS[preset], **({"seeds": tuple(args.seeds)} if args.seeds else {}))
     scale = (SMOKE if preset == "smoke" else MICRO) if synthetic else PAPER
     studies = args.studies or (("quantity",) if preset == "smoke" else STUDIES)
     out = Path(args.out or ROOT / "runs" / f"reproduce-{preset}")
-    jobs = args.jobs or (1 if preset == "smoke" or not synthetic else min(2, os.cpu_count() or 1))
-    command = "python scripts/reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    notes = list(NOT_COVERED)
+    parallel = args.jobs or (1 if preset == "smoke" or not synthetic else min(2, os.cpu_count() or 1))
+    job = lambda run_dir, train_args, evals, **kw: {  # what execute needs, and how run_jobs orders it
+        "run_dir": str(run_dir), "train": train_args, "evals": evals, "drop_checkpoint": False, "quality": False,
+        "cost": float("inf"), "launcher": [] if synthetic else ["torchrun", f"--nproc_per_node={args.gpus}"], **kw}
+    jobs, scores, pool_size, notes = {}, None, None, list(report.NOT_COVERED)
 
     # the scorer of the quality study: trained here on synthetic data, given (--scores/--scorer) on real data
-    scorer, scores, pool_size = None, None, None
-    if "quality" in studies:
-        if synthetic:
-            pool_size = grid.quality_pool
-            run = Run("scorer", "scorer", "", 0, scale.base_arch, "clip", grid.scorer_data, None, grid.scorer_samples)
-            argv_s = train_argv(run, scale)
-            scorer_dir = out / "runs" / ("scorer-" + train_id(argv_s))
-            scores = scorer_dir / "scores.csv"
-            scorer = {"run_dir": str(scorer_dir), "train": argv_s + ["--out", str(scorer_dir), "--resume", "auto"],
-                      "evals": [("score", ["--checkpoint", str(scorer_dir / "ckpt.pt"), "--task", "score", "--data",
-                                           quality_pool_spec(grid, args.data), "--out", str(scores)])]}
-        elif args.scores or args.scorer:
-            from tinyclip.sources import open_source
+    if "quality" in studies and synthetic:
+        pool_size = grid.quality_pool
+        argv_s = train_argv(Run("scorer", "scorer", "", 0, scale.base_arch, "clip", grid.scorer_data, None,
+                                grid.scorer_samples), scale)
+        scorer_dir = out / "runs" / ("scorer-" + train_id(argv_s))
+        scores = scorer_dir / "scores.csv"
+        jobs["scorer"] = job(scorer_dir, argv_s + ["--out", str(scorer_dir), "--resume", "auto"],
+                             [["--checkpoint", str(scorer_dir / "ckpt.pt"), "--task", "score", "--data",
+                               quality_pool_spec(grid, args.data), "--out", str(scores)]])
+    elif "quality" in studies and (args.scores or args.scorer):
+        try:
             pool_size = len(open_source(args.data))
-            scores = Path(args.scores or out / "scores.csv")
-            if not args.scores:
-                scorer = {"run_dir": str(out / "runs" / "scorer"), "train": None,
-                          "evals": [("score", ["--openai", args.scorer, "--task", "score", "--data", args.data,
-                                               "--out", str(scores), "--precision", scale.precision])]}
-        else:
-            notes.append("The quality study: give --scores (or --scorer weights) to rank the real pairs.")
+        except (FileNotFoundError, ValueError) as error:
+            sys.exit(f"reproduce.py: error: --data: {error}")
+        scores = Path(args.scores or out / "scores.csv")
+        if not args.scores:
+            jobs["scorer"] = job(out / "runs" / "scorer", None, [["--openai", args.scorer, "--task", "score", "--data",
+                                                                 args.data, "--out", str(scores), "--precision", scale.precision]])
+    elif "quality" in studies:
+        notes.append("The quality study: give --scores (or --scorer weights) to rank the real pairs.")
 
-    runs = plan(grid, scale, args.data, studies, pool_size)
-    flops = {(r.arch, r.strategy): gflops(r.arch, r.strategy, scale) for r in runs}
-    launcher = [] if synthetic else ["torchrun", f"--nproc_per_node={args.gpus}"]
-    ids, pending = [], {}
+    runs, ids = plan(grid, scale, args.data, studies, pool_size), []
+    flops = {(r.arch, r.strategy): gflops(r.arch, r.strategy, scale) for r in runs}  # every model builds first
     for run in runs:
         argv_t = train_argv(run, scale, scores)
-        run_id = train_id(argv_t)
-        run_dir = out / "runs" / run_id
-        ids.append(run_id)
-        pending.setdefault(run_id, {"run_dir": str(run_dir), "inprocess": synthetic, "launcher": launcher,
-                                    "drop_checkpoint": synthetic and not args.keep_checkpoints,
-                                    "quality": run.keep_top is not None,
-                                    "cost": run.samples_seen * (2.5 if run.strategy == "slip" else 1.0),
-                                    "train": argv_t + ["--out", str(run_dir), "--resume", "auto"],
-                                    "evals": eval_argvs(run_dir / "ckpt.pt", run_dir, scale, args)})
-    if scorer:
-        scorer.update(inprocess=synthetic, launcher=launcher, quality=False, cost=float("inf"))
-    total = sum(r.samples_seen for r in runs if r.study)
-    print(f"{preset}: studies {', '.join(studies)}; {len(runs)} rows, {len(pending) + bool(scorer)} trainings, "
-          f"{sum(int(j['train'][j['train'].index('--samples-seen') + 1]) for j in pending.values()):,} samples "
-          f"to train ({total:,} counted per row); {jobs} at once -> {out}")
+        ids.append(train_id(argv_t))
+        run_dir = out / "runs" / ids[-1]
+        jobs.setdefault(ids[-1], job(run_dir, argv_t + ["--out", str(run_dir), "--resume", "auto"],
+                                     eval_argvs(run_dir / "ckpt.pt", run_dir, scale, args), quality=run.keep_top is not None,
+                                     drop_checkpoint=synthetic and not args.keep_checkpoints,
+                                     cost=run.samples_seen * (2.5 if run.strategy == "slip" else 1.0)))
+    trained = sum(int(j["train"][j["train"].index("--samples-seen") + 1]) for k, j in jobs.items() if k != "scorer")
+    print(f"{preset}: studies {', '.join(studies)}; {len(runs)} rows, {len(jobs)} trainings, {trained:,} samples to "
+          f"train ({sum(r.samples_seen for r in runs):,} counted per row); {parallel} at once -> {out}")
     if args.dry_run:
-        for job in ([scorer] if scorer else []) + list(pending.values()):
-            if job["train"]:
-                print(" ".join(job["launcher"] + ["train.py"] if job["launcher"] else ["python", "train.py"]) + " " +
-                      " ".join(map(_quote, job["train"])))
-            for _, argv_e in job["evals"]:
-                print("python eval.py " + " ".join(map(_quote, argv_e)))
+        quote = lambda arg: f"'{arg}'" if any(c in arg for c in " {}*;,") else arg
+        for j in jobs.values():
+            if j["train"]:
+                print(" ".join(j["launcher"] or ["python"]) + " train.py " + " ".join(map(quote, j["train"])))
+            for argv_e in j["evals"]:
+                print("python eval.py " + " ".join(map(quote, argv_e)))
         return None
 
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    ran = sum(not (Path(job["run_dir"]) / "result.json").exists() for job in list(pending.values()) + [scorer] if job)
-    results = runner.run_jobs(scorer, pending, jobs, args.threads, start)
-    wall = stored_wall_time(out, time.perf_counter() - start, ran_something=ran > 0)
-
-    rows = rows_for(runs, ids, results, flops, scale)
+    ran = any(not (Path(j["run_dir"]) / "result.json").exists() for j in jobs.values())
+    results = run_jobs(jobs, parallel, args.threads, start)
+    # the wall time of every invocation that trained something, so that outputs redrawn from stored results
+    # (nothing left to run) still say how long the runs took
+    timing_file, wall = out / "timing.json", time.perf_counter() - start
+    if timing_file.exists():
+        wall = json.loads(timing_file.read_text())["wall_s"] + (wall if ran else 0.0)
+    timing_file.write_text(json.dumps({"wall_s": round(wall, 1)}))
+    results.pop("scorer", None)
+    rows = report.rows_for(runs, ids, results, flops, functools.partial(batch_size, scale))
     points = [p for p in report.aggregate(rows) if p["zeroshot"] is not None or p["probe"] is not None]
     report.write_tables(rows, points, out)
     figures = report.draw_figures(points, out, len(grid.seeds))
-    vits = [a for a in grid.arch_list if a.startswith("vit")]
-    pick = lambda prefix: next((a for a in grid.arch_list if a.startswith(prefix)), None)
-    checks = findings.check_all(points, base_arch=scale.base_arch, vits=vits, resnet=pick("rn"), swin=pick("swin"),
-                                mixer=pick("mixer"))
-    precision = None
-    if synthetic and scores and scores.exists():
-        precision = (f"Share of clean pairs among those kept (the pool is {100 * (1 - grid.quality_noise):.0f}% clean): "
-                     + ", ".join(f"top {round(100 * f)}%: {100 * p:.1f}%" for f, p in filter_precision(grid, scores)))
+    checks = report.judge(points, grid, scale)
     failed = [r for r in results.values() if "error" in r]
-    busy = sum(r.get("wall_s") or 0 for r in results.values())
-    cpu = sum(r.get("cpu_s") or 0 for r in results.values())
+    busy, cpu = (sum(r.get(k) or 0 for r in results.values()) for k in ("wall_s", "cpu_s"))
     timing = (f"{len(results)} trainings ({len(failed)} failed), plus the scorer where the quality study ran, took "
-              f"{wall / 60:.1f} min of wall time: "
-              f"{busy / 60:.1f} min of run time over {jobs} parallel jobs of {args.threads} torch thread(s), "
-              f"{cpu / 60:.1f} min of CPU time ({os.cpu_count()} CPUs, torch {torch.__version__}; other work on the "
-              f"machine stretches wall time, not CPU time).")
-    notes += [f"Failed run {r['run_id']}: {r['error']}" for r in failed]
-    intro = ["Li, Xie, Cubuk (2024), \"Scaling (Down) CLIP: A Comprehensive Analysis of Data, Architecture, and "
-             "Training Strategies\" (arXiv 2404.08197), reproduced by `scripts/reproduce.py`. Every setting below was "
-             "fixed before the runs; nothing was re-run or tuned to make a result agree.", "",
-             f"Command: `{command}` (preset `{preset}`). {timing}", "",
-             "Compute is training FLOPs per sample (forward + backward, one multiply-add = 2 FLOPs, tinyclip/flops.py) "
-             "times samples seen. Verdicts follow one rule fixed in advance (scripts/findings.py): a difference counts "
-             "only when it exceeds the standard error of the difference over seeds; otherwise it is *inconclusive*. "
-             "Numbers are percentages, mean ± standard deviation over seeds."]
-    report.write_summary(out, title=f"Scaling (Down) CLIP at {'micro' if synthetic else 'real'} scale: does it reproduce?",
-                         intro=intro, settings=settings_table(scale, grid), checks=checks, points=points,
-                         figures=figures, precision=precision, notes=notes, studies=studies)
+              f"{wall / 60:.1f} min of wall time: {busy / 60:.1f} min of run time over {parallel} parallel jobs of "
+              f"{args.threads} torch thread(s), {cpu / 60:.1f} min of CPU time ({os.cpu_count()} CPUs, torch "
+              f"{torch.__version__}; other work on the machine stretches wall time, not CPU time).")
+    command = "python scripts/reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    report.write_summary(out, scale="micro" if synthetic else "real", command=f"`{command}` (preset `{preset}`). {timing}",
+                         settings=report.settings_table(scale, grid), checks=checks, points=points, figures=figures,
+                         notes=notes + [f"Failed run {r['run_id']}: {r['error']}" for r in failed], studies=studies,
+                         precision=report.filter_precision(grid, scores) if synthetic and scores and scores.exists() else None)
     print(timing)
     for check in checks:
         print(f"  {check.key:4s} {check.verdict:12s} {check.claim[:90]}")
     print(f"wrote {out / 'summary.md'}, {out / 'runs.csv'}, {len(figures)} figures")
     return {"rows": rows, "points": points, "findings": checks, "out": out}
-
-
-def stored_wall_time(out: Path, wall: float, ran_something: bool) -> float:
-    """Wall time of every invocation that trained something, kept in out/timing.json, so outputs regenerated
-    from stored results (nothing left to run) still report how long the runs took."""
-    path = out / "timing.json"
-    total = json.loads(path.read_text())["wall_s"] if path.exists() else 0.0
-    if ran_something or not path.exists():
-        total += wall
-        path.write_text(json.dumps({"wall_s": round(total, 1)}))
-    return total
-
-
-def _quote(arg: str) -> str:
-    return f"'{arg}'" if any(c in arg for c in " {}*;,") else arg
 
 
 if __name__ == "__main__":

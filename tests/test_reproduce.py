@@ -2,13 +2,16 @@
 quantity points, a few steps each) writes the runs CSV with the expected columns and consistent compute,
 a non-blank figure and a summary with the findings table; the real-data mode builds the paper's
 train.py/eval.py commands (ViT-B/32, ViT-B text tower, 16 tokens, Adafactor, lr 1e-3, wd 1e-4, FLIP's
-doubled batch); the quick grid trains every strategy on exactly the samples its row claims; the Pillow
-plotting helper draws what it is given; and the agreement rule of scripts/findings.py gives known
-verdicts on hand-made results."""
+doubled batch); the quick grid trains every strategy on exactly the samples its row claims; GFLOPs per
+sample count SLIP's projector and nothing for augmentation; the Pillow charts of scripts/report.py draw
+what they are given; the agreement rule of scripts/findings.py gives known verdicts on hand-made results;
+and the stored runs (results/runs.csv) give every verdict and number results/summary.md states."""
 
 import csv
+import dataclasses
 import io
 import json
+import re
 import subprocess
 import sys
 from contextlib import redirect_stdout
@@ -22,12 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import findings  # noqa: E402
-import plots  # noqa: E402
 import report  # noqa: E402
 import reproduce  # noqa: E402
 
 # -----------------------------------------------------------------------------
-# the smoke run, end to end (in a subprocess: it registers micro presets in the process it runs in)
+# the smoke run, end to end (in a subprocess, as a user runs it)
 
 
 @pytest.fixture(scope="module")
@@ -119,29 +121,37 @@ def test_real_data_builds_the_papers_commands(monkeypatch):
     assert not Path("/nonexistent").exists()
 
 
+def test_gflops_count_slips_projector_and_no_augmentation():
+    clip = reproduce.gflops("vit-s-micro", "clip", reproduce.MICRO)
+    assert reproduce.gflops("vit-s-micro", "clip-aug:stacked-randaug", reproduce.MICRO) == clip
+    small_head = reproduce.gflops("vit-s-micro", "slip", reproduce.MICRO)  # a 256/16 projector
+    full_head = reproduce.gflops("vit-s-micro", "slip", dataclasses.replace(reproduce.MICRO, slip_head=None))  # 4096/256
+    assert clip < small_head < full_head  # the two extra views, then the projector on them
+
+
 # -----------------------------------------------------------------------------
 # the plotting helper
 
 
 def test_line_chart_draws_its_series():
-    series = [plots.Series("a", [(1e3, 80.0, 2.0), (1e4, 60.0, 1.0)]), plots.Series("b", [(2e3, 70.0, 0.0)])]
-    chart = plots.line_chart(series, title="t", x_label="samples seen", y_label="error (%)", size=(400, 300))
+    series = [report.Series("a", [(1e3, 80.0, 2.0), (1e4, 60.0, 1.0)]), report.Series("b", [(2e3, 70.0, 0.0)])]
+    chart = report.line_chart(series, title="t", x_label="samples seen", y_label="error (%)", size=(400, 300))
     assert chart.size == (400, 300)
     colours = {tuple(c) for c in np.asarray(chart).reshape(-1, 3)}
-    assert ImageColor.getrgb(plots.PALETTE[0]) in colours and ImageColor.getrgb(plots.PALETTE[1]) in colours
-    with_legend = plots.line_chart(series, title="t", x_label="x", y_label="y", size=(400, 300), legend=True)
+    assert ImageColor.getrgb(report.PALETTE[0]) in colours and ImageColor.getrgb(report.PALETTE[1]) in colours
+    with_legend = report.line_chart(series, title="t", x_label="x", y_label="y", size=(400, 300), legend=True)
     assert with_legend.width == 400 and with_legend.height > 300
-    empty = plots.line_chart([], title="t", x_label="x", y_label="y", size=(400, 300))
+    empty = report.line_chart([], title="t", x_label="x", y_label="y", size=(400, 300))
     assert len(np.unique(np.asarray(empty).reshape(-1, 3), axis=0)) > 1  # axes and a note, not a blank image
-    grid = plots.figure([chart] * 5, columns=3, title="T", legend=series)
+    grid = report.figure([chart] * 5, columns=3, title="T", legend=series)
     assert grid.width == 1200 and grid.height > 600
 
 
 def test_ticks():
-    assert plots.log_ticks(900, 40_000) == [1000, 2000, 5000, 10_000, 20_000]
-    assert plots.log_ticks(119, 343, fallback=[128, 320]) == [200, 300]
-    assert plots.linear_ticks(41.3, 89.0) == [40, 50, 60, 70, 80, 90]
-    assert [plots.si(v) for v in (1500, 2e6, 0.05, 0)] == ["1.5k", "2M", "0.05", "0"]
+    assert report.log_ticks(900, 40_000) == [1000, 2000, 5000, 10_000, 20_000]
+    assert report.log_ticks(119, 343, fallback=[128, 320]) == [200, 300]
+    assert report.linear_ticks(41.3, 89.0) == [40, 50, 60, 70, 80, 90]
+    assert [report.si(v) for v in (1500, 2e6, 0.05, 0)] == ["1.5k", "2M", "0.05", "0"]
 
 
 # -----------------------------------------------------------------------------
@@ -183,7 +193,7 @@ def test_epochs_finding(small_gain, large_gain, verdict):
 
 def test_quality_findings():
     values = {0.2: 0.30, 0.4: 0.40, 0.6: 0.38, 0.8: 0.36, 1.0: 0.33}
-    pts = [point("quality", zs, std=0.01, keep_top=k, regime=regime, setting=f"top {k}")
+    pts = [point("quality", zs, std=0.01, keep_top=k, regime=regime, setting=f"top {round(100 * k)}%")
            for regime in ("equal-samples", "one-epoch") for k, zs in values.items()]
     checks = {f.key: f for f in findings.check_all(pts, base_arch="v", vits=[])}
     assert checks["D1a"].verdict == checks["D1b"].verdict == checks["D2"].verdict == findings.AGREES
@@ -204,3 +214,35 @@ def test_markdown_table_lists_caveats_of_findings_that_do_not_agree():
     text = findings.markdown_table([c for c in checks if c.key in ("Q1", "Q2")])
     assert text.startswith("| | Paper (PAPER.md) | Micro-scale result | Verdict |")
     assert "**disagrees**" in text and "- **Q1** (disagrees):" in text
+
+
+# -----------------------------------------------------------------------------
+# the stored reproduction: results/runs.csv holds every run of the last --quick reproduction and
+# results/summary.md what it concluded; the findings drawn from the runs again must be the same
+
+
+def stored_rows(path):
+    integers = ("seed", "dataset_size", "samples_seen", "batch_size")
+    typed = lambda key, text: None if text == "" else int(text) if key in integers else (
+        float(text) if re.fullmatch(r"[-+0-9.e]+", text) else text)
+    with open(path) as f:
+        return [{k: typed(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def test_stored_runs_give_the_summarys_verdicts_and_numbers():
+    rows = stored_rows(ROOT / "results" / "runs.csv")
+    points = [p for p in report.aggregate(rows) if p["zeroshot"] is not None or p["probe"] is not None]
+    checks = report.judge(points, reproduce.PRESETS["quick"], reproduce.MICRO)
+    stated = {}  # key -> (evidence cell, verdict) of the summary's tables
+    for line in (ROOT / "results" / "summary.md").read_text().splitlines():
+        found = re.fullmatch(r"\| (\w+) \| .* \| (.*) \| \*\*(.*)\*\* \|", line)
+        if found:
+            stated[found[1]] = found[2], found[3]
+    assert {c.key for c in checks} == set(stated)
+    # the measured numbers (mean, std, differences, GFLOPs: those with a decimal point) of each finding;
+    # the sentences around them may be worded differently
+    numbers = lambda text: sorted(re.findall(r"[-+]?\d+\.\d+", text))
+    for check in checks:
+        evidence, verdict = stated[check.key]
+        assert check.verdict == verdict, check.key
+        assert numbers(" ".join(check.evidence)) == numbers(evidence), check.key
