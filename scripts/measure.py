@@ -1,26 +1,47 @@
-"""How scripts/bench.py measures: timed windows free of other processes' load, memory high-water
-marks, and the machine's dense matmul peak (the denominator of MFU).
+"""How scripts/bench.py measures (timed windows free of other processes' load, memory high-water
+marks, the machine's dense matmul peak: the denominator of MFU), and what it measures without
+train.py: eval encoding, the loss's memory, open_clip's model code, the tokenizer, the data pipeline.
 
 A shared machine is the norm (CI runners, laptops, a colleague's job), so every timed window
 records the CPU share other processes took during it (LoadMeter, from /proc); a window over the
-limit is thrown away and, after waiting for the machine to quieten, run again.
+limit is thrown away and, after waiting for the machine to quieten, run again. Functions timed
+together take their windows in turn, so background load hits each alike and a ratio between them
+is free of its drift.
 """
 import contextlib
+import importlib.util
+import json
 import os
 import platform
+import random
 import resource
 import statistics
+import subprocess
 import sys
 import time
+import types
+from pathlib import Path
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tinyclip/ lives at the repo root
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-PEAK_SIZES = (2048, 4096)  # n of the n x n x n matmuls that measure the peak (--peak-sizes)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from tinyclip.augment import AUGMENT_PRESETS, make_transform  # noqa: E402
+from tinyclip.data import make_train_loader  # noqa: E402
+from tinyclip.losses import clip_loss  # noqa: E402
+from tinyclip.model import PRECISIONS, autocast, create_model  # noqa: E402
+from tinyclip.sources import decode_image  # noqa: E402
+from tinyclip.synthetic import SyntheticPairs  # noqa: E402
+from tinyclip.tokenizer import Tokenizer  # noqa: E402
+
+PEAK_SIZES = (2048, 4096)  # n of the n x n x n matmuls that measure the peak (bench.py --peak-sizes)
 
 
 # -----------------------------------------------------------------------------
-# timing, memory and background load
+# timed windows
 
 
 def device_now() -> torch.device:
@@ -32,24 +53,31 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def timed_windows(fn, units_per_call, warmup, windows, calls_per_window, device, max_other_load=None):
-    """[(units/s, other load)] of timed windows of `calls_per_window` calls each, after warm-up.
+def timed_windows(fns: dict, units_per_call, warmup, windows, calls_per_window, device, max_other_load=None) -> dict:
+    """{name: summarise(its windows)} of named functions timed in turns, in units per second.
 
-    A window during which other processes took more than `max_other_load` of the CPUs is run
-    again, after waiting for the machine to quieten (up to 2 x `windows` extra windows)."""
-    for _ in range(warmup):
-        fn()
-    out, extra = [], 2 * windows
-    while sum(is_clean(load, max_other_load) for _, load in out) < windows and len(out) < windows + extra:
-        if out and not is_clean(out[-1][1], max_other_load):
-            wait_for_quiet(max_other_load)
-        sync(device)
-        meter, start = LoadMeter(), time.perf_counter()
-        for _ in range(calls_per_window):
+    After `warmup` calls of each, every round times one window of `calls_per_window` calls of each
+    function, until each has `windows` windows during which other processes took at most
+    `max_other_load` of the CPUs, or 3 x `windows` rounds have run. After a loaded round the next
+    waits for the machine to quieten."""
+    for fn in fns.values():
+        for _ in range(warmup):
             fn()
-        sync(device)
-        out.append((units_per_call * calls_per_window / (time.perf_counter() - start), meter.others()))
-    return out
+    out = {name: [] for name in fns}
+    enough = lambda ws: sum(is_clean(load, max_other_load) for _, load in ws) >= windows
+    for _ in range(3 * windows):
+        if all(enough(ws) for ws in out.values()):
+            break
+        if not all(is_clean(ws[-1][1], max_other_load) for ws in out.values() if ws):
+            wait_for_quiet(max_other_load)
+        for name, fn in fns.items():
+            sync(device)
+            meter, start = LoadMeter(), time.perf_counter()
+            for _ in range(calls_per_window):
+                fn()
+            sync(device)
+            out[name].append((units_per_call * calls_per_window / (time.perf_counter() - start), meter.others()))
+    return {name: summarise(ws, max_other_load) for name, ws in out.items()}
 
 
 def is_clean(load, max_other_load):
@@ -81,14 +109,15 @@ def summarise(windows, max_other_load):
             "clean_windows": len(clean)}
 
 
-def current_rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def timed(fns, units, cfg, device, calls=None, unit="samples_per_s"):
+    """timed_windows with a configuration's warm-up, windows and load limit; the rate named `unit`."""
+    out = timed_windows(fns, units, cfg["warmup"], cfg["windows"], calls or cfg["steps"], device,
+                        cfg.get("max_other_load"))
+    return {name: {unit: s.pop("rate"), **s} for name, s in out.items()}
 
 
-def peak_rss_bytes() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+# -----------------------------------------------------------------------------
+# other processes' load and memory
 
 
 def own_cpu_seconds() -> float:
@@ -136,48 +165,58 @@ class LoadMeter:
         return round(max(0.0, busy - own) / (wall * os.cpu_count()), 3)
 
 
-# -----------------------------------------------------------------------------
-# the dense matmul peak
-
-
-def matmul_peak_tflops(device, precision, sizes=PEAK_SIZES, repeats=5, max_other_load=None):
-    """The best TFLOP/s of n x n x n matmuls in `precision` (2 n^3 FLOPs each) over `sizes`,
-    counting only calls during which other processes stayed under `max_other_load` (up to
-    3 x `repeats` tries per size). On a GPU 8192^3 is added: 4096^3 takes a fraction of a
-    millisecond there, too short to keep every unit busy."""
-    dtype, best = DTYPES[precision], 0.0
-    for n in sizes + ((8192,) if device.type == "cuda" else ()):
-        a = torch.randn(n, n, device=device).to(dtype)
-        b = torch.randn(n, n, device=device).to(dtype)
-        torch.mm(a, b)  # first call: kernel selection, packing buffers
-        clean, every, load = [], [], None
-        while len(clean) < repeats and len(every) < 3 * repeats:
-            if not is_clean(load, max_other_load):
-                wait_for_quiet(max_other_load)
-            sync(device)
-            meter, start = LoadMeter(), time.perf_counter()
-            torch.mm(a, b)
-            sync(device)
-            every.append(time.perf_counter() - start)
-            load = meter.others()
-            if is_clean(load, max_other_load):
-                clean.append(every[-1])
-        best = max(best, 2 * n ** 3 / min(clean or every) / 1e12)
-    return best
-
-
 def memory_now(device) -> int:
-    """Bytes in use now: CUDA tensors allocated, or this process's resident set on CPU."""
+    """Bytes in use now: CUDA tensors allocated, or this process's resident set on CPU.
+
+    A peak above this, taken just before the model is built, covers weights, gradients, optimiser
+    state, batch and activations; on CPU also allocator and oneDNN scratch memory: what the OS must
+    provide."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return torch.cuda.memory_allocated(device)
-    return current_rss_bytes()
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def peak_memory_mb(device, base) -> float:
-    """Peak use since memory_now() returned `base`, above that base, in MiB."""
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()
+    """Peak use since memory_now() returned `base`, above that base, in MiB (CPU: the process's
+    peak resident set, a high-water mark since its start, hence one configuration per process)."""
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak *= 1 if sys.platform == "darwin" else 1024  # Linux reports KiB
     return (peak - base) / 2 ** 20
+
+
+def in_fresh_process(argv) -> dict:
+    """The JSON of the last stdout line of `python *argv`, run in a fresh interpreter so that its peak
+    resident set (a high-water mark since the process started) belongs to that one measurement alone;
+    {"error": the last stderr line} if it failed."""
+    proc = subprocess.run([sys.executable, *map(str, argv)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# -----------------------------------------------------------------------------
+# the dense matmul peak and the machine's name
+
+
+def matmul_peak_tflops(device, precision, sizes=PEAK_SIZES, repeats=5, max_other_load=None):
+    """The best TFLOP/s of single n x n x n matmuls in `precision` (2 n^3 FLOPs each) over `sizes`,
+    counting only calls during which other processes stayed under `max_other_load` (up to
+    3 x `repeats` tries per size). On a GPU 8192^3 is added: 4096^3 takes a fraction of a
+    millisecond there, too short to keep every unit busy."""
+    dtype, best = PRECISIONS[precision] or torch.float32, 0.0
+    for n in tuple(sizes) + ((8192,) if device.type == "cuda" else ()):
+        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+        # the first call (warm-up) selects the kernel and fills the packing buffers
+        s = timed_windows({"mm": lambda: torch.mm(a, b)}, 2 * n ** 3 / 1e9, 1, repeats, 1, device,
+                          max_other_load)["mm"]
+        clean = [r for r, load in zip(s["windows"], s["window_load"]) if is_clean(load, max_other_load)]
+        best = max(best, max(clean or s["windows"]) / 1e3)  # GFLOP/s -> TFLOP/s
+    return best
 
 
 def cpu_name():
@@ -186,3 +225,169 @@ def cpu_name():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip() + f" ({torch.backends.cpu.get_cpu_capability()})"
     return platform.processor() or platform.machine()
+
+
+# -----------------------------------------------------------------------------
+# what is measured without train.py: a batch in memory, encoding, the loss's memory, open_clip's model
+
+
+def memory_batch(model, B, device):
+    """A batch shaped like the loader's: images, SOT text EOT 0... ids, and for a model with SLIP's head
+    the two views as one [2B, 3, S, S] tensor (rows 2i, 2i + 1: sample i's)."""
+    g = torch.Generator().manual_seed(0)
+    S, L, V = model.visual.image_size, model.context_length, model.config.vocab_size
+    ids = torch.randint(1, V - 2, (B, L), generator=g)
+    lengths = torch.randint(3, L + 1, (B,), generator=g)
+    ids[torch.arange(L)[None] >= lengths[:, None]] = 0
+    ids[:, 0], ids[torch.arange(B), lengths - 1] = V - 2, V - 1
+    batch = {"image": torch.randn(B, 3, S, S, generator=g), "text": ids}
+    if model.ssl_head is not None:
+        batch["views"] = torch.randn(2 * B, 3, S, S, generator=g)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def run_eval(cfg):
+    """encode_image images/s under no_grad (autocast for bf16/fp16)."""
+    device = device_now()
+    model = create_model(cfg["arch"], image_size=cfg["image_size"], text_arch=cfg.get("text_arch")).to(device).eval()
+    images = torch.randn(cfg["batch"], 3, cfg["image_size"], cfg["image_size"], device=device)
+
+    def encode():
+        with torch.no_grad(), autocast(device, cfg["precision"]):
+            model.encode_image(images)
+    return timed({"eval": encode}, cfg["batch"], cfg, device, unit="images_per_s")["eval"]
+
+
+def run_loss_memory(cfg):
+    """Peak memory of the contrastive loss alone (forward + backward) on [B, D] features."""
+    device = device_now()
+    image, text = (torch.randn(cfg["batch"], cfg["embed_dim"], device=device, requires_grad=True) for _ in range(2))
+    base = memory_now(device)
+    clip_loss(image, text, torch.tensor(14.3, device=device, requires_grad=True))["loss"].backward()
+    return {"peak_mb": peak_memory_mb(device, base)}
+
+
+def run_vs_open_clip(cfg):
+    """Target (4): tinyclip's model code against open_clip's: the same architecture (parameter counts checked
+    equal), batch and step (forward, tinyclip's clip_loss, backward, torch AdamW), timed in turns.
+
+    open_clip's model.py is imported alone (its package __init__ needs torchvision for the transforms);
+    without torchvision, model.py's one use of it (FrozenBatchNorm2d, for ResNets) gets a placeholder."""
+    if importlib.util.find_spec("torchvision") is None:
+        for name in ("torchvision", "torchvision.ops", "torchvision.ops.misc"):
+            sys.modules[name] = types.ModuleType(name)
+        sys.modules["torchvision.ops.misc"].FrozenBatchNorm2d = None
+    sys.modules["open_clip"] = types.ModuleType("open_clip")
+    sys.modules["open_clip"].__path__ = [cfg["open_clip"]]
+    device, meter, open_clip = device_now(), LoadMeter(), importlib.import_module("open_clip.model")
+    torch.manual_seed(0)
+    ours = create_model(cfg["arch"], image_size=cfg["image_size"], context_length=cfg["context_length"],
+                        text_arch=cfg.get("text_arch"))
+    c, v = ours.config, ours.config.vision
+    models = {"tinyclip": ours, "open_clip": open_clip.CLIP(c.embed_dim, quick_gelu=c.quick_gelu, vision_cfg=dict(
+        image_size=c.image_size, layers=v["layers"], width=v["width"], head_width=v["width"] // v["heads"],
+        patch_size=v["patch_size"]), text_cfg=dict(context_length=c.context_length, vocab_size=c.vocab_size,
+                                                   width=c.text_width, heads=c.text_heads, layers=c.text_layers))}
+    counts = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
+    if counts["tinyclip"] != counts["open_clip"]:
+        raise ValueError(f"not the same architecture: parameters {counts}")
+    batch, steps = memory_batch(ours, cfg["batch"], device), {}
+    for name, model in models.items():
+        optimizer = torch.optim.AdamW(model.to(device).train().parameters(), lr=1e-5)
+        for precision in cfg["precisions"]:
+            def step(model=model, optimizer=optimizer, precision=precision):
+                optimizer.zero_grad(set_to_none=True)
+                with autocast(device, precision):
+                    image_features, text_features, logit_scale = model(batch["image"], batch["text"])[:3]
+                clip_loss(image_features, text_features, logit_scale)["loss"].backward()
+                optimizer.step()
+            steps[f"{name} {precision}"] = step
+    timing = timed(steps, cfg["batch"], cfg, device)
+    return {"params": counts["tinyclip"], "other_load": meter.others(), "variants": timing}
+
+
+# -----------------------------------------------------------------------------
+# tokenizer and data pipeline
+
+
+def bench_tokenizer(n, reference_path=None, rounds=3, max_other_load=None):
+    """texts/s on n distinct captions (CLIP's 80 ImageNet templates x the 1000 class names, shuffled),
+    cold (a fresh tokenizer: every word segmented once) and warm (word cache full); the median of
+    `rounds` rounds, each timing every tokenizer in turn. OpenAI's reference is its SimpleTokenizer
+    under clip.tokenize's rules, written out here (clip.py itself imports torchvision)."""
+    names, templates = ((ROOT / "tinyclip" / "assets" / f).read_text().splitlines()
+                        for f in ("imagenet_classnames.txt", "imagenet_templates.txt"))
+    texts = [t.replace("{}", c) for c in names for t in templates if "{}" in t]
+    random.Random(0).shuffle(texts)
+    texts, candidates = texts[:n], {"tinyclip": (Tokenizer, lambda tok, t: tok.tokenize(t, 77))}
+
+    def reference_tokenize(tokenizer, texts, context_length=77):
+        sot, eot = tokenizer.encoder["<|startoftext|>"], tokenizer.encoder["<|endoftext|>"]
+        result = torch.zeros(len(texts), context_length, dtype=torch.long)
+        for i, text in enumerate(texts):
+            ids = [sot] + tokenizer.encode(text) + [eot]
+            ids = ids[:context_length - 1] + [eot] if len(ids) > context_length else ids
+            result[i, :len(ids)] = torch.tensor(ids)
+        return result
+    if reference_path:
+        spec = importlib.util.spec_from_file_location("openai_simple_tokenizer", reference_path)
+        spec.loader.exec_module(module := importlib.util.module_from_spec(spec))
+        candidates["openai reference"] = (module.SimpleTokenizer, reference_tokenize)
+    rates, ids = {name: {"cold": [], "warm": []} for name in candidates}, {}
+    for _ in range(rounds):
+        wait_for_quiet(max_other_load)
+        for name, (make, tokenize) in candidates.items():
+            tok = make()
+            for kind in ("cold", "warm"):
+                start = time.perf_counter()
+                ids[name] = tokenize(tok, texts)
+                rates[name][kind].append(len(texts) / (time.perf_counter() - start))
+    rows = [{"tokenizer": name, "texts": len(texts), "cold_texts_per_s": statistics.median(r["cold"]),
+             "warm_texts_per_s": statistics.median(r["warm"])} for name, r in rates.items()]
+    if reference_path:
+        rows[-1]["same_ids"] = bool(torch.equal(ids["tinyclip"], ids["openai reference"]))
+    return rows
+
+
+def write_jpegs(folder, count, size=(341, 256)):
+    """JPEGs like img2dataset's (shorter side 256, quality 95), with captions: synthetic scenes,
+    upscaled, plus mild noise so they do not compress unrealistically well."""
+    pairs, rng = SyntheticPairs(size=count), np.random.default_rng(0)
+    for i in range(count):
+        image, caption = pairs.pair(i)
+        pixels = np.asarray(image.resize(size, resample=3), dtype=np.float32)
+        pixels = np.clip(pixels + rng.normal(0, 6, pixels.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(Path(folder) / f"{i:06d}.jpg", quality=95)
+        (Path(folder) / f"{i:06d}.txt").write_text(caption + "\n")
+
+
+def bench_data(folder, count, loader_batch, loader_image_size, workers, repeats=2, max_other_load=None):
+    """(rows, loader images/s). Rows: decode + augment images/s of one loader worker (one process, one
+    thread), per preset, the best of `repeats` passes over `count` images: the JPEGs in `folder` at
+    224 px and the built-in data at 64 px. Then the real training loader on the folder, with its
+    workers, timed over 20 batches after start-up."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    files = [p.read_bytes() for p in sorted(Path(folder).glob("*.jpg"))][:count]
+    synthetic, rows = SyntheticPairs(size=count, image_size=64), []
+    for source, size, load in (("jpeg", 224, lambda i: decode_image(files[i])), ("synthetic", 64, synthetic.image)):
+        for preset in AUGMENT_PRESETS:
+            transform, best = make_transform(preset, size), 0.0
+            for r in range(repeats):
+                wait_for_quiet(max_other_load)
+                start = time.perf_counter()
+                for i in range(count):
+                    transform(load(i), random.Random(r * count + i))
+                best = max(best, count / (time.perf_counter() - start))
+            rows.append({"source": source, "image_size": size, "preset": preset, "images_per_s_per_worker": best})
+    torch.set_num_threads(threads)
+    stream = iter(make_train_loader(str(folder), transform=make_transform("none", loader_image_size),
+                                    batch_size=loader_batch, workers=workers))
+    next(stream)  # worker start-up
+    wait_for_quiet(max_other_load)  # the workers fill their queues meanwhile: drain those first
+    for _ in range(2 * workers):
+        next(stream)
+    start = time.perf_counter()
+    for _ in range(20):
+        next(stream)
+    return rows, 20 * loader_batch / (time.perf_counter() - start)

@@ -1,5 +1,6 @@
 """scripts/bench.py's arithmetic: the memory extrapolation behind the largest-batch figures, and
-the choice of timed windows. (The timings themselves are benchmarks, never tests.)"""
+the choice of timed windows (scripts/measure.py); and a tiny sweep reporting every section. (The
+timings themselves are benchmarks, never tests.)"""
 import math
 import sys
 from pathlib import Path
