@@ -9,8 +9,11 @@ reproducible from its rng alone (same seed -> identical tensor, different seed -
 RNGs neither used nor disturbed) and survives pickling; RandAugment applies exactly the N ops that
 `choose_ops` reports; every RandAugment op but identity changes a textured image; solarize,
 posterize, hue and the magnitude scale give known answers; the eval transform equals resize to
-S / 0.875 then the known centre-crop box; other PIL modes become RGB; bad input raises clearly.
+S / 0.875 then the known centre-crop box; other PIL modes become RGB, and files come out as a
+viewer shows them (EXIF orientation applied; 16-bit and float images scaled to 8 bits; palette
+transparency, LA and CMYK: known pixels); bad input raises clearly.
 """
+import io
 import pickle
 import random
 
@@ -20,6 +23,7 @@ import torch
 from PIL import Image
 
 from tinyclip import augment as A
+from tinyclip.sources import decode_image
 
 
 def textured(width=48, height=40, seed=0, low=30, high=200):
@@ -251,6 +255,67 @@ def test_transparency_composites_over_white():
     palette = Image.new("P", (4, 4), 0)
     palette.info["transparency"] = 0
     assert A.to_rgb(palette).getpixel((0, 0)) == (255, 255, 255)
+
+
+def decoded(image, **save_options):
+    """`image` written to a file in memory and read back as training reads files."""
+    buffer = io.BytesIO()
+    image.save(buffer, **save_options)
+    return decode_image(buffer.getvalue())
+
+
+def close(pixel, expected, tolerance=1):
+    return all(abs(a - b) <= tolerance for a, b in zip(pixel, expected))
+
+
+def test_high_depth_images_scale_to_8_bits():
+    """A 16-bit value v shows as v * 255 / 65535 (PIL's own conversion clips it: mid grey came out white)."""
+    values = np.array([[0, 4112, 32768, 65535]], dtype=np.uint16)  # 4112 = 16 * 257
+    png = decoded(Image.fromarray(values), format="PNG")
+    assert png.mode == "I;16"
+    assert [A.to_rgb(png).getpixel((x, 0)) for x in range(4)] == [(0,) * 3, (16,) * 3, (128,) * 3, (255,) * 3]
+    big_endian = Image.frombytes("I;16B", (4, 1), values.astype(">u2").tobytes())
+    as_int32 = Image.fromarray(values.astype(np.int32))  # mode I: what older Pillow gives a 16-bit PNG
+    floats = Image.fromarray(values.astype(np.float32) / 65535)  # mode F: floats in 0..1
+    for image in (big_endian, as_int32, floats):
+        assert [A.to_rgb(image).getpixel((x, 0))[0] for x in range(4)] == [0, 16, 128, 255], image.mode
+    grey = A.make_transform("none", 4, "pm1")(Image.fromarray(np.full((8, 8), 32768, np.uint16)))
+    assert torch.allclose(grey, torch.full((3, 4, 4), 0.5 / 127.5))  # (128 - 127.5) / 127.5, not 1
+
+
+def test_exif_orientation_is_applied_when_decoding():
+    """Orientation 6 (rotate 90 degrees clockwise to show) puts the stored left half on top; 8 at the bottom."""
+    stored = Image.new("RGB", (16, 8), (255, 0, 0))  # left half red, right half blue
+    stored.paste((0, 0, 255), (8, 0, 16, 8))
+    for orientation, top, bottom in ((6, "red", "blue"), (8, "blue", "red")):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        image = decoded(stored, format="JPEG", quality=95, exif=exif)
+        assert image.size == (8, 16) and image.format == "JPEG"
+        colour = lambda xy: "red" if image.getpixel(xy)[0] > 200 > image.getpixel(xy)[2] else "blue"
+        assert (colour((4, 3)), colour((4, 12))) == (top, bottom)
+
+
+def test_palette_la_and_cmyk_files_become_rgb_as_shown():
+    palette = Image.new("P", (3, 1))
+    palette.putpalette([255, 0, 0, 0, 0, 255, 0, 255, 0])
+    palette.putdata([0, 1, 2])
+    opaque = decoded(palette, format="PNG")
+    assert [A.to_rgb(opaque).getpixel((x, 0)) for x in range(3)] == [(255, 0, 0), (0, 0, 255), (0, 255, 0)]
+    see_through = decoded(palette, format="PNG", transparency=bytes([0, 128, 255]))  # alpha per palette entry
+    assert see_through.mode == "P" and "transparency" in see_through.info
+    shown = [A.to_rgb(see_through).getpixel((x, 0)) for x in range(3)]
+    # over white: alpha * colour + (1 - alpha) * 255, alpha = 0, 128/255, 1
+    assert shown[0] == (255, 255, 255) and close(shown[1], (127, 127, 255)) and shown[2] == (0, 255, 0)
+    grey_alpha = decoded(Image.new("LA", (2, 2), (0, 128)), format="PNG")
+    assert close(A.to_rgb(grey_alpha).getpixel((0, 0)), (127, 127, 127))
+    cmyk = Image.new("CMYK", (16, 8), (0, 255, 255, 0))  # pure magenta + yellow: red
+    cmyk.paste((128, 0, 0, 128), (8, 0, 16, 8))
+    jpeg = decoded(cmyk, format="JPEG", quality=95)
+    assert jpeg.mode == "CMYK"
+    # a viewer without colour management: R = (255 - C) * (255 - K) / 255, and so on
+    assert close(A.to_rgb(jpeg).getpixel((3, 4)), (255, 0, 0), 4)
+    assert close(A.to_rgb(jpeg).getpixel((12, 4)), (63, 127, 127), 4)
 
 
 # --- colour ops

@@ -2,18 +2,22 @@
 
 Checks: CSV/TSV, tar shards, image+.txt folders and ImageFolder read back what was written (keys,
 captions grouped per image, pixels), and sources.load_batches reads them in order, skipping bad
-images; brace expansion; the rank x worker split visits every sample exactly once per epoch and
-reshuffles each epoch, with batches independent of the worker count; start_sample resumes
-bit-identically; SLIP's two views of sample i are rows 2i and 2i + 1 of one tensor; bad inputs (garbage bytes, truncated JPEG, missing file,
-empty or non-UTF-8 caption, truncated tar, missing .txt) are skipped, counted by reason, and batches
-stay full; the quality filter keeps exactly the top fraction; dataset_size subsets are fixed, nested
-and of size N; the shard converter round-trips; bad paths give one-line errors.
+images; a .csv with a tab header is read as a TSV; brace expansion; the rank x worker split visits
+every sample exactly once per epoch and reshuffles each epoch, with batches independent of the worker
+count; start_sample resumes bit-identically; SLIP's two views of sample i are rows 2i and 2i + 1 of
+one tensor; bad inputs (garbage bytes, truncated JPEG, missing file, empty or non-UTF-8 caption,
+truncated tar, missing .txt) are skipped, counted by reason, and batches stay full; a repeated tar
+key is read from its first sample and counted; the loader's summary counts pairs, shards and skips;
+the quality filter keeps exactly the top fraction; dataset_size subsets are fixed, nested and of
+size N; the shard converter round-trips; bad paths, empty sources and bad selections give one-line
+errors that name the file or flag and the fix.
 """
 
 import csv
 import io
 import json
 import os
+import re
 import tarfile
 from collections import Counter
 
@@ -146,6 +150,20 @@ def test_csv_tsv_groups_captions_and_resolves_paths(tmp_path, monkeypatch, sep, 
     assert pairs[1][1].size == (12, 10) and abs(pairs[1][1].getpixel((5, 5))[0] - 10) <= 3
     with pytest.raises(ValueError, match="no column 'title'"):
         open_source(path, csv_img_key="img")
+
+
+def test_separator_from_the_header_when_the_extension_lies(tmp_path):
+    """A .csv whose header has tabs and no comma is a TSV (and the other way round); an explicit
+    separator is used as given, with no detection."""
+    tab_csv = write_pairs_csv(tmp_path, 2, name="tabs.csv", sep="\t", extra_rows=[("img/00.jpg", "a, b")])
+    comma_tsv = write_pairs_csv(tmp_path, 2, name="commas.tsv", sep=",", extra_rows=[("img/00.jpg", "a\tb")])
+    for path in (tab_csv, comma_tsv):
+        assert [(k, c) for k, _, c in iter_pairs(path)] == \
+            [("img/00.jpg", ["caption 00", "a, b" if path == tab_csv else "a\tb"]), ("img/01.jpg", ["caption 01"])]
+    loader = make_train_loader(tab_csv, transform=NONE_8, batch_size=2, workers=0, csv_separator="\t")
+    assert loader.num_samples == 2
+    with pytest.raises(ValueError, match=r"no column 'filepath' .*separated by ',': filepath\tother\ttitle"):
+        make_train_loader(tab_csv, transform=NONE_8, batch_size=2, workers=0, csv_separator=",")
 
 
 def test_tar_and_folder_sources(tmp_path):
@@ -324,23 +342,97 @@ def test_damaged_shards_are_reported(tmp_path):
     assert skipped == {"corrupt_tar_header": 1, "corrupt_shard": 1}
 
 
+def test_duplicate_tar_keys_first_wins_and_are_counted(tmp_path):
+    """Within a shard (a sample written twice, a stray repeated member) and across shards: the first
+    sample of a key is read, every later one is counted as duplicate_key."""
+    write_shard(tmp_path / "00000.tar", [("a", jpeg_bytes(10), b"first a"), ("b", jpeg_bytes(20), b"first b"),
+                                         ("a", jpeg_bytes(30), b"second a")])
+    with tarfile.open(tmp_path / "00000.tar", "a") as tar:
+        add_member(tar, "b.txt", b"second b")  # one member repeated, no whole sample
+    write_shard(tmp_path / "00001.tar", [("c", jpeg_bytes(40), b"only c"), ("a", jpeg_bytes(50), b"third a")])
+    spec = str(tmp_path / "{00000..00002}.tar")
+    skipped = Counter()
+    pairs = list(iter_pairs(spec, skipped=skipped))
+    assert [(k, c) for k, _, c in pairs] == [("a", ["first a"]), ("b", ["first b"]), ("c", ["only c"])]
+    assert abs(pairs[0][1].getpixel((5, 5))[0] - 10) <= 3  # the first a's image, too
+    assert skipped == {"duplicate_key": 3, "missing_shard": 1}
+    loader = make_train_loader(spec, transform=NONE_8, batch_size=2, workers=0, dataset_size=2)
+    assert loader.summary() == {"source": spec, "pairs": 2, "source_pairs": 3, "shards": 2, "missing_shards": 1,
+                                "skipped": {"duplicate_key": 3, "missing_shard": 1}}
+    csv_loader = make_train_loader(write_pairs_csv(tmp_path / "csv", 3, extra_rows=[("img/09.jpg", " ")]),
+                                   transform=NONE_8, batch_size=2, workers=0)
+    assert csv_loader.summary() == {"source": str(tmp_path / "csv" / "pairs.csv"), "pairs": 3, "source_pairs": 3,
+                                    "shards": 0, "missing_shards": 0, "skipped": {"empty_caption": 1}}
+
+
 def test_nothing_valid_and_bad_paths_give_one_line_errors(tmp_path):
+    """Each names the file, what a sample is there and the skips by reason, or the flag that fixes it."""
     (tmp_path / "img").mkdir()
     (tmp_path / "img" / "a.jpg").write_bytes(b"junk")
-    (tmp_path / "bad.csv").write_text("filepath,title\nimg/a.jpg,a thing\nimg/b.jpg,b thing\n")
-    (tmp_path / "empty.csv").write_text("filepath,title\nimg/a.jpg,\n")
-    cases = [(str(tmp_path / "bad.csv"), ValueError, "no valid sample"),
-             (str(tmp_path / "empty.csv"), ValueError, "no valid sample"),
-             (str(tmp_path / "nope.csv"), FileNotFoundError, "nope.csv"),
-             (str(tmp_path / "nowhere"), FileNotFoundError, "nowhere"),
-             (str(tmp_path / "{00000..00009}.tar"), FileNotFoundError, "00000.tar"),
-             (str(tmp_path / "x*.tar"), FileNotFoundError, "matches no file"),
+    (tmp_path / "bad.csv").write_text("filepath,title\nimg/a.jpg,a thing\nimg/b.jpg,b thing\nimg/c.jpg,\n")
+    (tmp_path / "header.csv").write_text("filepath,title\n")
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "columns.csv").write_text("path,caption\nimg/a.jpg,a\n")
+    (tmp_path / "garbage.tar").write_bytes(b"junk" * 300)
+    with tarfile.open(tmp_path / "empty.tar", "w"):
+        pass
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text("a caption without its image")
+    rows = rf"\(expected rows of an image path in column 'filepath', relative to {re.escape(str(tmp_path))}, and a caption in 'title'\)"
+    members = r"\(expected KEY\.jpg\|jpeg\|png\|webp with KEY\.txt members in the 1 shard\(s\) found\)"
+    cases = [("bad.csv", ValueError, rf"^no valid sample in .*bad\.csv {rows}; "
+                                     r"skipped: corrupt_image 1, empty_caption 1, missing_file 1$"),
+             ("header.csv", ValueError, rf"^no valid sample in .*header\.csv {rows}; skipped: none$"),
+             ("empty.csv", ValueError, r"empty\.csv is empty; expected a header row naming columns 'filepath' and 'title'"),
+             ("columns.csv", ValueError, r"columns\.csv has no column 'filepath' for the image paths \(columns found, "
+                                         r"separated by ',': path, caption\); name the column with --csv-img-key$"),
+             ("garbage.tar", ValueError, rf"^no valid sample in .*garbage\.tar {members}; skipped: corrupt_shard 1$"),
+             ("empty.tar", ValueError, rf"^no valid sample in .*empty\.tar {members}; skipped: none$"),
+             ("texts", ValueError, r"^no valid sample in .*texts \(expected images \(\.jpg, \.jpeg, \.png, \.webp\) "
+                                   r"with same-name \.txt captions\); skipped: none$"),
+             ("x{1..3.tar", ValueError, r"^bad shard pattern '.*x\{1\.\.3\.tar': a '\{' is never closed by a '\}'$"),
+             ("x{1..b}.tar", ValueError, r"^bad shard pattern '.*x\{1\.\.b\}\.tar': '\{1\.\.b\}' is neither a list "
+                                         r"like \{a,b\} nor a range like \{00000\.\.00099\}$"),
+             ("x}.tar", ValueError, r"^bad shard pattern '.*x\}\.tar': a '\}' has no '\{' before it$"),
+             ("nope.csv", FileNotFoundError, "nope.csv"),
+             ("nowhere", FileNotFoundError, "nowhere"),
+             ("{00000..00009}.tar", FileNotFoundError, "00000.tar"),
+             ("x*.tar", FileNotFoundError, "matches no file"),
              ("synthetic:colour=3", ValueError, "colour"),
              ("synthetic:noise=lots", ValueError, "noise must be float")]
-    for spec, error, words in cases:
+    for name, error, words in cases:
+        spec = name if name.startswith("synthetic") else str(tmp_path / name)
         with pytest.raises(error, match=words) as info:
             make_train_loader(spec, transform=NONE_8, batch_size=2, workers=0)
         assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match=r"no column 'title' for the captions .*--csv-caption-key$"):
+        open_source(str(tmp_path / "columns.csv"), csv_img_key="path")
+
+
+def test_selection_errors_name_the_flags(tmp_path):
+    spec, scores = "synthetic:size=10", tmp_path / "scores.csv"
+    keys = [open_source(spec).key(i) for i in range(10)]
+    write_scores(scores, [f"other/{i}" for i in range(4)] + keys[4:], torch.zeros(10))  # 4 keys of other data
+    make = r"make it with eval\.py --task score --data synthetic:size=10$"
+    cases = [(dict(dataset_size=11), r"^--dataset-size 11 is more than the 10 usable pairs of synthetic:size=10$"),
+             (dict(dataset_size=0), r"^--dataset-size is a number of pairs, at least 1, got 0$"),
+             (dict(keep_top=0.5, score_file=str(scores), dataset_size=6), r"^--scores .*scores\.csv has no score for "
+              r"4 of 10 pairs of synthetic:size=10 \(first: 'train/00000000'\); " + make),
+             (dict(keep_top=0.0, score_file=str(scores)), r"^--keep-top is a fraction in \(0, 1\], got 0\.0$"),
+             (dict(keep_top=1.5, score_file=str(scores)), r"^--keep-top is a fraction in \(0, 1\], got 1\.5$"),
+             (dict(keep_top=0.5), r"^--keep-top needs --scores FILE, a key,score file; " + make)]
+    for options, words in cases:
+        with pytest.raises(ValueError, match=words):
+            make_train_loader(spec, transform=NONE_8, batch_size=2, workers=0, **options)
+    write_scores(scores, keys, torch.arange(10.0))
+    with pytest.raises(ValueError, match=r"^--dataset-size 6 is more than the 5 usable pairs of synthetic:size=10 "
+                                         r"kept by --keep-top 0\.5$"):
+        make_train_loader(spec, transform=NONE_8, batch_size=2, workers=0, keep_top=0.5, score_file=str(scores),
+                          dataset_size=6)
+    scores.write_text(scores.read_text() + f"{keys[3]},0.5\n")  # a key twice: which score?
+    with pytest.raises(ValueError, match=rf"scores\.csv:12: key '{keys[3]}' appears twice, so its score is "
+                                         "ambiguous; write the file again with eval.py --task score$"):
+        make_train_loader(spec, transform=NONE_8, batch_size=2, workers=0, keep_top=0.5, score_file=str(scores))
 
 
 # -----------------------------------------------------------------------------
@@ -360,7 +452,7 @@ def test_quality_filter_keeps_exactly_the_top_fraction(tmp_path):
                                score_file=str(tmp_path / "scores.csv"), with_keys=True)
     assert sorted(k for b in take(loader, 2) for k in b["key"]) == kept(0.4)
     (tmp_path / "scores.csv").write_text("img/00.jpg,1.0\n")
-    with pytest.raises(ValueError, match="no score for 9 of 10 keys"):
+    with pytest.raises(ValueError, match="no score for 9 of 10 pairs"):
         select_indices(source, keep_top=0.5, score_file=str(tmp_path / "scores.csv"))
 
 
@@ -389,7 +481,7 @@ def test_dataset_size_subset_is_fixed_nested_and_exact():
     assert len(a) == 30 == len(set(a.tolist())) and (a == select_indices(source, dataset_size=30)).all()
     assert set(select_indices(source, dataset_size=10).tolist()) < set(a.tolist())
     assert set(a.tolist()) != set(range(30))  # a random subset, not the first 30
-    with pytest.raises(ValueError, match="dataset_size=101"):
+    with pytest.raises(ValueError, match="--dataset-size 101 is more than the 100 usable pairs"):
         select_indices(source, dataset_size=101)
     # the training seed shuffles the subset but does not change it
     for seed in (0, 1):

@@ -39,11 +39,17 @@ NORMALIZATIONS = tuple(_NORMALIZE)
 
 
 def to_rgb(img):
-    """Convert any PIL image to RGB; transparent pixels are composited over white."""
+    """Convert any PIL image to RGB as a viewer shows it: transparent pixels (RGBA, LA, a palette's
+    transparency) composited over white; 16-bit integer modes (I;16, I;16B, I;16L and I, which older
+    Pillow gives a 16-bit PNG) scaled from 0..65535 and float images (F) from 0..1 to 0..255, where
+    PIL's own conversion clips them (a 16-bit mid grey would come out white); CMYK by PIL's formula."""
     if not isinstance(img, Image.Image):
         raise TypeError(f"expected a PIL.Image.Image, got {type(img).__name__}")
     if img.mode == "RGB":
         return img
+    if img.mode == "F" or img.mode.startswith("I"):
+        scale = 255.0 if img.mode == "F" else 255 / 65535
+        img = Image.fromarray(np.clip(np.asarray(img, dtype=np.float32) * scale + 0.5, 0, 255).astype(np.uint8))
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")  # PIL warns if a palette with transparency goes straight to RGB
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

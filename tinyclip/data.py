@@ -37,6 +37,7 @@ import hashlib
 import io
 import os
 import random
+import shlex
 import sys
 from collections import Counter
 
@@ -46,7 +47,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tinyclip.checkpoint import atomic_write
 from tinyclip.shards import write_shards
-from tinyclip.sources import SkipSample, decode_image, open_source
+from tinyclip.sources import SkipSample, TarShards, decode_image, no_valid_sample, open_source
 from tinyclip.tokenizer import tokenize
 
 # -----------------------------------------------------------------------------
@@ -70,7 +71,8 @@ def read_scores(path: str) -> dict[str, float]:
             if score is None or score != score:
                 raise ValueError(f"{path}:{line}: expected 'key,score', got {','.join(row)[:80]!r}")
             if row[0] in scores:
-                raise ValueError(f"{path}:{line}: key {row[0]!r} appears twice")
+                raise ValueError(f"{path}:{line}: key {row[0]!r} appears twice, so its score is ambiguous; "
+                                 f"write the file again with eval.py --task score")
             scores[row[0]] = score
     return scores
 
@@ -87,25 +89,30 @@ def write_scores(path, keys, scores) -> None:
 
 
 def select_indices(source, dataset_size: int = None, keep_top: float = None, score_file: str = None) -> np.ndarray:
-    """Source indices kept: the top `keep_top` fraction by score, then a seeded subset of dataset_size."""
+    """Source indices kept: the top `keep_top` fraction by score, then a seeded subset of dataset_size.
+    Errors name train.py's flags (--keep-top, --scores, --dataset-size)."""
     indices = np.arange(len(source))
+    make_scores = f"make it with eval.py --task score --data {shlex.quote(source.name)}"
     if keep_top is not None:
-        if score_file is None:
-            raise ValueError("keep_top needs a score_file of 'key,score' rows")
         if not 0 < keep_top <= 1:
-            raise ValueError(f"keep_top must be in (0, 1], got {keep_top}")
-        scores, keys = read_scores(score_file), [source.key(int(i)) for i in indices]
+            raise ValueError(f"--keep-top is a fraction in (0, 1], got {keep_top}")
+        if score_file is None:
+            raise ValueError(f"--keep-top needs --scores FILE, a key,score file; {make_scores}")
+        scores, keys = read_scores(score_file), [source.key(int(i)) for i in indices]  # keys: unique in a source
         unscored = [k for k in keys if k not in scores]
         if unscored:
-            raise ValueError(f"{score_file} has no score for {len(unscored)} of {len(keys)} keys of {source.name} (first: {unscored[0]!r})")
-        if len(set(keys)) != len(keys):
-            raise ValueError(f"{source.name} has repeated keys, so a score file cannot name its pairs")
+            raise ValueError(f"--scores {score_file} has no score for {len(unscored)} of {len(keys)} pairs of "
+                             f"{source.name} (first: {unscored[0]!r}); {make_scores}")
         n_keep = max(1, round(keep_top * len(keys)))
         ranked = sorted(range(len(keys)), key=lambda i: (-scores[keys[i]], keys[i]))  # ties: by key, for determinism
         indices = np.sort(np.asarray(ranked[:n_keep], dtype=np.int64))
     if dataset_size is not None:
-        if not 1 <= dataset_size <= len(indices):
-            raise ValueError(f"dataset_size={dataset_size} but {source.name} has {len(indices)} usable pairs")
+        if dataset_size < 1:
+            raise ValueError(f"--dataset-size is a number of pairs, at least 1, got {dataset_size}")
+        if dataset_size > len(indices):
+            kept = f" kept by --keep-top {keep_top}" if keep_top is not None else ""
+            raise ValueError(f"--dataset-size {dataset_size} is more than the {len(indices)} usable pairs of "
+                             f"{source.name}{kept}")
         chosen = np.random.default_rng(0).permutation(len(indices))[:dataset_size]  # not the training seed
         indices = indices[np.sort(chosen)]  # a prefix of one permutation: smaller subsets nest in larger
     return indices
@@ -120,7 +127,7 @@ def first_valid(source, indices) -> None:
             return
         except SkipSample as bad:
             reasons[bad.reason] += 1
-    raise ValueError(f"no valid sample in {source.name}: skipped {dict(reasons + source.skipped)}")
+    raise no_valid_sample(source, reasons + source.skipped)
 
 
 # -----------------------------------------------------------------------------
@@ -211,6 +218,15 @@ class TrainLoader:
             self.skipped.update(batch.pop("skipped"))
             yield batch
 
+    def summary(self) -> dict:
+        """What the run reads, for its start-up line: pairs selected, the source's usable pairs, tar shards
+        found and named but missing (0 for other sources), and the problems found opening it, by reason."""
+        source = self.stream.source
+        tar = isinstance(source, TarShards)
+        return {"source": source.name, "pairs": self.num_samples, "source_pairs": len(source),
+                "shards": len(source.index.shards) if tar else 0,
+                "missing_shards": len(source.missing_shards) if tar else 0, "skipped": dict(+source.skipped)}
+
     def epoch_of(self, samples_seen: int) -> int:
         """The (0-based) epoch that global position `samples_seen` falls in."""
         return samples_seen // self.num_samples
@@ -226,19 +242,18 @@ class TrainLoader:
 def make_train_loader(spec: str = "synthetic", *, transform, batch_size: int, rank: int = 0, world_size: int = 1,
                       workers: int = 2, seed: int = 0, context_length: int = 77, dataset_size: int = None,
                       keep_top: float = None, score_file: str = None, ssl_transform=None, start_sample: int = 0,
-                      csv_img_key: str = "filepath", csv_caption_key: str = "title",
+                      csv_img_key: str = "filepath", csv_caption_key: str = "title", csv_separator: str = None,
                       with_keys: bool = False) -> TrainLoader:
     """The per-rank training loader over the stream above: batch_size is per rank, start_sample the
     global samples already consumed (an exact resume). transform / ssl_transform are tinyclip.augment's
     `t(img, rng) -> [3, S, S]`; with ssl_transform each batch also has SLIP's "views" [2B, 3, S, S],
-    sample i's in rows 2i and 2i + 1. with_keys adds each sample's key under "key"."""
+    sample i's in rows 2i and 2i + 1. with_keys adds each sample's key under "key". csv_separator: None
+    reads it from the extension and the header (tinyclip.sources)."""
     if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
     if workers < 0 or start_sample < 0 or seed < 0:
         raise ValueError(f"workers, start_sample and seed must be >= 0, got {workers}, {start_sample}, {seed}")
-    source = open_source(spec, csv_img_key, csv_caption_key)
-    if len(source) == 0:
-        raise ValueError(f"no valid sample in {source.name}: skipped {dict(source.skipped)}")
+    source = open_source(spec, csv_img_key, csv_caption_key, csv_separator)
     indices = select_indices(source, dataset_size, keep_top, score_file)
     first_valid(source, indices)
     stream = BatchStream(source, indices, transform=transform, batch_size=batch_size, rank=rank,

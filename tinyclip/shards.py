@@ -6,6 +6,10 @@ key is the member name up to the first dot of its basename (folders inside the t
 flat img2dataset shard gives keys like `000000123`). tinyclip's own convention for several captions
 per image: one caption per line of `KEY.txt` (img2dataset writes one caption per file, so that is
 read as a single caption; a caption that itself contains newlines would be read as several).
+A key names one sample, so a score file can name pairs by key: the first member of each key and
+extension in a shard is the one read, and so is the first shard holding a key; a member repeated in
+a shard (`KEY.jpg` twice) and a key that comes back in a later shard are each skipped and counted as
+"duplicate_key" (a sample written twice counts once).
 
 Reading is *indexed*, not streamed: `build_index` reads every shard's tar headers once (tarfile
 seeks over member data on a seekable file, so this costs one 512-byte read per member) and records
@@ -39,11 +43,12 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 # shard lists: brace expansion, '::' lists, globs
 
 def expand_braces(pattern: str) -> list[str]:
-    """Expand shell-style braces: `{00000..00099}` (zero padding kept), `{a,b}`, nested and repeated."""
+    """Expand shell-style braces: `{00000..00099}` (zero padding kept), `{a,b}`, nested and repeated;
+    ValueError saying what is wrong with a malformed one (resolve_shards adds the pattern)."""
     start = pattern.find("{")
     if start < 0:
         if "}" in pattern:
-            raise ValueError(f"unbalanced '}}' in shard pattern {pattern!r}")
+            raise ValueError("a '}' has no '{' before it")
         return [pattern]
     depth, end, commas = 0, None, []
     for i in range(start, len(pattern)):
@@ -56,7 +61,7 @@ def expand_braces(pattern: str) -> list[str]:
             end = i
             break
     if end is None:
-        raise ValueError(f"unbalanced '{{' in shard pattern {pattern!r}")
+        raise ValueError("a '{' is never closed by a '}'")
     head, body, tail = pattern[:start], pattern[start + 1:end], pattern[end + 1:]
     if commas:
         cuts = [start] + commas + [end]
@@ -64,7 +69,7 @@ def expand_braces(pattern: str) -> list[str]:
     else:
         match = re.fullmatch(r"(-?\d+)\.\.(-?\d+)", body)
         if match is None:
-            raise ValueError(f"brace group '{{{body}}}' in {pattern!r} is neither 'a,b' nor 'N..M'")
+            raise ValueError(f"'{{{body}}}' is neither a list like {{a,b}} nor a range like {{00000..00099}}")
         first, last = match.groups()
         padded = (len(first) > 1 and first.startswith("0")) or (len(last) > 1 and last.startswith("0"))
         width = max(len(first), len(last)) if padded else 0
@@ -80,7 +85,11 @@ def resolve_shards(spec: str) -> tuple[list[str], list[str]]:
     nothing existing, raises."""
     existing, missing = [], []
     for pattern in spec.split("::"):
-        for path in expand_braces(os.path.expanduser(pattern)):
+        try:
+            paths = expand_braces(os.path.expanduser(pattern))
+        except ValueError as error:
+            raise ValueError(f"bad shard pattern {pattern!r}: {error}") from None
+        for path in paths:
             if any(ch in path for ch in "*?["):
                 matches = sorted(glob.glob(path))
                 if not matches:
@@ -96,11 +105,13 @@ def resolve_shards(spec: str) -> tuple[list[str], list[str]]:
 # -----------------------------------------------------------------------------
 # header index
 
-def scan_shard(path: str) -> tuple[list[tuple[str, int, int, int, int]], Counter]:
-    """One shard's headers as rows (key, image offset, image size, text offset, text size) and skips:
-    samples without an image or a .txt, or whose data runs past the end of the file, are counted."""
+def scan_shard(path: str) -> tuple[list[tuple[str, str, int, int, int, int]], Counter]:
+    """One shard's samples as rows (key, problem, image offset, image size, text offset, text size) and
+    its skips: problem is "" for a usable sample, else why not (no image, no .txt, a member whose data
+    runs past the end of the file); damaged headers, unreadable shards and repeated members are counted."""
     skipped: Counter = Counter()
-    parts: dict[str, dict[str, tuple[int, int]]] = {}
+    parts: dict[str, dict[str, tuple[int, int]]] = {}  # key -> {extension: (offset, size)}
+    copies, repeats = Counter(), Counter()  # (key, extension) -> members seen; key -> copies after the first
     try:
         file_size = os.path.getsize(path)
         with tarfile.open(path, mode="r:") as tar:  # plain tar: seeks over data, reads headers only
@@ -120,24 +131,21 @@ def scan_shard(path: str) -> tuple[list[tuple[str, int, int, int, int]], Counter
                 stem, _, ext = base.partition(".")  # the extension is everything after the first dot
                 key, ext = os.path.join(folder, stem), ext.lower()  # 'dir/000123.jpg' -> 'dir/000123', 'jpg'
                 if member.offset_data + member.size > file_size:
-                    skipped["truncated_member"] += 1
-                    parts.setdefault(key, {})["truncated"] = (0, 0)
-                    continue
-                parts.setdefault(key, {})[ext] = (member.offset_data, member.size)
+                    ext = "truncated"
+                copies[key, ext] += 1
+                if copies[key, ext] - 1 > repeats[key]:  # a further copy of this key: counted once
+                    repeats[key] += 1
+                    skipped["duplicate_key"] += 1
+                parts.setdefault(key, {}).setdefault(ext, (member.offset_data, member.size))  # the first wins
     except (tarfile.TarError, OSError):
         skipped["corrupt_shard"] += 1
         return [], skipped
     rows = []
     for key, found in parts.items():
         image = next((found[e] for e in IMAGE_EXTENSIONS if e in found), None)
-        if "truncated" in found and (image is None or "txt" not in found):
-            continue  # already counted as truncated_member
-        if image is None:
-            skipped["missing_image"] += 1
-        elif "txt" not in found:
-            skipped["missing_caption"] += 1
-        else:
-            rows.append((key, *image, *found["txt"]))
+        problem = ("truncated_member" if "truncated" in found else "missing_image" if image is None
+                   else "missing_caption" if "txt" not in found else "")
+        rows.append((key, problem, *(image or (0, 0)), *found.get("txt", (0, 0))))
     return rows, skipped
 
 
@@ -165,12 +173,17 @@ def build_index(paths: list[str], processes: int = None) -> TarIndex:
             scans = list(pool.map(scan_shard, paths, chunksize=max(1, len(paths) // (4 * processes))))
     else:
         scans = [scan_shard(path) for path in paths]
-    keys, shard, locations, skipped = [], [], [], Counter()
+    keys, shard, locations, skipped, seen = [], [], [], Counter(), set()
     for shard_id, (rows, shard_skipped) in enumerate(scans):
         skipped.update(shard_skipped)
-        keys += [row[0] for row in rows]
-        shard += [shard_id] * len(rows)
-        locations += [row[1:] for row in rows]
+        for key, problem, *where in rows:
+            if key in seen or problem:  # a key's first sample is the one read, usable or not
+                skipped["duplicate_key" if key in seen else problem] += 1
+            else:
+                keys.append(key)
+                shard.append(shard_id)
+                locations.append(where)
+            seen.add(key)
     where = np.asarray(locations, dtype=np.int64).reshape(-1, 4)
     return TarIndex(list(paths), keys, np.asarray(shard, dtype=np.int32), where[:, :2], where[:, 2:], skipped)
 

@@ -9,11 +9,13 @@ tinyclip.data; evaluation: load_batches below).
   synthetic[:noise=0.3,size=N,seed=S,image_size=P,split=train]   tinyclip.synthetic (SyntheticPairs);
                           all five phrasings of an image are its captions; key = meta(i)["key"]
   pairs.csv | pairs.tsv   image path + caption columns (img_key / caption_key, "filepath" / "title"
-                          by default, as open_clip); separator from the extension; paths relative to
-                          the CSV's folder; rows repeating an image path give that image's several
-                          captions; key = the path as written in the file
+                          by default, as open_clip); separator: the one given, else the extension's,
+                          except that a .csv whose header line has tabs and no comma is read as a TSV
+                          (and the other way round); paths relative to the CSV's folder; rows repeating
+                          an image path give that image's several captions; key = the path as written
   data/{00000..00099}.tar tar shards (img2dataset layout, tinyclip.shards), indexed from their tar
-                          headers; '::' joins patterns; globs allowed; key = member key (`000000123`)
+                          headers; '::' joins patterns; globs allowed; key = member key (`000000123`),
+                          the first of a repeated key read (see tinyclip.shards)
   folder/                 *.tar inside it, else images (searched recursively) with same-name .txt
                           captions (one per line); key = the image path relative to the folder
   captions.json           COCO-style captions (Karpathy's or COCO's format), evaluation only
@@ -23,9 +25,11 @@ tinyclip.data; evaluation: load_batches below).
                           label = position of CLASS among the sorted folders; read_class_names
                           names the classes (one per line, or folder<TAB>name)
 
-Bad input never stops a run and never goes unnoticed: decoding is complete (img.load(), so a
-truncated JPEG fails here, not inside a transform); empty captions, captions that are not UTF-8,
-missing files and truncated tar members each have their own reason.
+Keys are unique within a source. A source with no sample at all is refused when it is opened (one
+line naming it, what a sample is there, and the skips by reason); otherwise bad input never stops a
+run and never goes unnoticed: decoding is complete (img.load(), so a truncated JPEG fails here, not
+inside a transform) and applies the EXIF orientation, so an image is what a viewer shows; empty
+captions, captions that are not UTF-8, missing files and truncated tar members have their own reason.
 """
 
 import csv
@@ -36,7 +40,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
 from tinyclip import shards as tar_shards
@@ -56,10 +60,12 @@ class SkipSample(Exception):
 
 
 def decode_image(data: bytes) -> Image.Image:
-    """Fully decode (img.load(): a truncated file fails here, not later in a transform)."""
+    """Fully decode (img.load(): a truncated file fails here, not later in a transform), upright: a
+    camera's EXIF orientation (a phone photo held sideways) is applied, as a viewer applies it."""
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
+        ImageOps.exif_transpose(image, in_place=True)  # in place: keeps image.format (the shard converter's)
     except Image.DecompressionBombError:
         raise SkipSample("oversized_image") from None
     except Exception:  # PIL raises OSError, SyntaxError, ValueError, ... on bad bytes
@@ -90,6 +96,12 @@ def decode_captions(data: bytes) -> list[str]:
     return captions
 
 
+def no_valid_sample(source, skipped: Counter) -> ValueError:
+    """The one-line error for a source none of whose samples can be used."""
+    counts = ", ".join(f"{reason} {count}" for reason, count in sorted(skipped.items())) or "none"
+    return ValueError(f"no valid sample in {source.name} (expected {source.expected}); skipped: {counts}")
+
+
 def read_file(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
@@ -104,9 +116,11 @@ def read_file(path: str) -> bytes:
 # sources: len, key(i), read(i) -> (image bytes, captions), load(i) -> (PIL image, captions)
 
 class FileSource:
-    """Shared part of file-backed sources: sample i is named keys[i]; load = read + full decode."""
+    """Shared part of file-backed sources: sample i is named keys[i]; load = read + full decode;
+    `expected` says what a sample is, for the error when there is none."""
     keys: list[str]
     skipped: Counter
+    expected: str
 
     def __len__(self):
         return len(self.keys)
@@ -152,23 +166,32 @@ class SyntheticSource:
 
 
 class PairsDataset(FileSource):
-    """A CSV/TSV of image paths and captions (separator from the extension unless given)."""
+    """A CSV/TSV of image paths and captions; separator: the one given, else detected (module docstring)."""
 
     def __init__(self, path: str, img_key: str = "filepath", caption_key: str = "title", separator: str = None):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no such CSV/TSV file: {path!r}")
         self.name, self.root, self.skipped = path, os.path.dirname(os.path.abspath(path)), Counter()
-        separator = separator or ("\t" if path.lower().endswith(".tsv") else ",")
+        self.expected = f"rows of an image path in column {img_key!r}, relative to {self.root}, and a caption in " \
+                        f"{caption_key!r}"
         captions: dict[str, list[str]] = {}
         # surrogateescape: a row with bad bytes still parses; check_caption then rejects that caption
         with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+            if separator is None:
+                separator, other = ("\t", ",") if path.lower().endswith(".tsv") else (",", "\t")
+                first = f.readline()
+                separator = other if other in first and separator not in first else separator
+                f.seek(0)
             rows = csv.reader(f, delimiter=separator)
             header = next(rows, None)
             if header is None:
-                raise ValueError(f"{path} is empty (expected a header row)")
-            for column in (img_key, caption_key):
+                raise ValueError(f"{path} is empty; expected a header row naming columns {img_key!r} and "
+                                 f"{caption_key!r}")
+            for column, what, flag in ((img_key, "image paths", "--csv-img-key"),
+                                       (caption_key, "captions", "--csv-caption-key")):
                 if column not in header:
-                    raise ValueError(f"{path} has no column {column!r} (columns: {', '.join(header)})")
+                    raise ValueError(f"{path} has no column {column!r} for the {what} (columns found, separated by "
+                                     f"{separator!r}: {', '.join(header)}); name the column with {flag}")
             img_col, caption_col = header.index(img_key), header.index(caption_key)
             for row in rows:
                 if not row:
@@ -190,6 +213,7 @@ class PairsDataset(FileSource):
 
 class FolderPairs(FileSource):
     """A folder (searched recursively) of images with same-name .txt captions."""
+    expected = f"images ({', '.join('.' + e for e in tar_shards.IMAGE_EXTENSIONS)}) with same-name .txt captions"
 
     def __init__(self, root: str):
         self.name, self.root, self.keys, self.skipped = root, root, [], Counter()
@@ -214,11 +238,13 @@ class TarShards(FileSource):
     """Tar shards as a map-style source, through a header index (see tinyclip.shards)."""
 
     def __init__(self, spec: str):
-        existing, missing = tar_shards.resolve_shards(spec)
+        existing, self.missing_shards = tar_shards.resolve_shards(spec)
         self.name, self.index = spec, tar_shards.build_index(existing)
         self.keys, self.skipped = self.index.keys, Counter(self.index.skipped)
-        if missing:  # a failed img2dataset shard should not stop a run: counted, and the run goes on
-            self.skipped["missing_shard"] += len(missing)
+        self.expected = f"KEY.{'|'.join(tar_shards.IMAGE_EXTENSIONS)} with KEY.txt members in the {len(existing)} " \
+                        "shard(s) found"
+        if self.missing_shards:  # a failed img2dataset shard should not stop a run: counted, the run goes on
+            self.skipped["missing_shard"] += len(self.missing_shards)
         self.reader = tar_shards.ShardReader(existing)
 
     def read(self, index):
@@ -235,17 +261,21 @@ class TarShards(FileSource):
 
 def open_source(spec: str, csv_img_key: str = "filepath", csv_caption_key: str = "title",
                 csv_separator: str = None):
-    """The source a spec string names (see the module docstring)."""
+    """The source a spec string names (see the module docstring); ValueError when it holds no sample."""
     if spec == "synthetic" or spec.startswith("synthetic:"):
         return SyntheticSource(spec.partition(":")[2])
     if spec.lower().endswith((".csv", ".tsv")):
-        return PairsDataset(spec, csv_img_key, csv_caption_key, csv_separator)
-    if ".tar" in spec:
-        return TarShards(spec)
-    if os.path.isdir(spec):
+        source = PairsDataset(spec, csv_img_key, csv_caption_key, csv_separator)
+    elif ".tar" in spec:
+        source = TarShards(spec)
+    elif os.path.isdir(spec):
         has_tars = any(name.endswith(".tar") for name in os.listdir(spec))
-        return TarShards(os.path.join(spec, "*.tar")) if has_tars else FolderPairs(spec)
-    raise FileNotFoundError(f"no dataset at {spec!r} (expected 'synthetic', a .csv/.tsv, tar shards or a folder)")
+        source = TarShards(os.path.join(spec, "*.tar")) if has_tars else FolderPairs(spec)
+    else:
+        raise FileNotFoundError(f"no dataset at {spec!r} (expected 'synthetic', a .csv/.tsv, tar shards or a folder)")
+    if len(source) == 0:
+        raise no_valid_sample(source, source.skipped)
+    return source
 
 
 class CaptionsJSON(FileSource):
