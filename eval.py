@@ -13,22 +13,36 @@ image-text scores its data-quality study filters by. The tasks themselves are ti
         --class-subset none imagenet-a imagenet-r objectnet_to_imagenet.json     (one robustness table)
     python eval.py --openai ViT-B-32.pt --task retrieval --data coco/dataset_coco.json --image-root coco/
 
-Prints one aligned table per task and writes every number to --json. Errors are one line,
-`eval.py: error: ...`, with exit status 2.
+Prints one aligned table per task and writes every number to --json (after each task, so a failing
+task keeps the finished ones); `--metric-names clip_benchmark` names them as CLIP_benchmark does.
+Errors are one line, `eval.py: error: ...`, with exit status 2.
 """
 import argparse
 import functools
 import json
 import os
 import sys
+import warnings
 
 import torch
 
 from tinyclip import evaluation, probe
-from tinyclip.checkpoint import load_checkpoint
+from tinyclip.checkpoint import atomic_write, load_checkpoint
 from tinyclip.model import load_openai
 
 TASKS = ("zeroshot", "retrieval", "linear-probe", "fewshot", "score")
+# --metric-names clip_benchmark: LAION's CLIP_benchmark's names; its zeroshot_retrieval.py calls text->image
+# "image_retrieval" (images are retrieved) and image->text "text_retrieval"
+CLIP_BENCHMARK_NAMES = {"zeroshot": {"top1": "acc1", "top5": "acc5"},
+                        "retrieval": {f"{ours}_R@{k}": f"{theirs}_recall@{k}" for k in (1, 5, 10) for ours, theirs in
+                                      (("text_to_image", "image_retrieval"), ("image_to_text", "text_retrieval"))}}
+# what torch.load's long messages (~700 characters of weights_only advice) come down to, by a phrase in them
+LOAD_FAILURES = {"GLOBAL": "it holds pickled code, which safe loading refuses to run",
+                 "zip archive": "truncated or corrupt: copy it again",
+                 "Errno 22": "truncated or corrupt: copy it again",  # a zip cut short near its start
+                 "TorchScript": "a TorchScript archive", "Unpickling": "not a torch file",
+                 "EOFError": "empty or not a torch file", "no 'model' and 'config'": "no 'model' and 'config' entries",
+                 "not an OpenAI CLIP state_dict": "no OpenAI CLIP weight names"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -51,7 +65,10 @@ def build_parser():
                                         "when --data is synthetic)")
     g.add_argument("--test-data", help="linear-probe/fewshot: test ImageFolder (default: the single --data)")
     g.add_argument("--out", help="score: the key,score CSV to write (train.py --scores)")
-    g.add_argument("--json", help="write all results to this JSON file")
+    g.add_argument("--json", help="write all results to this JSON file (rewritten after each task)")
+    g.add_argument("--metric-names", default="tinyclip", choices=("tinyclip", "clip_benchmark"),
+                   help="clip_benchmark: CLIP_benchmark's names (acc1, acc5, image_retrieval_recall@K for "
+                        "text->image, text_retrieval_recall@K for image->text)")
 
     g = p.add_argument_group("zero-shot")
     g.add_argument("--classnames", help="'imagenet' (the 1000 shipped names), a file (one per line in folder order, "
@@ -78,6 +95,8 @@ def build_parser():
     g.add_argument("--split", default="test", help="Karpathy captions JSON split to use")
     g.add_argument("--csv-img-key", default="filepath", help="CSV/TSV column of image paths")
     g.add_argument("--csv-caption-key", default="title", help="CSV/TSV column of captions")
+    g.add_argument("--csv-separator", type=lambda text: text.replace("\\t", "\t"),  # '\t' as typed in a shell
+                   help="CSV/TSV column separator, one character or '\\t' (default: from the extension, ',' or tab)")
 
     g = p.add_argument_group("running")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
@@ -93,15 +112,26 @@ def build_parser():
 # ---------------------------------------------------------------------------------------------
 # Model and tasks
 
+def load_failure(path, what, error, hint):
+    """ValueError: one short line naming the file, why it did not load, and the flag to try instead."""
+    cause = error.__context__ or error  # read_checkpoint re-raises torch's error inside a ValueError
+    text = f"{type(cause).__name__}: {cause}"
+    reason = next((short for phrase, short in LOAD_FAILURES.items() if phrase in text), text.split(". ")[0][:100])
+    return ValueError(f"{path} is not {what} ({reason}); {hint}")
+
+
 def load_model(args):
     """(model on args.device in eval mode, {path, normalize, arch, image_size}); ValueError when unreadable."""
     if args.checkpoint:
         try:
-            model, ckpt = load_checkpoint(args.checkpoint)
+            with warnings.catch_warnings():  # torch.load warns of a TorchScript archive before it refuses it
+                warnings.filterwarnings("ignore", message=".*TorchScript archive")
+                model, ckpt = load_checkpoint(args.checkpoint)
         except FileNotFoundError:
             raise
         except Exception as error:
-            raise ValueError(f"{error} (OpenAI/open_clip weights: use --openai)".replace("\n", " ")) from None
+            raise load_failure(args.checkpoint, "a readable tinyclip checkpoint", error,
+                               "OpenAI/open_clip weights: use --openai") from None
         path, normalize = args.checkpoint, (ckpt.get("args") or {}).get("normalize", "clip")
     else:
         try:
@@ -109,8 +139,8 @@ def load_model(args):
         except FileNotFoundError:
             raise
         except Exception as error:
-            raise ValueError(f"{args.openai} is not an OpenAI/open_clip checkpoint ({type(error).__name__}: "
-                             f"{error}; tinyclip checkpoints: use --checkpoint)".replace("\n", " ")) from None
+            raise load_failure(args.openai, "readable OpenAI/open_clip weights", error,
+                               "tinyclip checkpoints: use --checkpoint") from None
         path, normalize = args.openai, "clip"
         if args.crop_ratio is None:
             args.crop_ratio = 1.0  # OpenAI's preprocessing: resize the shorter side to S, centre crop S
@@ -159,9 +189,9 @@ def run_task(task, model, info, args):
     if task == "retrieval":
         return {name: evaluation.retrieval(
             model, spec, normalize=info["normalize"], size=args.size, image_root=args.image_root, split=args.split,
-            csv_img_key=args.csv_img_key, csv_caption_key=args.csv_caption_key, device=args.device,
-            precision=args.precision, batch_size=args.batch_size, workers=args.workers, crop_ratio=args.crop_ratio)
-            for name, spec in zip(names, data)}
+            csv_img_key=args.csv_img_key, csv_caption_key=args.csv_caption_key, csv_separator=args.csv_separator,
+            device=args.device, precision=args.precision, batch_size=args.batch_size, workers=args.workers,
+            crop_ratio=args.crop_ratio) for name, spec in zip(names, data)}
     if task in ("linear-probe", "fewshot"):
         train, test = probe_data(args)
         run = probe.linear_probe if task == "linear-probe" else functools.partial(probe.fewshot, ks=args.fewshot_k,
@@ -171,12 +201,10 @@ def run_task(task, model, info, args):
             size=args.size, train_size=args.train_size, device=args.device, precision=args.precision,
             batch_size=args.batch_size, workers=args.workers, crop_ratio=args.crop_ratio, cache_dir=args.cache,
             checkpoint=info["path"])}
-    if args.out is None or len(data) != 1:
-        raise ValueError("score needs one --data and --out FILE for the key,score CSV")
     return {names[0]: evaluation.score(
         model, data[0], args.out, normalize=info["normalize"], csv_img_key=args.csv_img_key,
-        csv_caption_key=args.csv_caption_key, device=args.device, precision=args.precision,
-        batch_size=args.batch_size, workers=args.workers, crop_ratio=args.crop_ratio)}
+        csv_caption_key=args.csv_caption_key, csv_separator=args.csv_separator, device=args.device,
+        precision=args.precision, batch_size=args.batch_size, workers=args.workers, crop_ratio=args.crop_ratio)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,27 +237,42 @@ def format_table(task, results):
                                enumerate(zip(line, widths))) for line in table)
 
 
-def main(argv=None):
-    """Parse, load the model, run every task, print the tables, write --json; returns the results dict."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def check_args(args):
+    """The first problem with the flags' values and combinations, as a message, or None."""
     unknown = [task for task in args.task if task not in TASKS]
     if unknown:
-        parser.exit(2, f"eval.py: error: unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}\n")
+        return f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}"
     if args.batch_size < 1 or args.workers < 0:
-        parser.exit(2, f"eval.py: error: need --batch-size >= 1 and --workers >= 0, got {args.batch_size} and "
-                       f"{args.workers}\n")
+        return f"need --batch-size >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}"
+    if "score" in args.task and (args.out is None or len(args.data or ["synthetic"]) != 1):
+        return "score needs one --data and --out FILE for the key,score CSV"
+    if args.out is not None and "score" not in args.task:
+        return f"--out is the score task's key,score CSV, but --task is {' '.join(args.task)}: add score or drop --out"
+    if args.csv_separator is not None and len(args.csv_separator) != 1:
+        return f"--csv-separator must be one character (or '\\t' for a tab), got {args.csv_separator!r}"
+
+
+def main(argv=None):
+    """Parse, check, load the model, run each task (its table; --json rewritten); returns the results."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if problem := check_args(args):
+        parser.exit(2, f"eval.py: error: {problem}\n")
+    names = CLIP_BENCHMARK_NAMES if args.metric_names == "clip_benchmark" else {}
     try:
         model, info = load_model(args)
         results = {"model": info}
         for task in dict.fromkeys(args.task):  # each task once, in the order given
-            results[task] = run_task(task, model, info, args)
+            rename = names.get(task, {})
+            results[task] = {row: {rename.get(key, key): value for key, value in metrics.items()}
+                             for row, metrics in run_task(task, model, info, args).items()}
             print(format_table(task, results[task]) + "\n")
+            if args.json:  # after every task: a later task's failure keeps the finished results
+                with atomic_write(args.json, "w") as f:
+                    json.dump(results, f, indent=2)
     except (FileNotFoundError, ValueError) as error:
         parser.exit(2, f"eval.py: error: {' '.join(str(error).split())}\n")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
         print(f"wrote {args.json}", file=sys.stderr)
     return results
 

@@ -10,12 +10,16 @@ retrieval and probes are exactly 1.0 where the data are consistent, and exactly 
 names are given in the wrong order, so label order (numeric ImageNet-V2 folders, ImageNet-A-style
 subsets, ObjectNet-style mappings) and score keys are checked, not just run; and hand-made tables
 give exact fractions for top-1/top-5 and both Recall@K directions, with ties that must count
-against (pessimistic ranks), worked out by hand in the tests' comments. Bad input ends eval.py
-with one `eval.py: error:` line, status 2.
+against (pessimistic ranks), worked out by hand in the tests' comments; the per-class recall on
+classes of different sizes skips classes without a test image as CLIP_benchmark (sklearn) does, and
+`--metric-names clip_benchmark` gives those known answers under CLIP_benchmark's names and retrieval
+directions. Bad input ends eval.py with one `eval.py: error:` line, status 2, before any work where
+the flags alone show it, short for unreadable checkpoint files; --json keeps the tasks that finished.
 """
 import csv
 import dataclasses
 import json
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -91,6 +95,15 @@ def run_cli(argv, capsys):
     return err
 
 
+@pytest.fixture
+def fake_cli(monkeypatch):
+    """eval.main(argv) with `model` in place of the checkpoint's (normalize "clip")."""
+    def main(model, argv):
+        monkeypatch.setattr(eval_cli, "load_model", lambda args: (model, {"path": "fake", "normalize": "clip"}))
+        return eval_cli.main(["--checkpoint", "fake", *argv])
+    return main
+
+
 # ---------------------------------------------------------------------------------------------
 # eval.py end to end with a real (random) tiny checkpoint
 
@@ -108,6 +121,19 @@ def test_zeroshot_and_retrieval_on_synthetic_write_json(checkpoint, tmp_path):
         assert 0 <= recalls[0] <= recalls[1] <= recalls[2] <= 1
     assert json.loads(out.read_text()) == results
     assert results["model"]["normalize"] == "clip" and results["model"]["image_size"] == 32
+
+
+def test_json_keeps_the_finished_tasks_when_a_later_one_fails(checkpoint, tmp_path, capsys):
+    root = make_folder(tmp_path / "data", [("cats", 1), ("dogs", 2)], per_class=2)  # no captions: no retrieval
+    out = tmp_path / "results.json"
+    with pytest.raises(SystemExit) as exit_info:  # after zeroshot ran: its progress bars come first
+        eval_cli.main(["--checkpoint", checkpoint, "--task", "zeroshot", "retrieval", "--data", str(root),
+                       "--templates", "generic", "--json", str(out)])
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and last_line.startswith("eval.py: error: ") and "missing_caption" in last_line
+    written = json.loads(out.read_text())
+    assert set(written) == {"model", "zeroshot"} and written["zeroshot"]["data"]["n"] == 4
+    assert not list(tmp_path.glob(".*.tmp*"))  # written atomically: no temporary file left
 
 
 def test_probes_on_synthetic(checkpoint, tmp_path):
@@ -273,16 +299,20 @@ def test_zeroshot_top1_top5_known_fractions_with_ties(tmp_path):
     assert result["top1"] == 3 / 7 and result["top5"] == 5 / 7  # ranks 0, 1, 0, 5, 4, 6, 0
 
 
-def test_retrieval_recall_known_fractions_with_ties(tmp_path):
-    # Images 0-5 have grey levels 0-5; their features are e0, e1, e2, e3, e5, e5 (image 4 looks like
-    # "five"). A caption's feature is the indicator of the NAMES it holds.
+def tied_pairs(tmp_path):
+    """(pairs.csv, model): images 0-5 have grey levels 0-5; their features are e0, e1, e2, e3, e5, e5
+    (image 4 looks like "five"). A caption's feature is the indicator of the NAMES it holds."""
     for j in range(6):
         grey(tmp_path / "img" / f"{j}.png", j)
     captions = [(0, "zero"), (1, "one"), (1, "zero"), (2, "two three"), (3, "three"), (4, "four"), (5, "five")]
     with open(tmp_path / "pairs.csv", "w", newline="") as f:
         csv.writer(f).writerows([("filepath", "title"), *((f"img/{j}.png", text) for j, text in captions)])
-    model = FakeCLIP(table([[1], [0, 1], [0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 1]]))
-    result = evaluation.retrieval(model, str(tmp_path / "pairs.csv"))
+    return str(tmp_path / "pairs.csv"), FakeCLIP(table([[1], [0, 1], [0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 0, 0, 1],
+                                                        [0, 0, 0, 0, 0, 1]]))
+
+
+def test_retrieval_recall_known_fractions_with_ties(tmp_path):
+    result = evaluation.retrieval(*reversed(tied_pairs(tmp_path)))
     assert (result["images"], result["captions"]) == (6, 7)
     # image -> text, rank of its best caption: image 0's "zero" ties image 1's "zero" -> 1; image 4's
     # "four" scores 0, as do 5 wrong captions, and "five" scores 1 -> 6; images 1, 2, 3, 5 -> 0
@@ -295,8 +325,66 @@ def test_retrieval_recall_known_fractions_with_ties(tmp_path):
     assert result["text_to_image_R@5"] == 5 / 7 and result["text_to_image_R@10"] == 1.0
 
 
+def test_mean_per_class_recall_weighs_classes_equally_and_skips_absent_ones(tmp_path):
+    # cats: two images look like "seven" (right), one like "three" (wrong); dogs: one "three" (right).
+    # top-1 = 3/4; per class (2/3 + 1) / 2 = 5/6
+    for i, j in enumerate((7, 7, 3)):
+        grey(tmp_path / "data" / "cats" / f"{i}.png", j)
+    grey(tmp_path / "data" / "dogs" / "0.png", 3)
+    result = evaluation.zeroshot(FakeCLIP(), str(tmp_path / "data"), class_names=["seven", "three"],
+                                 templates=["a {}."])
+    assert result["top1"] == 3 / 4 and result["mean_per_class_recall"] == pytest.approx(5 / 6)
+    # 11-way (integer folders) with images of classes 2 and 10 only, one of class 2 taken for class 5:
+    # the mean runs over the 2 classes with test images, as sklearn's balanced_accuracy_score
+    # (CLIP_benchmark's) does: (2/3 + 1) / 2, not (2/3 + 1) / 11
+    for i, j in enumerate((2, 2, 5)):
+        grey(tmp_path / "v2" / "2" / f"{i}.png", j)
+    grey(tmp_path / "v2" / "10" / "0.png", 10)
+    result = evaluation.zeroshot(FakeCLIP(), str(tmp_path / "v2"), class_names=NAMES, templates=["a {}."])
+    assert (result["top1"], result["classes"]) == (3 / 4, 11)
+    assert result["mean_per_class_recall"] == pytest.approx(5 / 6)
+
+
+def test_clip_benchmark_metric_names_and_directions(tmp_path, fake_cli):
+    csv_path, model = tied_pairs(tmp_path)
+    results = fake_cli(model, ["--task", "retrieval", "--data", csv_path, "--metric-names", "clip_benchmark",
+                               "--json", str(tmp_path / "r.json")])
+    retrieval = results["retrieval"]["pairs.csv"]
+    assert json.loads((tmp_path / "r.json").read_text())["retrieval"] == results["retrieval"]
+    # CLIP_benchmark's image_retrieval is text->image (3/7 at 1 here), text_retrieval image->text (4/6)
+    assert retrieval["image_retrieval_recall@1"] == 3 / 7 and retrieval["image_retrieval_recall@5"] == 5 / 7
+    assert retrieval["text_retrieval_recall@1"] == 4 / 6 and retrieval["text_retrieval_recall@10"] == 1.0
+    assert not any("_R@" in key for key in retrieval) and (retrieval["images"], retrieval["captions"]) == (6, 7)
+    root = make_folder(tmp_path / "data", [("c3", 3), ("c6", 6), ("c9", 9)], per_class=1)
+    (tmp_path / "names.txt").write_text("three\nsix\nnine\n")
+    zeroshot = fake_cli(FakeCLIP(), ["--data", str(root), "--classnames", str(tmp_path / "names.txt"),
+                                     "--metric-names", "clip_benchmark"])["zeroshot"]["data"]
+    assert (zeroshot["acc1"], zeroshot["acc5"], zeroshot["mean_per_class_recall"]) == (1.0, 1.0, 1.0)
+    assert "top1" not in zeroshot and "top5" not in zeroshot
+
+
+def test_csv_separator_for_pairs(tmp_path, fake_cli):
+    for j in range(2):
+        grey(tmp_path / "img" / f"{j}.png", j)
+    (tmp_path / "pairs.csv").write_text("filepath;title\nimg/0.png;zero, a grey square\nimg/1.png;one\n")
+    fake_cli(FakeCLIP(), ["--task", "score", "--data", str(tmp_path / "pairs.csv"), "--out", str(tmp_path / "s.csv"),
+                          "--csv-separator", ";"])
+    assert read_scores(str(tmp_path / "s.csv")) == {"img/0.png": 1.0, "img/1.png": 1.0}
+    (tmp_path / "tabs.csv").write_text("filepath\ttitle\nimg/0.png\tzero, or nought\nimg/1.png\tone\n")
+    result = fake_cli(FakeCLIP(), ["--task", "retrieval", "--data", str(tmp_path / "tabs.csv"),
+                                   "--csv-separator", "\\t"])["retrieval"]["tabs.csv"]  # '\t' as a shell passes it
+    assert (result["images"], result["captions"], result["text_to_image_R@1"]) == (2, 2, 1.0)
+
+
 # ---------------------------------------------------------------------------------------------
 # One-line errors
+
+class Payload:
+    """Pickles as a call of print: code that torch.load(weights_only=True) must refuse to run."""
+
+    def __reduce__(self):
+        return print, ("ran",)
+
 
 def test_errors_are_one_line(checkpoint, tmp_path, capsys):
     assert "not found" in run_cli(["--checkpoint", str(tmp_path / "nope.pt")], capsys)
@@ -304,6 +392,32 @@ def test_errors_are_one_line(checkpoint, tmp_path, capsys):
     assert "--openai" in run_cli(["--checkpoint", str(tmp_path / "junk.pt")], capsys)
     assert "--checkpoint" in run_cli(["--openai", checkpoint], capsys)  # a tinyclip file given as OpenAI weights
     assert "unknown task 'segment'" in run_cli(["--checkpoint", checkpoint, "--task", "segment"], capsys)
+
+    # unreadable files: one short line naming the file, the reason and the other flag, not torch's ~700 characters
+    whole = open(checkpoint, "rb").read()
+    (tmp_path / "truncated.pt").write_bytes(whole[:len(whole) // 2])  # a copy cut short
+    torch.save({"model": Payload(), "config": {}}, tmp_path / "code.pt")
+    with warnings.catch_warnings(record=True) as warned:  # a warning would be a second stderr line
+        warnings.simplefilter("always")
+        for flag, path, reason, hint in [
+                ("--checkpoint", tmp_path / "junk.pt", "not a torch file", "--openai"),
+                ("--openai", tmp_path / "junk.pt", "not a torch file", "--checkpoint"),
+                ("--checkpoint", tmp_path / "truncated.pt", "truncated", "--openai"),
+                ("--checkpoint", tmp_path / "code.pt", "code", "--openai"),
+                ("--openai", tmp_path / "code.pt", "code", "--checkpoint"),
+                ("--checkpoint", "tests/fixtures/openai_tiny_vit_jit.pt", "TorchScript", "--openai"),  # OpenAI's
+                ("--checkpoint", "tests/fixtures/openai_tiny_vit.pt", "'model' and 'config'", "--openai"),  # state_dict
+                ("--openai", checkpoint, "no OpenAI CLIP weight names", "--checkpoint")]:
+            err = run_cli([flag, str(path)], capsys)
+            assert str(path) in err and reason in err and err.endswith(f"use {hint}")
+            assert len(err) - len(str(path)) <= 160 and "ran" not in capsys.readouterr().out
+    assert not warned
+
+    # flags that cannot work together are refused before any work
+    err = run_cli(["--checkpoint", checkpoint, "--task", "zeroshot", "--size", "8", "--out", "s.csv"], capsys)
+    assert "--out" in err and "score" in err
+    assert "--out" in run_cli(["--checkpoint", checkpoint, "--task", "zeroshot", "score", "--size", "8"], capsys)
+    assert "--csv-separator" in run_cli(["--checkpoint", checkpoint, "--csv-separator", ";;"], capsys)
 
     root = make_folder(tmp_path / "data", [("cats", 1), ("dogs", 2)], per_class=1)
     (tmp_path / "names.txt").write_text("cat\ndog\nbird\n")

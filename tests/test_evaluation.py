@@ -1,9 +1,10 @@
 """Tests for tinyclip/evaluation.py: the evaluation math on hand-made inputs with known answers.
 
 Checks top-k accuracy and Recall@K on hand-made score matrices (pessimistic ties, several captions
-per image, chunking, and agreement with a naive sort-based reference), zero-shot classifier weights
-against a hand computation with a fake model, ImageNet-A/-R class subsets and the ObjectNet-style
-mapped accuracy, the one encode loop (raw features, labels and keys passed through, eval mode
+per image, chunking, and agreement with a naive sort-based reference), the mean per-class recall
+(CLIP_benchmark's, i.e. sklearn's balanced accuracy: classes without a test sample left out),
+zero-shot classifier weights against a hand computation with a fake model, ImageNet-A/-R class
+subsets and the ObjectNet-style mapped correctness, the one encode loop (raw features, labels and keys passed through, eval mode
 restored, bf16 autocast) and the feature cache keyed by the checkpoint file. Pair scoring and the
 robustness average are checked end to end in tests/test_eval.py. Runs on CPU in a few seconds.
 """
@@ -16,8 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tinyclip.evaluation import (
-    ASSETS, encode, image_features, load_class_subset, mapped_accuracy, retrieval_recall, subset_logits,
-    topk_accuracy, zeroshot_classifier, zeroshot_logits,
+    ASSETS, encode, image_features, label_ranks, load_class_subset, mapped_correct, mean_per_class_recall,
+    retrieval_recall, subset_logits, topk_accuracy, zeroshot_classifier, zeroshot_logits,
 )
 from tinyclip.synthetic import SyntheticClassification
 from tinyclip.tokenizer import tokenize
@@ -44,6 +45,17 @@ def test_topk_accuracy_equals_torch_topk_without_ties():
     for k in (1, 5):
         expected = (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).float().mean().item()
         assert result[f"top{k}"] == pytest.approx(expected)
+
+
+def test_mean_per_class_recall_known_answer():
+    # class 0: 3 samples, 2 right; class 1: 1 sample, right; class 3: 2 samples, none right; classes 2
+    # and 4 have no sample (sklearn's balanced_accuracy_score leaves them out): (2/3 + 1 + 0) / 3
+    labels = torch.tensor([0, 3, 0, 1, 0, 3])
+    correct = torch.tensor([True, False, False, True, True, False])
+    assert mean_per_class_recall(correct, labels) == pytest.approx(5 / 9)  # top-1 would be 3/6
+    logits = torch.tensor([[2.0, 1.0], [1.0, 1.0], [0.0, 3.0]])  # ranks 0, 1 (a tie counts against), 0
+    ranks = label_ranks(logits, torch.tensor([0, 0, 1]))
+    assert ranks.tolist() == [0, 1, 0] and mean_per_class_recall(ranks == 0, torch.tensor([0, 0, 1])) == 0.75
 
 
 # --- retrieval -----------------------------------------------------------------------------
@@ -183,7 +195,8 @@ def test_mapped_accuracy_objectnet_style():
         [1.0, 0.0, 0.0, 0.5, 0.0, 0.0],  # label 1: class 0 -> wrong
     ])
     labels, mapping = torch.tensor([0, 1, 1]), [[0, 1], [3]]
-    assert mapped_accuracy(logits, labels, mapping) == pytest.approx(2 / 3)
+    assert mapped_correct(logits, labels, mapping).tolist() == [True, True, False]
+    assert mapped_correct(logits, labels, mapping).float().mean().item() == pytest.approx(2 / 3)
     assert logits.argmax(dim=1).tolist() == [5, 3, 0]  # unrestricted, row 0 would go to unmapped class 5: 1/3
 
 

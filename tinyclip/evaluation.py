@@ -48,14 +48,28 @@ def _hits_at(ranks, ks, prefix):
     return {f"{prefix}{k}": (ranks < k).sum().item() / len(ranks) for k in ks}  # exact count / total
 
 
-def topk_accuracy(logits, labels, ks=(1, 5), chunk_size=4096):
-    """Top-k accuracy of logits [N, C] against integer labels [N]: {"top1": ..., "top5": ...}; with
-    no ties it equals torch.topk's, with ties a tied wrong class counts against."""
+def label_ranks(logits, labels, chunk_size=4096):
+    """Rank [N] of each integer label [N] in its row of logits [N, C]: wrong classes scoring >= it."""
     ranks = []
     for start in range(0, len(labels), chunk_size):  # chunked: ImageNet is 50k x 1000
         positive = F.one_hot(labels[start:start + chunk_size].long(), logits.shape[1]).bool()  # n, C
         ranks.append(_pessimistic_rank(logits[start:start + chunk_size].float(), positive))
-    return _hits_at(torch.cat(ranks), ks, "top")
+    return torch.cat(ranks)
+
+
+def topk_accuracy(logits, labels, ks=(1, 5), chunk_size=4096):
+    """Top-k accuracy of logits [N, C] against integer labels [N]: {"top1": ..., "top5": ...}; with
+    no ties it equals torch.topk's, with ties a tied wrong class counts against."""
+    return _hits_at(label_ranks(logits, labels, chunk_size), ks, "top")
+
+
+def mean_per_class_recall(correct, labels):
+    """Mean over the classes present in labels [N] of the fraction of their samples that are correct
+    [N] (top-1): CLIP_benchmark's mean_per_class_recall, sklearn's balanced_accuracy_score, which
+    leaves out classes without a test sample even when they are predicted."""
+    present, index = labels.unique(return_inverse=True)  # C_present; N: each sample's class among them
+    hits = torch.zeros(len(present)).index_add_(0, index, correct.float().cpu())  # C_present
+    return (hits / torch.bincount(index)).mean().item()
 
 
 def retrieval_recall(image_features, text_features, text_to_image, ks=(1, 5, 10), chunk_size=1024, normalize=True):
@@ -212,21 +226,21 @@ def subset_logits(logits, class_indices):
     return logits.index_select(1, torch.as_tensor(class_indices, dtype=torch.long, device=logits.device))
 
 
-def mapped_accuracy(logits, labels, class_to_indices):
-    """Top-1 accuracy when dataset class c maps to the set of model classes class_to_indices[c]
-    (ObjectNet -> ImageNet): logits [N, C_model], labels [N]. The argmax only considers model classes
-    in some mapping (ObjectNet's usual protocol)."""
+def mapped_correct(logits, labels, class_to_indices):
+    """Top-1 correctness [N] (bool) when dataset class c maps to the set of model classes
+    class_to_indices[c] (ObjectNet -> ImageNet): logits [N, C_model], labels [N]. The argmax only
+    considers model classes in some mapping (ObjectNet's usual protocol)."""
     correct_set = torch.zeros(len(class_to_indices), logits.shape[1], dtype=torch.bool, device=logits.device)
     for c, indices in enumerate(class_to_indices):  # C_data, C_model
         correct_set[c, torch.as_tensor(list(indices), dtype=torch.long)] = True
     scores = logits.float().masked_fill(~correct_set.any(dim=0), float("-inf"))
-    return correct_set[labels.long(), scores.argmax(dim=1)].float().mean().item()
+    return correct_set[labels.long(), scores.argmax(dim=1)]
 
 
 def zeroshot(model, data="synthetic", *, image_size=None, normalize="clip", label_set="shape-color", size=1000,
              class_names=None, templates=None, class_subset=None, device=None, precision="fp32", batch_size=256,
              workers=0, crop_ratio=None, cache_dir=None, checkpoint=None):
-    """Zero-shot top-1/top-5 accuracy: {"top1", "top5", "n", "classes"} (+ "skipped" bad images).
+    """Zero-shot accuracy: {"top1", "top5", "mean_per_class_recall", "n", "classes"} (+ "skipped").
 
     data: "synthetic" (val split, `size` images, `label_set`'s names and templates) or an ImageFolder
     directory. class_names: None (folder names, '_' read as a space), "imagenet", a file or a list.
@@ -234,7 +248,7 @@ def zeroshot(model, data="synthetic", *, image_size=None, normalize="clip", labe
     file or a list. Integer-named folders (ImageNet-V2's "0".."999") are indices into class_names.
     class_subset (folders only): "imagenet-a", "imagenet-r" or a .txt of class indices (the sorted
     folders are that subset, in order), or an ObjectNet-style .json {folder: [model class indices]}
-    (mapped_accuracy; top5 is None; unmapped folders left out). cache_dir: see image_features."""
+    (mapped_correct; top5 is None; unmapped folders left out). cache_dir: see image_features."""
     _check_vocabulary(model)
     if data == "synthetic" and (class_names is not None or class_subset is not None):
         raise ValueError("class names and class subsets apply to ImageFolder data; synthetic classes come "
@@ -252,12 +266,15 @@ def zeroshot(model, data="synthetic", *, image_size=None, normalize="clip", labe
                               workers=workers, cache_dir=cache_dir, checkpoint=checkpoint)
     logits, labels = zeroshot_logits(features["image"], classifier), features["labels"]  # N, C; N
     if mapping is not None:
-        result = {"top1": mapped_accuracy(logits, labels, list(mapping.values())), "top5": None,
-                  "n": len(labels), "classes": len(mapping)}
+        correct, classes = mapped_correct(logits, labels, list(mapping.values())), len(mapping)  # N
+        top = {"top1": correct.float().mean().item(), "top5": None}
     else:
         if subset is not None:
             logits = subset_logits(logits, subset)  # N, S: the argmax over the dataset's classes only
-        result = {**topk_accuracy(logits, labels, ks=(1, 5)), "n": len(labels), "classes": logits.shape[1]}
+        ranks, classes = label_ranks(logits, labels), logits.shape[1]  # N
+        correct, top = ranks == 0, _hits_at(ranks, (1, 5), "top")
+    result = {**top, "mean_per_class_recall": mean_per_class_recall(correct, labels), "n": len(labels),
+              "classes": classes}
     return {**result, "skipped": dict(folder.skipped)} if folder is not None and folder.skipped else result
 
 
@@ -316,8 +333,8 @@ def _read_mapping(path, folders):
 # ---------------------------------------------------------------------------------------------
 # Image-text pairs: retrieval and scoring
 
-def _pairs(model, data, *, eval_split, size, image_root, split, csv_img_key, csv_caption_key, image_size,
-           normalize, crop_ratio, device, precision, batch_size, workers, skipped):
+def _pairs(model, data, *, eval_split, size, image_root, split, csv_img_key, csv_caption_key, csv_separator,
+           image_size, normalize, crop_ratio, device, precision, batch_size, workers, skipped):
     """(source, its readable pairs encoded batch by batch: "index" [B] source indices, "image" [B, D],
     "text" [T, D] for every caption, "text_to_image" [T] in 0..B-1), so scoring millions of pairs needs
     memory for scores only; with eval_split, 'synthetic' is its val split."""
@@ -326,7 +343,7 @@ def _pairs(model, data, *, eval_split, size, image_root, split, csv_img_key, csv
     if eval_split and spec.split(":")[0] == "synthetic" and "split=" not in spec:
         spec = f"synthetic:split=val,size={size}" if spec == "synthetic" else spec + ",split=val"
     source = (CaptionsJSON(spec, image_root, split) if spec.lower().endswith(".json")
-              else open_source(spec, csv_img_key, csv_caption_key))
+              else open_source(spec, csv_img_key, csv_caption_key, csv_separator))
     skipped.update(source.skipped)
     transform, _ = preprocessing(model, spec.startswith("synthetic"), image_size, normalize, crop_ratio)
 
@@ -344,16 +361,17 @@ def _pairs(model, data, *, eval_split, size, image_root, split, csv_img_key, csv
 
 
 def retrieval(model, data="synthetic", *, image_size=None, normalize="clip", size=1000, image_root=None, split="test",
-              csv_img_key="filepath", csv_caption_key="title", device=None, precision="fp32", batch_size=256,
-              workers=0, crop_ratio=None):
+              csv_img_key="filepath", csv_caption_key="title", csv_separator=None, device=None, precision="fp32",
+              batch_size=256, workers=0, crop_ratio=None):
     """Image->text and text->image Recall@1/5/10 over every caption of every image, plus counts. data:
     "synthetic" (its val split, `size` images), a tinyclip.sources spec, or COCO-style captions JSON
-    (Karpathy's, its `split`, or COCO's `captions_*.json`; images under image_root, default its folder)."""
+    (Karpathy's, its `split`, or COCO's `captions_*.json`; images under image_root, default its folder).
+    csv_separator: a CSV/TSV's column separator (default: from its extension)."""
     skipped = Counter()
     source, batches = _pairs(model, data, eval_split=True, size=size, image_root=image_root, split=split,
-                             csv_img_key=csv_img_key, csv_caption_key=csv_caption_key, image_size=image_size,
-                             normalize=normalize, crop_ratio=crop_ratio, device=device, precision=precision,
-                             batch_size=batch_size, workers=workers, skipped=skipped)
+                             csv_img_key=csv_img_key, csv_caption_key=csv_caption_key, csv_separator=csv_separator,
+                             image_size=image_size, normalize=normalize, crop_ratio=crop_ratio, device=device,
+                             precision=precision, batch_size=batch_size, workers=workers, skipped=skipped)
     encoded = list(batches)
     if not encoded:
         raise ValueError(f"no readable pair in {source.name} (skipped: {dict(+skipped)})")
@@ -367,16 +385,17 @@ def retrieval(model, data="synthetic", *, image_size=None, normalize="clip", siz
 
 
 def score(model, data, out_path, *, image_size=None, normalize="clip", csv_img_key="filepath",
-          csv_caption_key="title", device=None, precision="fp32", batch_size=256, workers=0, crop_ratio=None):
+          csv_caption_key="title", csv_separator=None, device=None, precision="fp32", batch_size=256, workers=0,
+          crop_ratio=None):
     """Write `key,score` for every pair of `data` read as train.py reads it ('synthetic': the train split),
     so the keys are those --keep-top filters; returns {"pairs", "scored", "skipped", "mean", "out"}. A
     score is the MEAN cosine of the image with each of its captions, the similarity training sees on
     average (it draws one caption at random); unreadable pairs get -inf, ranked last, never kept."""
     scores, skipped = {}, Counter()  # source index -> score; reasons
     source, batches = _pairs(model, data, eval_split=False, size=None, image_root=None, split="test",
-                             csv_img_key=csv_img_key, csv_caption_key=csv_caption_key, image_size=image_size,
-                             normalize=normalize, crop_ratio=crop_ratio, device=device, precision=precision,
-                             batch_size=batch_size, workers=workers, skipped=skipped)
+                             csv_img_key=csv_img_key, csv_caption_key=csv_caption_key, csv_separator=csv_separator,
+                             image_size=image_size, normalize=normalize, crop_ratio=crop_ratio, device=device,
+                             precision=precision, batch_size=batch_size, workers=workers, skipped=skipped)
     for batch in batches:
         per_caption = F.cosine_similarity(batch["image"][batch["text_to_image"]], batch["text"], dim=-1)  # T
         totals = torch.zeros(len(batch["index"])).index_add_(0, batch["text_to_image"], per_caption)  # B
