@@ -8,10 +8,10 @@ peak measured in the same run and precision; eval images/s; tokenizer texts/s; d
 images/s per loader worker; the training loader's images/s.
 
 It measures training through train.py's documented surface alone: a configuration is train.py's own
-flags (train.parse_args), built by train.make_model and train.make_optimizer (compiled in place with
+flags (tinyclip.train_flags.parse_args), built by train.make_model and train.make_optimizer (compiled in place with
 --compile, as train.py does), and timed through train.train_step, one whole optimiser step (forward,
 loss, backward, through the gradient cache with --accum-steps, clipping, update, temperature clamp);
-train.STRATEGIES gives a strategy's masking. Each configuration runs in a fresh subprocess, for a clean
+train_flags.STRATEGIES gives a strategy's masking. Each configuration runs in a fresh subprocess, for a clean
 memory high-water mark. scripts/measure.py holds how it measures (clean windows, memory, the matmul
 peak) and what it measures without train.py (eval, the loss's memory, open_clip, tokenizer, data).
 
@@ -50,6 +50,7 @@ from measure import LoadMeter, device_now, memory_now, peak_memory_mb  # noqa: E
 from tinyclip.augment import make_transform  # noqa: E402
 from tinyclip.data import make_train_loader  # noqa: E402
 from tinyclip.flops import gflops_per_sample  # noqa: E402
+from tinyclip import train_flags  # noqa: E402
 
 
 # -----------------------------------------------------------------------------
@@ -57,7 +58,7 @@ from tinyclip.flops import gflops_per_sample  # noqa: E402
 
 
 def train_args(cfg, **changes):
-    """train.py's own flags for a benchmark configuration, the defaults filled by train.parse_args."""
+    """train.py's own flags for a benchmark configuration, the defaults filled by parse_args."""
     cfg = {**cfg, **changes}
     argv = ["--arch", cfg["arch"], "--strategy", cfg["strategy"], "--precision", cfg["precision"],
             "--batch-size", str(cfg["batch"]), "--accum-steps", str(cfg.get("accum", 1)),
@@ -69,7 +70,7 @@ def train_args(cfg, **changes):
         argv.append("--grad-checkpointing")
     if cfg.get("compile"):
         argv.append("--compile")
-    return train.parse_args(argv)
+    return train_flags.parse_args(argv)
 
 
 def run_train(cfg):
@@ -87,7 +88,7 @@ def run_train(cfg):
     batch, steps, rows = measure.memory_batch(model, args.batch_size, device), {}, {}
     for v in cfg.get("variants") or [{"name": "train", "precision": args.precision, "strategy": args.strategy}]:
         v_args = train_args(cfg, precision=v["precision"], strategy=v["strategy"])
-        _, mask_ratio, _ = train.STRATEGIES[v["strategy"]](v_args)
+        _, mask_ratio, _ = train_flags.STRATEGIES[v["strategy"]](v_args)
         scaler = torch.amp.GradScaler(device.type, enabled=v["precision"] == "fp16")
         # one step exactly as train.py's loop runs it (no DDP here: the model is its own raw model)
         steps[v["name"]] = lambda a=v_args, m=mask_ratio, s=scaler: train.train_step(model, model, batch, m,

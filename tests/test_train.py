@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import train
+from tinyclip import train_flags
 from tinyclip.checkpoint import read_checkpoint
 from tinyclip.model import CLIP
 
@@ -174,9 +175,9 @@ def test_bad_configurations(capsys, tmp_path, args, message):
 
 
 def test_batch_not_divisible_by_world_size():
-    args = train.parse_args(TINY + ["--batch-size", "10"])
-    with pytest.raises(train.ConfigError, match="--batch-size 10 .global. does not split over 3 ranks"):
-        train.check_args(args, 3)
+    args = train_flags.parse_args(TINY + ["--batch-size", "10"])
+    with pytest.raises(train_flags.ConfigError, match="--batch-size 10 .global. does not split over 3 ranks"):
+        train_flags.check_args(args, 3)
 
 
 def test_out_dir_of_another_run_is_refused(capsys, tmp_path):
@@ -240,7 +241,7 @@ RESUMABLE = ["--batch-size", "16", "--samples-seen", str(16 * 4), "--save-every"
 
 @pytest.mark.parametrize("flag, value, saved", [
     ("--batch-size", "8", "16"), ("--seed", "1", "0"), ("--lr", "0.002", "0.001"), ("--samples-seen", "96", "64"),
-    ("--warmup", "3", "0"), ("--dataset-size", "500", "None"), ("--mask-ratio", "0.75", "0.5"),
+    ("--warmup", "3", "0"), ("--dataset-size", "500", "None"), ("--text-arch", "small", "test"),
 ])
 def test_resume_refuses_another_setting_naming_it(capsys, tmp_path, monkeypatch, flag, value, saved):
     out = run_interrupted(tmp_path, monkeypatch, 3, *RESUMABLE)
@@ -377,7 +378,7 @@ def test_slip_trains_its_clip_view_on_slips_random_crop():
     image.paste((0, 0, 255), (16, 0, 32, 32))  # left half red, right half blue
     views = {}
     for strategy in ("clip", "slip"):
-        preset = train.STRATEGIES[strategy](train.parse_args(["--strategy", strategy]))[0]
+        preset = train_flags.STRATEGIES[strategy](train_flags.parse_args(["--strategy", strategy]))[0]
         views[strategy] = [make_transform(preset, 32, "pm1")(image, random.Random(seed)) for seed in range(8)]
     assert all(torch.equal(v, views["clip"][0]) for v in views["clip"])
     assert len({v[0].sum().item() for v in views["slip"]}) > 1  # random crops: the red share varies

@@ -1,0 +1,260 @@
+"""train.py's command line: every flag with its help, the strategies and what each changes, open_clip's
+names for the same things, the defaults that follow from the data, and the checks that find every bad
+flag or combination before anything is read or built (and what a resumed run must match).
+
+A bad flag raises ConfigError, which train.py reports as one line, `train.py: error: ...`, exit 2.
+"""
+
+import argparse
+import os
+
+from tinyclip.augment import AUGMENT_PRESETS
+from tinyclip.model import TEXT_TOWERS, list_models
+from tinyclip.synthetic import LABEL_SETS
+
+DESCRIPTION = """Train CLIP with one of the four strategies of "Scaling (Down) CLIP" (Li, Xie, Cubuk 2024).
+
+    python train.py                                       # CLIP, vit-s, the built-in synthetic data
+    torchrun --nproc_per_node 8 train.py --strategy flip --arch vit-s --data 'shards/{00000..00999}.tar'
+"""
+# The built-in data (tinyclip/synthetic.py) is 64 px scenes with short captions; on it, these defaults
+# replace the preset's (real data keeps the preset's image size, 77 tokens and OpenAI's text pairing).
+SYNTHETIC_DEFAULTS = dict(image_size=64, context_length=32, text_arch="small", eval_data="synthetic")
+# What a resumed run may change: how it runs and reports, not what it computes. (--accum-steps,
+# --grad-checkpointing and --compile keep the mathematics; their floating-point rounding may differ.)
+FREE_ON_RESUME = {"workers", "threads", "log_every", "eval_every", "eval_data", "eval_label_set", "eval_size",
+                  "save_every", "keep_checkpoints", "out", "resume", "accum_steps", "grad_checkpointing", "compile",
+                  "local_loss"}
+
+
+class ConfigError(ValueError):
+    """A bad flag, combination or run folder: reported as one line, before any work is done."""
+
+
+# -----------------------------------------------------------------------------
+# command line
+
+
+# open_clip's flags for things tinyclip does another way: refused with one line naming tinyclip's
+# (the ones it shares are accepted with open_clip's meaning: see parse_args and README)
+OPEN_CLIP_FLAGS = {
+    "--val-data": "tinyclip has no validation-loss set: zero-shot runs on --eval-data (an ImageFolder), "
+                  "retrieval with eval.py --task retrieval",
+    "--train-num-samples": "tinyclip counts the pairs itself; --dataset-size N trains on a seeded subset of N, "
+                           "--samples-seen or --epochs sets the budget",
+    "--zeroshot-frequency": "use --eval-every N, which counts steps, not epochs",
+    "--imagenet-val": "use --eval-data DIR (an ImageFolder) for zero-shot during training",
+    "--lock-image": "tinyclip has no locked image tower yet",
+    "--model": "use --arch (an image tower preset) and --text-arch",
+    "--dataset-type": "tinyclip reads the format from --data itself (CSV/TSV, tar shards, a folder)",
+    "--save-frequency": "use --save-every N, which counts steps",
+    "--logs": "use --out DIR", "--name": "use --out DIR",
+}
+
+
+# Each strategy's own flags: given with another strategy they would be silently ignored, so they are
+# refused; left unset they take these defaults (FLIP's mask ratio, SLIP's loss weight and head).
+STRATEGY_FLAGS = {"flip": dict(mask_ratio=0.5), "slip": dict(ssl_scale=1.0, ssl_mlp_dim=4096, ssl_emb_dim=256,
+                                                            ssl_norm="batch")}
+
+
+def parse_args(argv=None):
+    """The flags, with the defaults that need no data filled in (train() fills those that do: the
+    budget from --epochs, the warmup). open_clip's names for the same things are accepted."""
+    p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("what to train")
+    g.add_argument("--strategy", default="clip", help=f"training strategy: {', '.join(STRATEGIES)}")
+    g.add_argument("--arch", default="vit-s", help="model preset (see tinyclip.list_models())")
+    g.add_argument("--text-arch", default=None,
+                   help=f"text tower: {', '.join(TEXT_TOWERS)} (vit-b is the paper's); default: the preset's, "
+                        f"or {SYNTHETIC_DEFAULTS['text_arch']!r} on the built-in data")
+    g.add_argument("--image-size", type=int, default=None,
+                   help=f"input resolution (default: the preset's, or {SYNTHETIC_DEFAULTS['image_size']} on the "
+                        "built-in data)")
+    g.add_argument("--context-length", type=int, default=None,
+                   help=f"text tokens incl. SOT/EOT (default 77, or {SYNTHETIC_DEFAULTS['context_length']} on the "
+                        "built-in data; the paper uses 16)")
+    g.add_argument("--embed-dim", type=int, default=None, help="joint embedding width (default: the preset's)")
+    g.add_argument("--mask-ratio", type=float, default=None, help="flip: fraction of image patches dropped (0.5)")
+    g.add_argument("--unmasked-steps", type=int, default=0,
+                   help="flip: a tuning stage of N unmasked steps after the masked budget, with its own warmup "
+                        "(20%% of it) and cosine (FLIP: about 1%% of the masked run's samples)")
+    g.add_argument("--unmasked-lr", type=float, default=None,
+                   help="flip: peak lr of the unmasked stage (default: --lr / 100, FLIP's ratio 4e-8 / 4e-6)")
+    g.add_argument("--ssl-scale", type=float, default=None, help="slip: weight of the SimCLR loss (SLIP's 1.0)")
+    g.add_argument("--ssl-mlp-dim", type=int, default=None, help="slip: hidden width of the SimCLR head (SLIP's 4096)")
+    g.add_argument("--ssl-emb-dim", type=int, default=None, help="slip: output width of the SimCLR head (SLIP's 256)")
+    g.add_argument("--ssl-norm", default=None, choices=("batch", "layer"),
+                   help="slip: norm in the SimCLR head; 'batch' (the default) is SLIP's, with statistics over the "
+                        "global batch under DDP; 'layer' is batch-free for small per-GPU batches")
+    g.add_argument("--augment", default=None,
+                   help=f"clip-aug: augmentation preset ({', '.join(AUGMENT_PRESETS)}; default stacked-randaug)")
+    g.add_argument("--normalize", default="clip", choices=("clip", "pm1"),
+                   help="pixel normalisation: CLIP's mean/std, or [-1, 1] as in the paper")
+
+    g = p.add_argument_group("data and budget")
+    g.add_argument("--data", "--train-data", default="synthetic",
+                   help="synthetic (built in), pairs.csv/.tsv, or tar shards like 'shards/{00000..00099}.tar'")
+    g.add_argument("--samples-seen", type=int, default=None,
+                   help="total training samples: the paper's compute axis (default 30,000)")
+    g.add_argument("--epochs", type=float, default=None, help="the budget in passes over the data (open_clip's)")
+    g.add_argument("--dataset-size", type=int, default=None, help="train on a fixed seeded subset of N pairs")
+    g.add_argument("--keep-top", type=float, default=None,
+                   help="keep the top fraction of pairs by --scores (the paper's quality axis)")
+    g.add_argument("--scores", default=None, help="key,score file (eval.py --task score) for --keep-top")
+    g.add_argument("--csv-img-key", default="filepath", help="CSV/TSV column of image paths")
+    g.add_argument("--csv-caption-key", default="title", help="CSV/TSV column of captions")
+    g.add_argument("--csv-separator", default=None, help="CSV/TSV separator (default: from the extension and header)")
+    g.add_argument("--workers", type=int, default=2, help="data loader processes per rank")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, default=128,
+                   help="GLOBAL batch, as the paper counts it, split across ranks (open_clip's is per GPU)")
+    g.add_argument("--accum-steps", "--accum-freq", type=int, default=1,
+                   help="process the batch as K micro-batches with the exact full-batch loss (gradient cache)")
+    g.add_argument("--optimizer", default="adamw", choices=("adamw", "adafactor"),
+                   help="adamw, or adafactor: the paper's, big_vision's variant (tinyclip/optim.py)")
+    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    g.add_argument("--wd", type=float, default=None,
+                   help="weight decay of 2-D+ weights: AdamW's (x lr; default 0.1), or for adafactor big_vision's "
+                        "(x the schedule only, not the lr; default 1e-4, the paper's)")
+    g.add_argument("--beta1", type=float, default=0.9, help="AdamW beta1 / Adafactor momentum")
+    g.add_argument("--beta2", type=float, default=None,
+                   help="AdamW beta2 (default 0.98) / Adafactor's cap on its beta2 (default 0.999, the paper's)")
+    g.add_argument("--eps", type=float, default=1e-6, help="AdamW epsilon")
+    g.add_argument("--warmup", type=int, default=None,
+                   help="linear warmup steps, then cosine decay (default: 2000, or 10%% of a shorter run)")
+    g.add_argument("--grad-clip", "--grad-clip-norm", type=float, default=1.0,
+                   help="clip the global gradient norm (0: off)")
+    g.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "amp", "amp_bf16"),
+                   help="autocast dtype; fp16 adds a gradient scaler (open_clip's amp = fp16, amp_bf16 = bf16)")
+    g.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--local-loss", "--gather-with-grad", action="store_true",
+                   help="accepted for open_clip users: the loss is always local with a gathered, graded batch")
+    g.add_argument("--seed", type=int, default=0, help="seeds the model init, data order and augmentations")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch threads per process (default: torch's, one per core; under torchrun on CPUs the "
+                        "node's cores shared among its processes, since torchrun sets OMP_NUM_THREADS=1)")
+
+    g = p.add_argument_group("output")
+    g.add_argument("--out", default="runs/latest", help="run folder: log.jsonl, checkpoints, ckpt.pt")
+    g.add_argument("--resume", default=None, help="'auto' (open_clip: 'latest'): continue from the newest valid "
+                                                  "checkpoint in --out")
+    g.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps")
+    g.add_argument("--keep-checkpoints", type=int, default=2, help="step checkpoints to keep (0: all)")
+    g.add_argument("--log-every", type=int, default=10, help="log a JSON line every N steps")
+    g.add_argument("--eval-every", type=int, default=0,
+                   help="zero-shot on the validation set every N steps (0: only at the end)")
+    g.add_argument("--eval-data", default=None,
+                   help="zero-shot set: ImageFolder dir, or 'none' (default: the synthetic held-out split on "
+                        "synthetic data)")
+    g.add_argument("--eval-label-set", default="shape-color", help="label set of the synthetic held-out split")
+    g.add_argument("--eval-size", type=int, default=1000, help="images of the synthetic held-out split to score")
+    for flag in OPEN_CLIP_FLAGS:
+        p.add_argument(flag, nargs="?", const="", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    for flag, advice in OPEN_CLIP_FLAGS.items():
+        if getattr(args, flag.lstrip("-").replace("-", "_")) is not None:
+            raise ConfigError(f"{flag} is open_clip's; {advice}")
+    if args.data.split(":")[0] == "synthetic":
+        for name, value in SYNTHETIC_DEFAULTS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+    args.precision = {"amp": "fp16", "amp_bf16": "bf16"}.get(args.precision, args.precision)
+    args.resume = {"latest": "auto"}.get(args.resume, args.resume)
+    args.csv_separator = {"\\t": "\t"}.get(args.csv_separator, args.csv_separator)  # a shell's literal \t: a tab
+    adafactor = args.optimizer == "adafactor"
+    args.wd = args.wd if args.wd is not None else 1e-4 if adafactor else 0.1
+    args.beta2 = args.beta2 if args.beta2 is not None else 0.999 if adafactor else 0.98
+    args.unmasked_lr = args.unmasked_lr if args.unmasked_lr is not None else args.lr / 100
+    for strategy, flags in STRATEGY_FLAGS.items():
+        for name, default in flags.items():
+            if getattr(args, name) is None:
+                setattr(args, name, default)
+            elif args.strategy != strategy:
+                raise ConfigError(f"--{name.replace('_', '-')} is {strategy}'s; --strategy is {args.strategy}")
+    return args
+
+
+def resolve_budget(args, pairs: int):
+    """The defaults that depend on the data: --epochs as samples seen, then the warmup."""
+    if args.epochs is not None:
+        args.samples_seen = max(1, round(args.epochs * pairs))
+    elif args.samples_seen is None:
+        args.samples_seen = 30_000
+    if args.warmup is None:
+        args.warmup = min(2000, max(1, args.samples_seen // args.batch_size) // 10)
+
+
+def check_args(args, world_size: int):
+    """Every flag's range and combination, before anything is read or built."""
+    for name in ("batch_size", "accum_steps", "samples_seen", "log_every", "save_every", "eval_size", "dataset_size",
+                 "image_size", "embed_dim", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name in ("lr", "wd", "warmup", "grad_clip", "workers", "unmasked_steps", "unmasked_lr", "keep_checkpoints",
+                 "eval_every", "epochs"):
+        if getattr(args, name) is not None and getattr(args, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
+    if args.strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {args.strategy!r}; valid: {', '.join(STRATEGIES)}")
+    if args.arch not in list_models():
+        raise ConfigError(f"unknown arch {args.arch!r}; valid: {', '.join(list_models())}")
+    if args.text_arch is not None and args.text_arch not in TEXT_TOWERS:
+        raise ConfigError(f"unknown --text-arch {args.text_arch!r}; valid: {', '.join(TEXT_TOWERS)}")
+    if args.context_length is not None and args.context_length < 2:
+        raise ConfigError(f"--context-length must hold at least the start and end tokens (2), got {args.context_length}")
+    if args.augment is not None and args.strategy != "clip-aug":
+        raise ConfigError(f"--augment applies to --strategy clip-aug, not {args.strategy}")
+    if args.augment is not None and args.augment not in AUGMENT_PRESETS:
+        raise ConfigError(f"unknown augment {args.augment!r}; valid: {', '.join(AUGMENT_PRESETS)}")
+    if args.strategy == "flip" and not 0.0 < args.mask_ratio < 1.0:
+        raise ConfigError(f"--mask-ratio must be in (0, 1), got {args.mask_ratio}")
+    if args.unmasked_steps and args.strategy != "flip":
+        raise ConfigError(f"--unmasked-steps is FLIP's unmasked tuning stage; --strategy is {args.strategy}")
+    if (args.keep_top is None) != (args.scores is None):
+        raise ConfigError("--keep-top and --scores go together: keep the top fraction of pairs by that score file")
+    if args.keep_top is not None and not 0 < args.keep_top <= 1:
+        raise ConfigError(f"--keep-top is a fraction in (0, 1], got {args.keep_top}")
+    if args.epochs is not None and args.samples_seen is not None:
+        raise ConfigError("--epochs and --samples-seen both set the budget: give one")
+    if args.samples_seen is not None and args.samples_seen < args.batch_size:
+        raise ConfigError(f"--samples-seen {args.samples_seen} is less than one --batch-size {args.batch_size}")
+    if args.batch_size % world_size:
+        raise ConfigError(f"--batch-size {args.batch_size} (global) does not split over {world_size} ranks")
+    local_batch = args.batch_size // world_size
+    if local_batch % args.accum_steps:
+        raise ConfigError(f"the per-rank batch {local_batch} (= {args.batch_size} / {world_size} ranks) does not "
+                          f"split into --accum-steps {args.accum_steps} equal micro-batches")
+    if args.resume not in (None, "auto"):
+        raise ConfigError(f"--resume takes 'auto' (the newest checkpoint in --out), got {args.resume!r}")
+    if args.eval_data not in (None, "none", "synthetic") and not os.path.isdir(args.eval_data):
+        raise ConfigError(f"--eval-data {args.eval_data}: no such folder (an ImageFolder: root/class/image.jpg)")
+    if args.eval_data == "synthetic" and args.eval_label_set not in LABEL_SETS:
+        raise ConfigError(f"unknown --eval-label-set {args.eval_label_set!r}; valid: {', '.join(LABEL_SETS)}")
+
+
+# -----------------------------------------------------------------------------
+# strategies: what each one changes, in one place
+
+
+STRATEGIES = {
+    # name: (preprocessing of the image the CLIP loss sees, FLIP's masking, SLIP's SimCLR views)
+    "clip": lambda args: ("none", 0.0, False),
+    "slip": lambda args: ("crop", 0.0, True),  # SLIP's CLIP view: RandomResizedCrop(0.5, 1), no flip
+    "flip": lambda args: ("none", args.mask_ratio, False),
+    "clip-aug": lambda args: (args.augment or "stacked-randaug", 0.0, False),
+}
+
+
+def check_resumable(ckpt: dict, args, path):
+    """A checkpoint of another run is refused, naming the first setting that differs and both values
+    (a flag the user gave before one whose default follows from it, such as --lr before --unmasked-lr)."""
+    derived = {"warmup", "unmasked_lr", "wd", "beta2", "samples_seen", *SYNTHETIC_DEFAULTS}
+    for name, value in sorted(vars(args).items(), key=lambda item: item[0] in derived):
+        saved = ckpt["args"].get(name, "(not set)")
+        if name not in FREE_ON_RESUME and saved != value:
+            raise ConfigError(f"{path} is from a run with --{name.replace('_', '-')} {saved}, not {value}; "
+                              "resume with the same setting, or use another --out")
