@@ -49,18 +49,21 @@ LOAD_FAILURES = {"GLOBAL": "it holds pickled code, which safe loading refuses to
 # Command line
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="eval.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    summary, epilog = __doc__.split("\n\n", 1)
+    p = argparse.ArgumentParser(prog="eval.py", description=summary, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model (one of)")
     which = g.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="a tinyclip checkpoint (train.py's ckpt.pt or a step file)")
-    which.add_argument("--openai", help="OpenAI CLIP weights (TorchScript .pt or state_dict) or an open_clip state_dict")
+    which.add_argument("--openai",
+                       help="OpenAI CLIP weights (TorchScript .pt or state_dict) or an open_clip state_dict")
 
     g = p.add_argument_group("what to run")
     g.add_argument("--task", nargs="+", default=["zeroshot"], help=f"one or more of: {', '.join(TASKS)}")
     g.add_argument("--data", nargs="+", default=None,
-                   help="datasets (default: synthetic): 'synthetic' (built in), ImageFolder dirs (classification), CSV/TSV, tar shards or "
-                        "a COCO-style captions .json (retrieval, score); zeroshot over several gives their average")
+                   help="datasets (default: synthetic): 'synthetic' (built in), ImageFolder dirs (classification), "
+                        "CSV/TSV, tar shards or a COCO-style captions .json (retrieval, score); zeroshot over several "
+                        "gives their average")
     g.add_argument("--train-data", help="linear-probe/fewshot: training ImageFolder (default: synthetic train split "
                                         "when --data is synthetic)")
     g.add_argument("--test-data", help="linear-probe/fewshot: test ImageFolder (default: the single --data)")
@@ -122,28 +125,20 @@ def load_failure(path, what, error, hint):
 
 def load_model(args):
     """(model on args.device in eval mode, {path, normalize, arch, image_size}); ValueError when unreadable."""
-    if args.checkpoint:
-        try:
-            with warnings.catch_warnings():  # torch.load warns of a TorchScript archive before it refuses it
-                warnings.filterwarnings("ignore", message=".*TorchScript archive")
-                model, ckpt = load_checkpoint(args.checkpoint)
-        except FileNotFoundError:
-            raise
-        except Exception as error:
-            raise load_failure(args.checkpoint, "a readable tinyclip checkpoint", error,
-                               "OpenAI/open_clip weights: use --openai") from None
-        path, normalize = args.checkpoint, (ckpt.get("args") or {}).get("normalize", "clip")
-    else:
-        try:
-            model = load_openai(args.openai)
-        except FileNotFoundError:
-            raise
-        except Exception as error:
-            raise load_failure(args.openai, "readable OpenAI/open_clip weights", error,
-                               "tinyclip checkpoints: use --checkpoint") from None
-        path, normalize = args.openai, "clip"
-        if args.crop_ratio is None:
-            args.crop_ratio = 1.0  # OpenAI's preprocessing: resize the shorter side to S, centre crop S
+    path = args.checkpoint or args.openai
+    what, hint = (("a readable tinyclip checkpoint", "OpenAI/open_clip weights: use --openai") if args.checkpoint
+                  else ("readable OpenAI/open_clip weights", "tinyclip checkpoints: use --checkpoint"))
+    try:
+        with warnings.catch_warnings():  # torch.load warns of a TorchScript archive before it refuses it
+            warnings.filterwarnings("ignore", message=".*TorchScript archive")
+            model, ckpt = load_checkpoint(path) if args.checkpoint else (load_openai(path), {})
+    except FileNotFoundError:
+        raise
+    except Exception as error:
+        raise load_failure(path, what, error, hint) from None
+    if args.openai and args.crop_ratio is None:
+        args.crop_ratio = 1.0  # OpenAI's preprocessing: resize the shorter side to S, centre crop S
+    normalize = (ckpt.get("args") or {}).get("normalize", "clip")
     info = {"path": path, "arch": model.config.arch, "image_size": model.visual.image_size, "normalize": normalize}
     return model.to(args.device).eval(), info
 
@@ -170,16 +165,18 @@ def run_task(task, model, info, args):
     """{dataset name: metrics} for one task."""
     data = args.data or ["synthetic"]
     names = dataset_names(data)
+    encoding = dict(normalize=info["normalize"], device=args.device, precision=args.precision,
+                    batch_size=args.batch_size, workers=args.workers, crop_ratio=args.crop_ratio)
+    cached = dict(cache_dir=args.cache, checkpoint=info["path"])  # the image-feature tasks' cache
+    csv = dict(csv_img_key=args.csv_img_key, csv_caption_key=args.csv_caption_key, csv_separator=args.csv_separator)
     if task == "zeroshot":
         subsets = args.class_subset or ["none"]
         if len(subsets) not in (1, len(data)):
             raise ValueError(f"--class-subset has {len(subsets)} values for {len(data)} --data entries")
         subsets = subsets * len(data) if len(subsets) == 1 else subsets
         results = {name: evaluation.zeroshot(
-            model, spec, normalize=info["normalize"], label_set=args.label_set, size=args.size,
-            class_names=args.classnames, templates=args.templates, class_subset=None if subset == "none" else subset,
-            device=args.device, precision=args.precision, batch_size=args.batch_size, workers=args.workers,
-            crop_ratio=args.crop_ratio, cache_dir=args.cache, checkpoint=info["path"])
+            model, spec, label_set=args.label_set, size=args.size, class_names=args.classnames,
+            templates=args.templates, class_subset=None if subset == "none" else subset, **encoding, **cached)
             for name, spec, subset in zip(names, data, subsets)}
         if len(results) > 1:  # the paper's robustness number: the unweighted mean top-1
             if "average" in results:
@@ -187,24 +184,16 @@ def run_task(task, model, info, args):
             results["average"] = {"top1": sum(result["top1"] for result in results.values()) / len(results)}
         return results
     if task == "retrieval":
-        return {name: evaluation.retrieval(
-            model, spec, normalize=info["normalize"], size=args.size, image_root=args.image_root, split=args.split,
-            csv_img_key=args.csv_img_key, csv_caption_key=args.csv_caption_key, csv_separator=args.csv_separator,
-            device=args.device, precision=args.precision, batch_size=args.batch_size, workers=args.workers,
-            crop_ratio=args.crop_ratio) for name, spec in zip(names, data)}
+        return {name: evaluation.retrieval(model, spec, size=args.size, image_root=args.image_root, split=args.split,
+                                           **csv, **encoding) for name, spec in zip(names, data)}
     if task in ("linear-probe", "fewshot"):
         train, test = probe_data(args)
         run = probe.linear_probe if task == "linear-probe" else functools.partial(probe.fewshot, ks=args.fewshot_k,
                                                                                     seeds=args.seeds)
-        return {dataset_names([test])[0]: run(
-            model, train, test, weight_decay=args.weight_decay, normalize=info["normalize"], label_set=args.label_set,
-            size=args.size, train_size=args.train_size, device=args.device, precision=args.precision,
-            batch_size=args.batch_size, workers=args.workers, crop_ratio=args.crop_ratio, cache_dir=args.cache,
-            checkpoint=info["path"])}
-    return {names[0]: evaluation.score(
-        model, data[0], args.out, normalize=info["normalize"], csv_img_key=args.csv_img_key,
-        csv_caption_key=args.csv_caption_key, csv_separator=args.csv_separator, device=args.device,
-        precision=args.precision, batch_size=args.batch_size, workers=args.workers, crop_ratio=args.crop_ratio)}
+        return {dataset_names([test])[0]: run(model, train, test, weight_decay=args.weight_decay,
+                                              label_set=args.label_set, size=args.size, train_size=args.train_size,
+                                              **encoding, **cached)}
+    return {names[0]: evaluation.score(model, data[0], args.out, **csv, **encoding)}
 
 
 # ---------------------------------------------------------------------------------------------

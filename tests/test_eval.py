@@ -30,8 +30,9 @@ import eval as eval_cli
 from tinyclip import evaluation, probe
 from tinyclip.augment import CLIP_MEAN, CLIP_STD
 from tinyclip.data import read_scores, select_indices
+from tinyclip.evaluation import read_class_names
 from tinyclip.model import create_model
-from tinyclip.sources import open_source, read_class_names
+from tinyclip.sources import open_source
 from tinyclip.tokenizer import tokenize
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]  # one BPE token each

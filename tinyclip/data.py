@@ -1,14 +1,12 @@
 """Which image-text pairs CLIP trains on, and in what order: subsets, the quality filter with its
 score file (read and written here), the distributed training stream and loader, and the converter
-to tar shards. Where pairs come from is tinyclip.sources.
+to tar shards. Where pairs come from (the `spec` string) is tinyclip.sources.
 
 "Scaling (Down) CLIP" (Li, Xie, Cubuk 2024) varies the data along two axes, each an option here:
 quantity, `dataset_size=N`, a fixed random subset (not seeded by the training seed; a smaller subset
-lies inside every larger one), and quality, `keep_top=0.4` with a `key,score` file:
-exactly round(0.4 * N) pairs with the highest image-text scores, ties broken by key. The quality
-filter runs first, then the subset. The `spec` string ('synthetic', 'synthetic:noise=0.3',
-pairs.csv/.tsv, 'data/{00000..00099}.tar', a folder) names a tinyclip.sources source; the score
-file is what `eval.py --task score` writes (write_scores).
+lies inside every larger one), and quality, `keep_top=0.4` with the `key,score` file `eval.py --task
+score` writes: exactly round(0.4 * N) pairs with the highest image-text scores, ties broken by key.
+The quality filter runs first, then the subset.
 
 The training stream. Every source is map-style (tar shards through a header index), so one design
 serves all: global position p, the number of samples all ranks together consumed before it, is in
@@ -18,14 +16,14 @@ start_sample + k*G + r*B + [0, B): its slice of global batch k. DataLoader worke
 batches k = w, w + K, w + 2K, ... (the DataLoader hands them out round-robin, in order), and a
 sample's caption choice and augmentation draw from random.Random seeded by (seed, p). Batches are
 therefore a function of (seed, position) alone: identical for any worker count, and a run resumed
-with start_sample = samples seen continues the same sample sequence, for every source (tar
-included); its batches are bit-identical to an uninterrupted run's when the global batch is the same.
-The stream is infinite; epochs follow from samples seen, and all ranks get the same number of batches.
+with start_sample = samples seen continues the same sample sequence, bit-identical to an
+uninterrupted run's when the global batch is the same. The stream is infinite; epochs follow from
+samples seen, and all ranks get the same number of batches.
 
 A bad sample is skipped and replaced by a random one drawn with a generator seeded by (seed, p), so
-batches stay full and deterministic. Each batch carries its worker's skip counts under
-"skipped"; the loader pops them and adds them up in `loader.skipped` (with the problems found while
-indexing, which are counted once; decode-time problems are counted each time they are met).
+batches stay full and deterministic. Each batch carries its worker's skip counts under "skipped";
+the loader adds them up in `loader.skipped` (with the problems found while indexing, counted once;
+decode-time problems are counted each time they are met).
 
 Converter: python -m tinyclip.data shard --input pairs.csv|folder|shards --output out/ --shard-size 1000
 (here, not in tinyclip.shards, because it reads any source: sources.py imports shards.py, not back).
@@ -162,15 +160,14 @@ class BatchStream(IterableDataset):
         return int(self.indices[self._permutations[epoch][offset]])
 
     def load(self, position: int, skipped: Counter):
-        """(key, image, captions) for a position; bad samples are counted and replaced, deterministically."""
+        """(index, image, captions) for a position; bad samples are counted and replaced, deterministically."""
         index = self.index_at(position)
         replacement = None
         for _ in range(self.MAX_ATTEMPTS):
             try:
                 if index in self._bad:
                     raise SkipSample(self._bad[index])
-                image, captions = self.source.load(index)
-                return self.source.key(index) if self.with_keys else None, image, captions
+                return index, *self.source.load(index)
             except SkipSample as bad:
                 skipped[bad.reason] += 1
                 self._bad[index] = bad.reason  # met again: counted again, not decoded again
@@ -181,21 +178,21 @@ class BatchStream(IterableDataset):
         raise ValueError(f"{self.MAX_ATTEMPTS} bad samples in a row in {self.source.name}: {dict(skipped)}")
 
     def make_batch(self, batch: int) -> dict:
-        skipped, images, texts, keys, views = Counter(), [], [], [], []
+        skipped, indices, images, texts, views = Counter(), [], [], [], []
         first = self.start_sample + (batch * self.world_size + self.rank) * self.batch_size
         for position in range(first, first + self.batch_size):
-            key, image, captions = self.load(position, skipped)
+            index, image, captions = self.load(position, skipped)
+            indices.append(index)
             rng = random.Random(f"tinyclip-sample:{self.seed}:{position}")  # same for any worker count
             texts.append(rng.choice(captions))
             images.append(self.transform(image, rng))  # 3, S, S
             if self.ssl_transform is not None:  # sample i's two views: rows 2i, 2i + 1, the first drawn first
                 views += [self.ssl_transform(image, rng), self.ssl_transform(image, rng)]
-            keys.append(key)
         out = {"image": torch.stack(images), "text": tokenize(texts, self.context_length)}  # B,3,S,S; B,L
         if self.ssl_transform is not None:
             out["views"] = torch.stack(views)  # 2B, 3, S, S: a contiguous split keeps a sample's views together
         if self.with_keys:
-            out["key"] = keys
+            out["key"] = [self.source.key(index) for index in indices]
         out["skipped"] = dict(skipped)
         return out
 
@@ -204,8 +201,8 @@ class TrainLoader:
     """Iterate for batch dicts, forever (every iter() starts again at start_sample: take one iterator
     per run); `.skipped` adds up the bad samples met so far, by reason."""
 
-    def __init__(self, stream: BatchStream, *, workers: int, skipped: Counter, spec: str):
-        self.stream, self.spec, self.skipped = stream, spec, Counter(skipped)
+    def __init__(self, stream: BatchStream, *, workers: int, spec: str):
+        self.stream, self.spec, self.skipped = stream, spec, Counter(stream.source.skipped)
         self.num_samples = len(stream.indices)
         # Our own generator: DataLoader would otherwise draw its worker seed from the global RNG at
         # each iter(), shifting the FLIP masks a resumed run replays from its checkpoint.
@@ -259,7 +256,7 @@ def make_train_loader(spec: str = "synthetic", *, transform, batch_size: int, ra
     stream = BatchStream(source, indices, transform=transform, batch_size=batch_size, rank=rank,
                          world_size=world_size, seed=seed, start_sample=start_sample, context_length=context_length,
                          ssl_transform=ssl_transform, with_keys=with_keys)
-    return TrainLoader(stream, workers=workers, skipped=source.skipped, spec=spec)
+    return TrainLoader(stream, workers=workers, spec=spec)
 
 
 # -----------------------------------------------------------------------------

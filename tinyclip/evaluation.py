@@ -9,7 +9,12 @@ average; MSCOCO image<->text Recall@K with several captions per image; and each 
 cosine, the paper's quality filter (`train.py --keep-top 0.4 --scores scores.csv`). Accuracies and
 recalls are fractions. Ties are pessimistic everywhere: a correct item's rank is the number of
 wrong items scoring >= it, within the top k when < k, so a tied wrong class or caption counts
-against, whatever order a sort would give. `device=None` means the model's device.
+against, whatever order a sort would give.
+
+Every task takes image_features' encoding options: image_size (default: the model's), normalize,
+crop_ratio (see preprocessing), device (None: the model's), precision, batch_size and workers;
+retrieval and score read a CSV/TSV with csv_img_key, csv_caption_key and csv_separator (default: from
+the extension), a captions JSON with image_root (default: its folder) and split (Karpathy's; "test").
 """
 import hashlib
 import json
@@ -25,13 +30,14 @@ from tinyclip.augment import eval_transform
 from tinyclip.checkpoint import save_atomic
 from tinyclip.data import write_scores
 from tinyclip.model import autocast
-from tinyclip.sources import CaptionsJSON, ImageFolderDataset, load_batches, open_labelled, open_source, read_class_names
+from tinyclip.sources import CaptionsJSON, ImageFolderDataset, load_batches, open_labelled, open_source
 from tinyclip.tokenizer import CLIP_VOCAB_SIZE, tokenize
 
 ASSETS = Path(__file__).parent / "assets"
 TEMPLATE_FILES = {"imagenet": ASSETS / "imagenet_templates.txt",  # CLIP's 80 ImageNet prompts
                   "generic": ASSETS / "generic_templates.txt"}  # our own 6 plain ones
 CLASS_SUBSETS = {"imagenet-a": ASSETS / "imagenet_a_indices.txt", "imagenet-r": ASSETS / "imagenet_r_indices.txt"}
+CLASS_NAME_FILES = {"imagenet": ASSETS / "imagenet_classnames.txt"}  # in ImageNet's class order
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,16 +121,34 @@ def encode(model, batches, *, device=None, precision="fp32", desc="encoding", to
 
 
 # ---------------------------------------------------------------------------------------------
-# Inputs: templates, the model's vocabulary, preprocessing, image features
+# Inputs: class names, templates, the model's vocabulary, preprocessing, image features
+
+def _lines(name, built_in, what):
+    """The non-blank lines, stripped, of a built-in asset named `name` or of the file `name`."""
+    path = built_in.get(name, Path(name))
+    if not path.is_file():
+        raise FileNotFoundError(f"no such {what} file: {name} (built in: {', '.join(built_in)})")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_class_names(class_names, folders: list[str]):
+    """None/list -> itself; 'imagenet' (the 1000 shipped names) or a file: one name per line, or
+    `folder<TAB>name` lines, looked up by the dataset's class folder names."""
+    if class_names is None or isinstance(class_names, (list, tuple)):
+        return class_names
+    lines = _lines(class_names, CLASS_NAME_FILES, "class names")
+    if not all("\t" in line for line in lines):
+        return lines
+    mapping = {folder.strip(): name.strip() for folder, name in (line.split("\t", 1) for line in lines)}
+    missing = [folder for folder in folders if folder not in mapping]
+    if missing:
+        raise ValueError(f"{class_names} names no class for folder {missing[0]!r} ({len(missing)} missing)")
+    return [mapping[folder] for folder in folders]
+
 
 def read_templates(templates):
     """A list -> itself; 'imagenet' (CLIP's 80), 'generic' (6 of ours) or a file, one per line."""
-    if isinstance(templates, (list, tuple)):
-        return list(templates)
-    path = TEMPLATE_FILES.get(templates, Path(templates))
-    if not path.is_file():
-        raise FileNotFoundError(f"no such templates file: {templates} (built in: {', '.join(TEMPLATE_FILES)})")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return list(templates) if isinstance(templates, (list, tuple)) else _lines(templates, TEMPLATE_FILES, "templates")
 
 
 def _check_vocabulary(model):
@@ -144,8 +168,8 @@ def preprocessing(model, synthetic, image_size, normalize, crop_ratio):
     return eval_transform(image_size, normalize, crop_ratio), f"eval:{image_size}:{normalize}:{crop_ratio}"
 
 
-def image_features(model, dataset, *, image_size, normalize, crop_ratio, device, precision, batch_size,
-                   workers, cache_dir, checkpoint):
+def image_features(model, dataset, *, image_size=None, normalize="clip", crop_ratio=None, device=None, precision="fp32",
+                   batch_size=256, workers=0, cache_dir=None, checkpoint=None):
     """{"image": [N, D] raw features, "labels": [N]} of an open_labelled dataset. With cache_dir, kept in
     a file keyed by the checkpoint file (resolved path, size, mtime: re-training in place changes the
     key) and what they come from (the data, a folder's files and labels, transform, precision)."""
@@ -210,11 +234,9 @@ def load_class_subset(name_or_path):
     entries = [entry for entry in (line.split("#")[0].strip() for line in path.read_text().splitlines()) if entry]
     if not entries:
         raise ValueError(f"class subset file {path} lists no classes")
-    indices = []
-    for entry in entries:
-        if not entry.isdigit():
-            raise ValueError(f"class subset {path}: {entry!r} is not a class index")
-        indices.append(int(entry))
+    if bad := next((entry for entry in entries if not entry.isdigit()), None):
+        raise ValueError(f"class subset {path}: {bad!r} is not a class index")
+    indices = [int(entry) for entry in entries]
     if len(set(indices)) != len(indices):
         raise ValueError(f"class subset {path} lists a class twice")
     return indices
@@ -333,19 +355,17 @@ def _read_mapping(path, folders):
 # ---------------------------------------------------------------------------------------------
 # Image-text pairs: retrieval and scoring
 
-def _pairs(model, data, *, eval_split, size, image_root, split, csv_img_key, csv_caption_key, csv_separator,
-           image_size, normalize, crop_ratio, device, precision, batch_size, workers, skipped):
+def _pairs(model, spec, *, skipped, image_root=None, split="test", csv_img_key="filepath", csv_caption_key="title",
+           csv_separator=None, image_size=None, normalize="clip", crop_ratio=None, device=None, precision="fp32",
+           batch_size=256, workers=0):
     """(source, its readable pairs encoded batch by batch: "index" [B] source indices, "image" [B, D],
     "text" [T, D] for every caption, "text_to_image" [T] in 0..B-1), so scoring millions of pairs needs
-    memory for scores only; with eval_split, 'synthetic' is its val split."""
+    memory for scores only."""
     _check_vocabulary(model)
-    spec = str(data)
-    if eval_split and spec.split(":")[0] == "synthetic" and "split=" not in spec:
-        spec = f"synthetic:split=val,size={size}" if spec == "synthetic" else spec + ",split=val"
     source = (CaptionsJSON(spec, image_root, split) if spec.lower().endswith(".json")
               else open_source(spec, csv_img_key, csv_caption_key, csv_separator))
     skipped.update(source.skipped)
-    transform, _ = preprocessing(model, spec.startswith("synthetic"), image_size, normalize, crop_ratio)
+    transform, _ = preprocessing(model, spec.split(":")[0] == "synthetic", image_size, normalize, crop_ratio)
 
     def batches():
         for batch in load_batches(source.load, len(source), transform, skipped=skipped, batch_size=batch_size,
@@ -360,18 +380,14 @@ def _pairs(model, data, *, eval_split, size, image_root, split, csv_img_key, csv
                           total=-(-len(source) // batch_size))
 
 
-def retrieval(model, data="synthetic", *, image_size=None, normalize="clip", size=1000, image_root=None, split="test",
-              csv_img_key="filepath", csv_caption_key="title", csv_separator=None, device=None, precision="fp32",
-              batch_size=256, workers=0, crop_ratio=None):
+def retrieval(model, data="synthetic", *, size=1000, **options):
     """Image->text and text->image Recall@1/5/10 over every caption of every image, plus counts. data:
     "synthetic" (its val split, `size` images), a tinyclip.sources spec, or COCO-style captions JSON
-    (Karpathy's, its `split`, or COCO's `captions_*.json`; images under image_root, default its folder).
-    csv_separator: a CSV/TSV's column separator (default: from its extension)."""
-    skipped = Counter()
-    source, batches = _pairs(model, data, eval_split=True, size=size, image_root=image_root, split=split,
-                             csv_img_key=csv_img_key, csv_caption_key=csv_caption_key, csv_separator=csv_separator,
-                             image_size=image_size, normalize=normalize, crop_ratio=crop_ratio, device=device,
-                             precision=precision, batch_size=batch_size, workers=workers, skipped=skipped)
+    (Karpathy's or COCO's `captions_*.json`). Options: see the top."""
+    skipped, spec = Counter(), str(data)
+    if spec.split(":")[0] == "synthetic" and "split=" not in spec:
+        spec = f"synthetic:split=val,size={size}" if spec == "synthetic" else spec + ",split=val"
+    source, batches = _pairs(model, spec, skipped=skipped, **options)
     encoded = list(batches)
     if not encoded:
         raise ValueError(f"no readable pair in {source.name} (skipped: {dict(+skipped)})")
@@ -384,18 +400,14 @@ def retrieval(model, data="synthetic", *, image_size=None, normalize="clip", siz
     return {**result, "skipped": dict(+skipped)} if +skipped else result  # unary +: drop zero counts
 
 
-def score(model, data, out_path, *, image_size=None, normalize="clip", csv_img_key="filepath",
-          csv_caption_key="title", csv_separator=None, device=None, precision="fp32", batch_size=256, workers=0,
-          crop_ratio=None):
+def score(model, data, out_path, **options):
     """Write `key,score` for every pair of `data` read as train.py reads it ('synthetic': the train split),
     so the keys are those --keep-top filters; returns {"pairs", "scored", "skipped", "mean", "out"}. A
     score is the MEAN cosine of the image with each of its captions, the similarity training sees on
-    average (it draws one caption at random); unreadable pairs get -inf, ranked last, never kept."""
+    average (it draws one caption at random); unreadable pairs get -inf, ranked last, never kept.
+    Options: see the top."""
     scores, skipped = {}, Counter()  # source index -> score; reasons
-    source, batches = _pairs(model, data, eval_split=False, size=None, image_root=None, split="test",
-                             csv_img_key=csv_img_key, csv_caption_key=csv_caption_key, csv_separator=csv_separator,
-                             image_size=image_size, normalize=normalize, crop_ratio=crop_ratio, device=device,
-                             precision=precision, batch_size=batch_size, workers=workers, skipped=skipped)
+    source, batches = _pairs(model, str(data), skipped=skipped, **options)
     for batch in batches:
         per_caption = F.cosine_similarity(batch["image"][batch["text_to_image"]], batch["text"], dim=-1)  # T
         totals = torch.zeros(len(batch["index"])).index_add_(0, batch["text_to_image"], per_caption)  # B

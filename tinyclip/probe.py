@@ -155,15 +155,12 @@ def fewshot_accuracy(train_feats, train_labels, test_feats, test_labels, num_cla
 # --------------------------------------------------------------------------------------------
 # The tasks: a model and datasets in, metrics out
 
-def _probe_features(model, train_data, test_data, *, image_size, normalize, label_set, size, train_size, device,
-                    precision, batch_size, workers, crop_ratio, cache_dir, checkpoint):
+def _probe_features(model, train_data, test_data, *, label_set, size, train_size, device=None, **options):
     """(train features, train labels, test features, test labels, number of classes), on the device."""
     device, splits = device or next(model.parameters()).device, []
     for data, split, n in ((train_data, "train", train_size), (test_data, "val", size)):
         dataset = open_labelled(data, split, label_set=label_set, size=n)
-        features = image_features(model, dataset, image_size=image_size, normalize=normalize, crop_ratio=crop_ratio,
-                                  device=device, precision=precision, batch_size=batch_size, workers=workers,
-                                  cache_dir=cache_dir, checkpoint=checkpoint)
+        features = image_features(model, dataset, device=device, **options)
         splits.append((features["image"].to(device), features["labels"].to(device), dataset.classes))
     (train_x, train_y, train_classes), (test_x, test_y, test_classes) = splits
     if list(train_classes) != list(test_classes):
@@ -173,27 +170,22 @@ def _probe_features(model, train_data, test_data, *, image_size, normalize, labe
     return train_x, train_y, test_x, test_y, len(train_classes)
 
 
-def linear_probe(model, train_data="synthetic", test_data="synthetic", *, weight_decay=None, image_size=None,
-                 normalize="clip", label_set="shape-color", size=1000, train_size=2000, device=None, precision="fp32",
-                 batch_size=256, workers=0, crop_ratio=None, cache_dir=None, checkpoint=None):
+def linear_probe(model, train_data="synthetic", test_data="synthetic", *, weight_decay=None, label_set="shape-color",
+                 size=1000, train_size=2000, **options):
     """The linear probe of a model's frozen image features: {"top1", "weight_decay", "train", "test",
-    "classes"}; weight_decay=None chooses the decay (see the top). Arguments as for evaluation.zeroshot."""
+    "classes"}; weight_decay=None chooses the decay (see the top). options: image_features' (encoding and
+    cache_dir, checkpoint for its feature cache)."""
     train_x, train_y, test_x, test_y, classes = _probe_features(
-        model, train_data, test_data, image_size=image_size, normalize=normalize, label_set=label_set, size=size,
-        train_size=train_size, device=device, precision=precision, batch_size=batch_size, workers=workers,
-        crop_ratio=crop_ratio, cache_dir=cache_dir, checkpoint=checkpoint)
+        model, train_data, test_data, label_set=label_set, size=size, train_size=train_size, **options)
     result = probe_accuracy(train_x, train_y, test_x, test_y, num_classes=classes, weight_decay=weight_decay)
     return {**result, "train": len(train_y), "test": len(test_y), "classes": classes}
 
 
 def fewshot(model, train_data="synthetic", test_data="synthetic", *, ks=(5, 10), seeds=(0, 1, 2), weight_decay=None,
-            image_size=None, normalize="clip", label_set="shape-color", size=1000, train_size=2000, device=None,
-            precision="fp32", batch_size=256, workers=0, crop_ratio=None, cache_dir=None, checkpoint=None):
+            label_set="shape-color", size=1000, train_size=2000, **options):
     """k-shot probes (fewshot_accuracy): {"5-shot": {"mean", "std", "per_seed", "weight_decays"}, ...,
     "classes"}. Arguments as for linear_probe."""
     train_x, train_y, test_x, test_y, classes = _probe_features(
-        model, train_data, test_data, image_size=image_size, normalize=normalize, label_set=label_set, size=size,
-        train_size=train_size, device=device, precision=precision, batch_size=batch_size, workers=workers,
-        crop_ratio=crop_ratio, cache_dir=cache_dir, checkpoint=checkpoint)
+        model, train_data, test_data, label_set=label_set, size=size, train_size=train_size, **options)
     results = fewshot_accuracy(train_x, train_y, test_x, test_y, classes, ks=ks, seeds=seeds, weight_decay=weight_decay)
     return {**{f"{k}-shot": value for k, value in results.items()}, "classes": classes}

@@ -1,23 +1,20 @@
 """Tar shards in the img2dataset / webdataset layout: shard lists, a header index, reading, writing.
 
-A shard is an uncompressed tar whose members are grouped into samples by key: `KEY.jpg` (or
-.jpeg, .png, .webp) holds the image, `KEY.txt` the caption(s), `KEY.json` optional metadata. The
-key is the member name up to the first dot of its basename (folders inside the tar are kept, so a
-flat img2dataset shard gives keys like `000000123`). tinyclip's own convention for several captions
-per image: one caption per line of `KEY.txt` (img2dataset writes one caption per file, so that is
-read as a single caption; a caption that itself contains newlines would be read as several).
-A key names one sample, so a score file can name pairs by key: the first member of each key and
-extension in a shard is the one read, and so is the first shard holding a key; a member repeated in
-a shard (`KEY.jpg` twice) and a key that comes back in a later shard are each skipped and counted as
-"duplicate_key" (a sample written twice counts once).
+A shard is an uncompressed tar whose members are grouped into samples by key: `KEY.jpg` (or .jpeg,
+.png, .webp) holds the image, `KEY.txt` the captions, one per line (img2dataset writes one caption
+per file, read as one caption unless it holds newlines), `KEY.json` optional metadata. The key is
+the member name up to the first dot of its basename (folders inside the tar are kept, so a flat
+img2dataset shard gives keys like `000000123`). A key names one sample, so a score file can name
+pairs by key: the first member of each key and extension in a shard is the one read, and so is the
+first shard holding a key; a member repeated in a shard (`KEY.jpg` twice) and a key that comes back
+in a later shard are each skipped and counted as "duplicate_key" (a sample written twice counts once).
 
 Reading is *indexed*, not streamed: `build_index` reads every shard's tar headers once (tarfile
-seeks over member data on a seekable file, so this costs one 512-byte read per member) and records
-where each sample's image and text bytes lie. tinyclip.data then treats the shards as a map-style
-dataset: exact epochs, exact resume at any world size or worker count, exact subsets and quality
-filters (they need every key anyway). The cost is random reads across shards, which suits local
-disks; copy shards from object storage to local disk first. Only the standard library's tarfile
-is used; nothing here decodes images (tinyclip.sources does).
+seeks over member data, so one 512-byte read per member) and records where each sample's image and
+text bytes lie. tinyclip.data then treats the shards as a map-style dataset: exact epochs, exact
+resume at any world size or worker count, exact subsets and quality filters. The cost is random
+reads across shards, which suits local disks; copy shards from object storage to local disk first.
+Nothing here decodes images (tinyclip.sources does).
 """
 
 import glob

@@ -14,22 +14,16 @@ tinyclip.data; evaluation: load_batches below).
                           (and the other way round); paths relative to the CSV's folder; rows repeating
                           an image path give that image's several captions; key = the path as written
   data/{00000..00099}.tar tar shards (img2dataset layout, tinyclip.shards), indexed from their tar
-                          headers; '::' joins patterns; globs allowed; key = member key (`000000123`),
-                          the first of a repeated key read (see tinyclip.shards)
+                          headers; '::' joins patterns; globs allowed; key = member key (`000000123`)
   folder/                 *.tar inside it, else images (searched recursively) with same-name .txt
                           captions (one per line); key = the image path relative to the folder
-  captions.json           COCO-style captions (Karpathy's or COCO's format), evaluation only
-                          (CaptionsJSON); key = the image path
+  captions.json           COCO-style captions (CaptionsJSON), evaluation only; key = the image path
   root/CLASS/img.jpg      labelled images for classification (ImageFolderDataset; open_labelled also
-                          gives the synthetic val/train split): `dataset[i] -> (PIL image, label)`,
-                          label = position of CLASS among the sorted folders; read_class_names
-                          names the classes (one per line, or folder<TAB>name)
+                          gives the synthetic val/train split): `dataset[i] -> (PIL image, label)`
 
 Keys are unique within a source. A source with no sample at all is refused when it is opened (one
 line naming it, what a sample is there, and the skips by reason); otherwise bad input never stops a
-run and never goes unnoticed: decoding is complete (img.load(), so a truncated JPEG fails here, not
-inside a transform) and applies the EXIF orientation, so an image is what a viewer shows; empty
-captions, captions that are not UTF-8, missing files and truncated tar members have their own reason.
+run and never goes unnoticed: every kind of bad image, caption, file or tar member has its reason.
 """
 
 import csv
@@ -45,8 +39,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from tinyclip import shards as tar_shards
 from tinyclip.synthetic import SyntheticClassification, SyntheticPairs
-
-CLASS_NAME_FILES = {"imagenet": Path(__file__).parent / "assets" / "imagenet_classnames.txt"}  # ImageNet order
 
 # -----------------------------------------------------------------------------
 # bad samples
@@ -116,8 +108,9 @@ def read_file(path: str) -> bytes:
 # sources: len, key(i), read(i) -> (image bytes, captions), load(i) -> (PIL image, captions)
 
 class FileSource:
-    """Shared part of file-backed sources: sample i is named keys[i]; load = read + full decode;
-    `expected` says what a sample is, for the error when there is none."""
+    """Shared part of file-backed sources: sample i is named keys[i] (by default the image path under
+    `root`, with `captions[i]`); load = read + full decode; `expected` says what a sample is, for the
+    error when there is none."""
     keys: list[str]
     skipped: Counter
     expected: str
@@ -127,6 +120,9 @@ class FileSource:
 
     def key(self, index):
         return self.keys[index]
+
+    def read(self, index):
+        return read_file(os.path.join(self.root, self.keys[index])), self.captions[index]
 
     def load(self, index: int) -> tuple[Image.Image, list[str]]:
         data, captions = self.read(index)
@@ -143,10 +139,11 @@ class SyntheticSource:
             name, _, value = item.partition("=")
             if name not in self.OPTIONS or not value:
                 raise ValueError(f"bad synthetic option {item!r}; use name=value with names {sorted(self.OPTIONS)}")
+            kind = self.OPTIONS[name]
             try:
-                kwargs[name] = self.OPTIONS[name](value)
+                kwargs[name] = kind(value)
             except ValueError:
-                raise ValueError(f"synthetic option {name} must be {self.OPTIONS[name].__name__}, got {value!r}") from None
+                raise ValueError(f"synthetic option {name} must be {kind.__name__}, got {value!r}") from None
         self.pairs, self.skipped = SyntheticPairs(**kwargs), Counter()
         self.name = "synthetic" + (f":{options}" if options else "")
 
@@ -206,9 +203,6 @@ class PairsDataset(FileSource):
                     self.skipped[bad.reason] += 1
         self.keys = [p for p, caps in captions.items() if caps]  # images left without any caption go
         self.captions = [captions[p] for p in self.keys]
-
-    def read(self, index):
-        return read_file(os.path.join(self.root, self.keys[index])), self.captions[index]
 
 
 class FolderPairs(FileSource):
@@ -309,9 +303,6 @@ class CaptionsJSON(FileSource):
         if not self.keys:
             raise ValueError(f"{path} holds no captioned images (split {split!r} where the file has splits)")
 
-    def read(self, index):
-        return read_file(os.path.join(self.root, self.keys[index])), self.captions[index]
-
 
 # -----------------------------------------------------------------------------
 # labelled images, and reading any source in order (evaluation)
@@ -348,24 +339,6 @@ def open_labelled(data: str, split: str, *, label_set: str, size: int):
     if data == "synthetic":
         return SyntheticClassification(split, label_set=label_set, size=size)
     return ImageFolderDataset(str(data))
-
-
-def read_class_names(class_names, folders: list[str]):
-    """None/list -> itself; 'imagenet' (the 1000 shipped names) or a file: one name per line, or
-    `folder<TAB>name` lines, looked up by the dataset's class folder names."""
-    if class_names is None or isinstance(class_names, (list, tuple)):
-        return class_names
-    path = CLASS_NAME_FILES.get(class_names, Path(class_names))
-    if not path.is_file():
-        raise FileNotFoundError(f"no such class names file: {class_names} (built in: {', '.join(CLASS_NAME_FILES)})")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not all("\t" in line for line in lines):
-        return lines
-    mapping = {folder.strip(): name.strip() for folder, name in (line.split("\t", 1) for line in lines)}
-    missing = [folder for folder in folders if folder not in mapping]
-    if missing:
-        raise ValueError(f"{class_names} names no class for folder {missing[0]!r} ({len(missing)} missing)")
-    return [mapping[folder] for folder in folders]
 
 
 class _Loaded(Dataset):
