@@ -34,9 +34,7 @@ _NORMALIZE = {"clip": (torch.tensor(CLIP_MEAN).view(3, 1, 1) * 255.0, torch.tens
               "pm1": (127.5, 127.5)}
 NORMALIZATIONS = tuple(_NORMALIZE)
 
-# --------------------------------------------------------------------------------------------
-# conversion: any PIL mode -> RGB, RGB -> normalised float tensor
-
+# --- conversion: any PIL mode -> RGB, RGB -> normalised float tensor ------------------------------
 
 def to_rgb(img):
     """Convert any PIL image to RGB as a viewer shows it: transparent pixels (RGBA, LA, a palette's
@@ -66,9 +64,7 @@ def to_tensor(img, normalize="clip"):
     return x.sub_(shift).div_(scale)  # in place: no further copies
 
 
-# --------------------------------------------------------------------------------------------
-# crop boxes (PIL boxes: left, top, right, bottom)
-
+# --- crop boxes (PIL boxes: left, top, right, bottom) ---------------------------------------------
 
 def resized_shorter_size(width, height, size):
     """(w, h) after resizing the shorter side to `size`, the longer side truncated (torchvision)."""
@@ -109,9 +105,7 @@ def random_resized_crop_box(width, height, rng, scale=CROP_FLIP_SCALE, ratio=ASP
     return left, top, left + w, top + h
 
 
-# --------------------------------------------------------------------------------------------
-# colour ops (factor 1 = unchanged, as PIL's ImageEnhance and torchvision)
-
+# --- colour ops (factor 1 = unchanged, as PIL's ImageEnhance and torchvision) ---------------------
 
 def adjust_brightness(img, factor):
     return ImageEnhance.Brightness(img).enhance(factor)
@@ -125,10 +119,6 @@ def adjust_saturation(img, factor):
     return ImageEnhance.Color(img).enhance(factor)
 
 
-def adjust_sharpness(img, factor):
-    return ImageEnhance.Sharpness(img).enhance(factor)
-
-
 def adjust_hue(img, hue_factor):
     """Rotate hue by hue_factor in [-0.5, 0.5] of a turn (PIL's HSV hue is a wrapping uint8)."""
     shift = int(hue_factor * 255) % 256
@@ -139,7 +129,7 @@ def adjust_hue(img, hue_factor):
     return Image.merge("HSV", (h, s, v)).convert("RGB")
 
 
-# --------------------------------------------------------------------------------------------
+# --- RandAugment ----------------------------------------------------------------------------------
 # RandAugment (Cubuk et al. 2020): N ops drawn uniformly with replacement, all at magnitude M.
 # M is on the RandAugment paper's scale: 0..10, where 10 is each op's AutoAugment maximum
 # (rotate 30 deg, shear 0.3, translate 45% of the side, enhance factor 1 +- 0.9, posterize to 4 bits,
@@ -150,8 +140,8 @@ def adjust_hue(img, hue_factor):
 RANDAUG_OPS = ("identity", "autocontrast", "equalize", "rotate", "solarize", "color", "posterize",
                "contrast", "brightness", "sharpness", "shear_x", "shear_y", "translate_x", "translate_y")
 RANDAUG_MAX_MAGNITUDE = 10.0
-_ENHANCE = {"color": adjust_saturation, "contrast": adjust_contrast,
-            "brightness": adjust_brightness, "sharpness": adjust_sharpness}
+_ENHANCE = {"color": ImageEnhance.Color, "contrast": ImageEnhance.Contrast,
+            "brightness": ImageEnhance.Brightness, "sharpness": ImageEnhance.Sharpness}
 _GEOMETRIC_MAX = {"rotate": 30.0, "shear_x": 0.3, "shear_y": 0.3, "translate_x": 0.45, "translate_y": 0.45}
 
 
@@ -181,7 +171,7 @@ def apply_randaug_op(img, name, value, fill=GREY_FILL):
     nearest neighbour, as torchvision's RandAugment (about 15x faster than bilinear in PIL)."""
     _check_op(name)
     if name in _ENHANCE:
-        return _ENHANCE[name](img, value)
+        return _ENHANCE[name](img).enhance(value)
     if name == "rotate":
         return img.rotate(value, resample=Image.NEAREST, fillcolor=fill)
     if name in _GEOMETRIC_MAX:
@@ -195,16 +185,12 @@ def apply_randaug_op(img, name, value, fill=GREY_FILL):
         return ImageOps.solarize(img, value)  # invert every channel value >= value
     if name == "posterize":
         return ImageOps.posterize(img, value)  # keep the top `value` bits
-    if name == "autocontrast":
-        return ImageOps.autocontrast(img)
-    if name == "equalize":
-        return ImageOps.equalize(img)
+    if name in ("autocontrast", "equalize"):
+        return getattr(ImageOps, name)(img)
     return img  # identity
 
 
-# --------------------------------------------------------------------------------------------
-# pipeline steps: step(img, rng) -> img; classes (not closures) so transforms pickle to workers
-
+# --- pipeline steps: step(img, rng) -> img; classes (not closures) so transforms pickle to workers ---
 
 class _Step:
     is_random = True
@@ -337,24 +323,13 @@ class Compose:
         return f"Compose([{lines}\n], normalize={self.normalize!r})"
 
 
-# --------------------------------------------------------------------------------------------
-# presets
-
+# --- presets --------------------------------------------------------------------------------------
 
 def _check_size(image_size):
     if isinstance(image_size, bool) or not isinstance(image_size, int):
         raise TypeError(f"image_size must be an int, got {type(image_size).__name__}")
     if image_size <= 0:
         raise ValueError(f"image_size must be positive, got {image_size}")
-
-
-def simclr_colour_steps(image_size):
-    """SimCLR's colour distortion as SLIP and SupCon use it: jitter (0.4, 0.4, 0.4, 0.1) p=0.8,
-    grayscale p=0.2, blur p=0.5. Blur sigma (0.1, 2.0) is in pixels of a 224-px view, so it is
-    scaled with image_size to blur a small view by the same fraction of its width."""
-    k = image_size / 224
-    return [RandomApply(ColorJitter(0.4, 0.4, 0.4, 0.1), p=0.8), RandomGrayscale(p=0.2),
-            RandomApply(GaussianBlur((0.1 * k, 2.0 * k)), p=0.5)]
 
 
 def make_transform(preset, image_size, normalize="clip"):
@@ -368,13 +343,18 @@ def make_transform(preset, image_size, normalize="clip"):
     """
     _check_size(image_size)
     crop, flip = RandomResizedCrop(image_size, CROP_FLIP_SCALE), RandomHorizontalFlip()
+    # SimCLR's colour distortion as SLIP and SupCon use it. Blur sigma (0.1, 2.0) is in pixels of a
+    # 224-px view, so it is scaled with image_size to blur a small view by the same fraction of its width.
+    k = image_size / 224
+    colour = [RandomApply(ColorJitter(0.4, 0.4, 0.4, 0.1), p=0.8), RandomGrayscale(p=0.2),
+              RandomApply(GaussianBlur((0.1 * k, 2.0 * k)), p=0.5)]
     presets = {
         "none": [ResizeCentreCrop(image_size, image_size)],
         "crop": [crop],
         "crop-flip": [crop, flip],
         "randaug": [crop, flip, RandAugment()],
-        "stacked-randaug": [crop, flip, RandAugment(), *simclr_colour_steps(image_size)],
-        "simclr": [RandomResizedCrop(image_size, SIMCLR_SCALE), *simclr_colour_steps(image_size), flip],
+        "stacked-randaug": [crop, flip, RandAugment(), *colour],
+        "simclr": [RandomResizedCrop(image_size, SIMCLR_SCALE), *colour, flip],
     }
     if preset not in presets:
         raise ValueError(f"unknown augmentation preset {preset!r}; valid: {', '.join(AUGMENT_PRESETS)}")

@@ -158,13 +158,6 @@ def _scene(attrs, rng):
 
 # --- drawing --------------------------------------------------------------------------------------
 
-def _polygon(points, cx, cy, r, rotation_deg):
-    """Unit-radius (x, y) points -> rotated, scaled, translated pixel points."""
-    a = math.radians(rotation_deg)
-    cos, sin = math.cos(a), math.sin(a)
-    return [(cx + r * (x * cos - y * sin), cy + r * (x * sin + y * cos)) for x, y in points]
-
-
 _W = 0.34  # half-width of a cross's arm
 UNIT_SHAPES = {  # y grows downwards; each stays within [-1, 1] on both axes even when rotated
     "square": [(-0.78, -0.78), (0.78, -0.78), (0.78, 0.78), (-0.78, 0.78)],
@@ -217,8 +210,11 @@ def _render(objects, background, image_size):
             draw.ellipse(box, fill=obj["rgb"])
         elif obj["shape"] == "ring":
             draw.ellipse(box, outline=obj["rgb"], width=max(1, round(0.38 * r)))
-        else:
-            draw.polygon(_polygon(UNIT_SHAPES[obj["shape"]], cx, cy, r, obj["rotation"]), fill=obj["rgb"])
+        else:  # the unit-radius points, rotated, scaled and moved to the centre
+            a = math.radians(obj["rotation"])
+            cos, sin = math.cos(a), math.sin(a)
+            draw.polygon([(cx + r * (x * cos - y * sin), cy + r * (x * sin + y * cos))
+                          for x, y in UNIT_SHAPES[obj["shape"]]], fill=obj["rgb"])
     return image.reduce(SUPERSAMPLE)
 
 
@@ -282,9 +278,6 @@ class SyntheticPairs:
     def __len__(self):
         return self.size
 
-    def __getitem__(self, index):
-        return self.pair(index)
-
     def __repr__(self):
         return (f"SyntheticPairs(split={self.split!r}, size={self.size}, seed={self.seed}, "
                 f"noise={self.noise}, image_size={self.image_size})")
@@ -347,6 +340,8 @@ class SyntheticPairs:
     def pair(self, index):
         """(image, caption): the caption is the first of captions(index)."""
         return self.image(index), self.captions(index)[0]
+
+    __getitem__ = pair
 
 
 # --- zero-shot label sets -------------------------------------------------------------------------

@@ -177,10 +177,8 @@ class Tokenizer:
     @functools.cached_property
     def _token_bytes(self) -> list[bytes]:
         """id -> the bytes it decodes to: a word end becomes a space, SOT and EOT nothing."""
-        def bytes_of(token):
-            body = token.removesuffix(END_OF_WORD)
-            return body.translate(_SYMBOL_TO_LATIN1).encode("latin-1") + b" " * (body != token)
-        return [bytes_of(token) for token in self.vocab[:-2]] + [b"", b""]
+        return [token.removesuffix(END_OF_WORD).translate(_SYMBOL_TO_LATIN1).encode("latin-1")
+                + b" " * token.endswith(END_OF_WORD) for token in self.vocab[:-2]] + [b"", b""]
 
     def bpe(self, word: str) -> list[str]:
         """Segment one pre-tokenised word into vocabulary tokens (strings) by applying merges."""
