@@ -1,19 +1,19 @@
 """Speed, memory and MFU benchmark of tinyclip training ("Scaling (Down) CLIP", Li, Xie, Cubuk 2024).
 
-The paper's x-axis is compute (GFLOPs per sample x samples seen); this script says what that compute
-costs on the machine at hand (CUDA if present, else CPU): steady-state training samples/s (the batch
-in memory; the median of clean timed windows after warm-up steps), peak memory, GFLOPs/sample
-(tinyclip.flops, forward + backward, as train.py logs it), TFLOP/s and MFU against the dense matmul
-peak measured in the same run and precision; eval images/s; tokenizer texts/s; decode + augment
-images/s per loader worker; the training loader's images/s.
+The paper's x-axis is compute (GFLOPs per sample x samples seen); this script says what that compute costs on
+the machine at hand (CUDA if present, else CPU): steady-state training samples/s (the batch in memory; the
+median of clean timed windows after warm-up steps), peak memory, GFLOPs/sample (tinyclip.flops, forward +
+backward, as train.py logs it), TFLOP/s and MFU against the dense matmul peak measured in the same run and
+precision; eval images/s; tokenizer texts/s; decode + augment images/s per loader worker; the training
+loader's images/s.
 
-It measures training through train.py's documented surface alone: a configuration is train.py's own
-flags (tinyclip.train_flags.parse_args), built by train.make_model and train.make_optimizer (compiled in place with
---compile, as train.py does), and timed through train.train_step, one whole optimiser step (forward,
-loss, backward, through the gradient cache with --accum-steps, clipping, update, temperature clamp);
+It measures training through train.py's documented surface alone: a configuration is train.py's own flags
+(tinyclip.train_flags.parse_args), built by train.make_model and train.make_optimizer (compiled in place with
+--compile, as train.py does), and timed through train.train_step, one whole optimiser step (forward, loss,
+backward, through the gradient cache with --accum-steps, clipping, update, temperature clamp);
 train_flags.STRATEGIES gives a strategy's masking. Each configuration runs in a fresh subprocess, for a clean
-memory high-water mark. scripts/measure.py holds how it measures (clean windows, memory, the matmul
-peak) and what it measures without train.py (eval, the loss's memory, open_clip, tokenizer, data).
+memory high-water mark. scripts/measure.py holds how it measures (clean windows, memory, the matmul peak) and
+what it measures without train.py (eval, the loss's memory, open_clip, tokenizer, data).
 
   --study sweep    (default) --archs x --strategies x --precisions x --batch-sizes, eval, tokenizer, data
   --study accum    plain, --accum-steps K in {2, 4, 8}, --grad-checkpointing and both: samples/s, peak
@@ -34,6 +34,7 @@ import datetime
 import itertools
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,9 +54,7 @@ from tinyclip.flops import gflops_per_sample  # noqa: E402
 from tinyclip import train_flags  # noqa: E402
 
 
-# -----------------------------------------------------------------------------
-# one configuration, in a fresh worker process
-
+# --- one configuration, in a fresh worker process -------------------------------------------------
 
 def train_args(cfg, **changes):
     """train.py's own flags for a benchmark configuration, the defaults filled by parse_args."""
@@ -119,13 +118,19 @@ WORKERS = {"train": run_train, "eval": measure.run_eval, "loss_memory": measure.
 
 
 def in_subprocess(cfg, opts):
-    """One configuration's worker (WORKERS) run by this script in a fresh interpreter; logged as it ends."""
-    argv = [Path(__file__).resolve(), "--worker", json.dumps(cfg), "--max-wait", str(opts.max_wait)]
+    """One configuration's worker (WORKERS) in a fresh interpreter, so that its peak resident set (a high-water
+    mark since the process started) is that measurement's alone: the JSON of the worker's last stdout line, or
+    {"error": its last stderr line}; logged as it ends."""
+    argv = [sys.executable, Path(__file__).resolve(), "--worker", json.dumps(cfg), "--max-wait", str(opts.max_wait)]
     if opts.threads:
         argv += ["--threads", str(opts.threads)]
     if opts.default_malloc:
         argv.append("--default-malloc")
-    result = measure.in_fresh_process(argv)
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode == 0:
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+    else:
+        result = {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]}
     name = " ".join(str(cfg[k]) for k in ("kind", "arch", "strategy", "precision", "batch") if k in cfg)
     print(f"{name}: {result}", file=sys.stderr, flush=True)
     return result
@@ -137,9 +142,7 @@ def train_row(cfg, opts, **changes):
     return {**result.pop("variants", {}).get("train", {}), **result}
 
 
-# -----------------------------------------------------------------------------
-# the studies
-
+# --- the studies ----------------------------------------------------------------------------------
 
 def base_cfg(opts, arch, strategy, precision, batch, **extra):
     return dict(kind="train", arch=arch, strategy=strategy, precision=precision, batch=batch,
@@ -266,9 +269,7 @@ def study_targets(opts, report):
                                         opts.image_size, end_to_end={**common, "arch": "vit-s-16"})
 
 
-# -----------------------------------------------------------------------------
-# reporting
-
+# --- reporting ------------------------------------------------------------------------------------
 
 def fmt(x, digits=1):
     return "-" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
@@ -362,9 +363,7 @@ def targets_markdown(t, windows):
     return table(rows, [(h, lambda r, i=i: r[i]) for i, h in enumerate(headers)])
 
 
-# -----------------------------------------------------------------------------
-# command line
-
+# --- command line ---------------------------------------------------------------------------------
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

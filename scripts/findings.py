@@ -59,7 +59,8 @@ def interpolate(curve, compute, metric):
     or None when compute lies outside the curve."""
     for a, b in zip(curve, curve[1:]):
         if a["compute"] <= compute <= b["compute"]:
-            t = (math.log(compute) - math.log(a["compute"])) / ((math.log(b["compute"]) - math.log(a["compute"])) or 1.0)
+            lo, hi = math.log(a["compute"]), math.log(b["compute"])
+            t = (math.log(compute) - lo) / ((hi - lo) or 1.0)
             return (1 - t) * a[metric] + t * b[metric], (1 - t) * _se(a, metric) + t * _se(b, metric)
     return None
 
@@ -115,8 +116,8 @@ def pick(selector, cell, metric, roles, other):
     chosen = [p for name in wanted for p in cell if p["setting"] == name and p.get(metric) is not None]
     if how in ("one", "each") or not chosen:
         return [(p["setting"], p) for p in chosen]
-    by = lambda p: p[metric]
-    p = max(chosen, key=by) if how == "best" else min(chosen, key=by) if how == "worst" else sorted(chosen, key=by)[len(chosen) // 2]
+    median = lambda points, key: sorted(points, key=key)[len(points) // 2]
+    p = {"best": max, "worst": min}.get(how, median)(chosen, key=lambda p: p[metric])
     return [(p["setting"] if how == "best" else f"{how} {p['setting']}", p)]
 
 
@@ -155,7 +156,8 @@ def gain(series, x, metric, difference):
         def value(key, ref):
             found = sorted({p[key] for p in select(points, study) if p.get(key) is not None})
             return roles.get(ref, ref) if isinstance(ref, str) else found[ref] if len(found) > 1 else None
-        name = lambda key, v: f"{v} pairs" if key == "dataset_size" else f"{v:g} epoch" + "s" * (v != 1) if key == "epochs" else v
+        name = lambda key, v: (f"{v} pairs" if key == "dataset_size" else f"{v:g} epoch" + "s" * (v != 1)
+                               if key == "epochs" else v)
         (s_key, *ends), (x_key, *xs) = series, x
         ends, xs = [value(s_key, e) for e in ends], [value(x_key, v) for v in xs]
         if None in ends + xs or ends[0] == ends[1] or xs[0] == xs[1]:
@@ -182,10 +184,12 @@ def best(target, metric, cells="all"):
         found, verdicts, lines = study_cells(points, study), [], []
         for cell in admitted(found, cells):
             ranked = [p for p in found[cell] if p.get(metric) is not None]
-            top, aim = max(ranked, key=lambda p: p[metric], default=None), next((p for p in ranked if p["setting"] == target), None)
+            top = max(ranked, key=lambda p: p[metric], default=None)
+            aim = next((p for p in ranked if p["setting"] == target), None)
             if aim and len(ranked) > 1:
                 listed = sorted(ranked, key=lambda p: (p.get("keep_top") or 0, p["setting"]))
-                lines.append(f"{opening(found, cell)}{METRICS[metric]}: " + ", ".join(f"{p['setting']} {pct(p, metric)}" for p in listed))
+                lines.append(f"{opening(found, cell)}{METRICS[metric]}: "
+                             + ", ".join(f"{p['setting']} {pct(p, metric)}" for p in listed))
                 verdict, diff = beats(top, aim, metric)
                 verdicts.append(AGREES if top is aim else INCONCLUSIVE if verdict == INCONCLUSIVE else DISAGREES)
                 if top is not aim:
@@ -201,15 +205,17 @@ def equal_compute(curve, point, metric="zeroshot"):
         verdicts, lines = [], []
         for regime, size in study_cells(points, study):
             p, runs = one(points, study, setting=point, regime=regime, dataset_size=size), {}
-            for q in points:
-                if q.get("compute") and (q.get("strategy"), q.get("arch"), q.get("keep_top"), q.get("dataset_size")) == (
-                        curve, roles["base"], None, size):
+            for q in points:  # the curve's runs, the first of each samples seen
+                if q.get("compute") and (q.get("strategy"), q.get("arch"), q.get("keep_top"),
+                                         q.get("dataset_size")) == (curve, roles["base"], None, size):
                     runs.setdefault(q["samples_seen"], q)
-            matched = p and p.get("compute") and interpolate(sorted(runs.values(), key=lambda q: q["compute"]), p["compute"], metric)
+            by_compute = sorted(runs.values(), key=lambda q: q["compute"])
+            matched = p and p.get("compute") and interpolate(by_compute, p["compute"], metric)
             if matched:
-                verdicts.append(decide(matched[0] - p[metric], math.hypot(matched[1], _se(p, metric))))
-                lines.append(f"{regime} {size} pairs at {p['compute']:.3g} GFLOPs: {curve} {100 * matched[0]:.1f} (interpolated) "
-                             f"vs {point} {pct(p, metric)} ({100 * (matched[0] - p[metric]):+.1f} pts: {verdicts[-1]})")
+                (mean, se), diff = matched, matched[0] - p[metric]
+                verdicts.append(decide(diff, math.hypot(se, _se(p, metric))))
+                lines.append(f"{regime} {size} pairs at {p['compute']:.3g} GFLOPs: {curve} {100 * mean:.1f} "
+                             f"(interpolated) vs {point} {pct(p, metric)} ({100 * diff:+.1f} pts: {verdicts[-1]})")
         return verdicts, lines or [f"no {curve.upper()} runs bracket {point.upper()}'s compute on the same pairs"]
     return judge
 
@@ -226,8 +232,9 @@ def saturation(after, metric):
             return [], []
         verdict, diff = beats(at, last, metric)
         verdict = TESTS["not below"][1][verdict]
-        return [verdict], [f"{sizes[-1]} pairs, {METRICS[metric]} at {after} epochs {pct(at, metric)}, at {epochs[-1]:g} "
-                           f"{pct(last, metric)} ({-100 * diff:+.1f} pts; saturated = no gain beyond seed noise: {verdict})"]
+        return [verdict], [f"{sizes[-1]} pairs, {METRICS[metric]} at {after} epochs {pct(at, metric)}, at "
+                           f"{epochs[-1]:g} {pct(last, metric)} ({-100 * diff:+.1f} pts; saturated = no gain beyond "
+                           f"seed noise: {verdict})"]
     return judge
 
 

@@ -1,22 +1,19 @@
-"""How scripts/bench.py measures (timed windows free of other processes' load, memory high-water
-marks, the machine's dense matmul peak: the denominator of MFU), and what it measures without
-train.py: eval encoding, the loss's memory, open_clip's model code, the tokenizer, the data pipeline.
+"""How scripts/bench.py measures (timed windows free of other processes' load, memory high-water marks, the
+machine's dense matmul peak: the denominator of MFU), and what it measures without train.py: eval encoding,
+the loss's memory, open_clip's model code, the tokenizer, the data pipeline.
 
-A shared machine is the norm (CI runners, laptops, a colleague's job), so every timed window
-records the CPU share other processes took during it (LoadMeter, from /proc); a window over the
-limit is thrown away and, after waiting for the machine to quieten, run again. Functions timed
-together take their windows in turn, so background load hits each alike and a ratio between them
-is free of its drift.
+A shared machine is the norm (CI runners, laptops, a colleague's job), so every timed window records the CPU
+share other processes took during it (LoadMeter, from /proc); a window over the limit is thrown away and,
+after waiting for the machine to quieten, run again. Functions timed together take their windows in turn,
+so background load hits each alike and a ratio between them is free of its drift.
 """
 import contextlib
 import importlib.util
-import json
 import os
 import platform
 import random
 import resource
 import statistics
-import subprocess
 import sys
 import time
 import types
@@ -38,11 +35,10 @@ from tinyclip.synthetic import SyntheticPairs  # noqa: E402
 from tinyclip.tokenizer import Tokenizer  # noqa: E402
 
 PEAK_SIZES = (2048, 4096)  # n of the n x n x n matmuls that measure the peak (bench.py --peak-sizes)
+QUIET_WAIT_S = {"left": 900.0}  # per process: how long we may still sit out other processes' load
 
 
-# -----------------------------------------------------------------------------
-# timed windows
-
+# --- timed windows --------------------------------------------------------------------------------
 
 def device_now() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -53,44 +49,41 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def timed_windows(fns: dict, units_per_call, warmup, windows, calls_per_window, device, max_other_load=None) -> dict:
-    """{name: summarise(its windows)} of named functions timed in turns, in units per second.
+def timed(fns: dict, units_per_call, cfg, device, calls=None, unit="samples_per_s") -> dict:
+    """{name: summarise(its windows)} of named functions timed in turns, the rate (units per second) named `unit`.
 
-    After `warmup` calls of each, every round times one window of `calls_per_window` calls of each
-    function, until each has `windows` windows during which other processes took at most
-    `max_other_load` of the CPUs, or 3 x `windows` rounds have run. After a loaded round the next
-    waits for the machine to quieten."""
+    After cfg["warmup"] calls of each, every round times one window of `calls` (default cfg["steps"]) calls of
+    each function, until each has cfg["windows"] windows during which other processes took at most
+    cfg["max_other_load"] of the CPUs, or 3 x windows rounds have run. A loaded round makes the next wait
+    for the machine to quieten."""
+    limit, windows, calls = cfg.get("max_other_load"), cfg["windows"], calls or cfg["steps"]
     for fn in fns.values():
-        for _ in range(warmup):
+        for _ in range(cfg["warmup"]):
             fn()
     out = {name: [] for name in fns}
-    enough = lambda ws: sum(is_clean(load, max_other_load) for _, load in ws) >= windows
+    enough = lambda ws: sum(is_clean(load, limit) for _, load in ws) >= windows
     for _ in range(3 * windows):
         if all(enough(ws) for ws in out.values()):
             break
-        if not all(is_clean(ws[-1][1], max_other_load) for ws in out.values() if ws):
-            wait_for_quiet(max_other_load)
+        if not all(is_clean(ws[-1][1], limit) for ws in out.values() if ws):
+            wait_for_quiet(limit)
         for name, fn in fns.items():
             sync(device)
             meter, start = LoadMeter(), time.perf_counter()
-            for _ in range(calls_per_window):
+            for _ in range(calls):
                 fn()
             sync(device)
-            out[name].append((units_per_call * calls_per_window / (time.perf_counter() - start), meter.others()))
-    return {name: summarise(ws, max_other_load) for name, ws in out.items()}
+            out[name].append((units_per_call * calls / (time.perf_counter() - start), meter.others()))
+    return {name: summarise(ws, limit, unit) for name, ws in out.items()}
 
 
 def is_clean(load, max_other_load):
     return load is None or max_other_load is None or load <= max_other_load
 
 
-QUIET_WAIT_S = {"left": 900.0}  # per process: how long we may still sit out other processes' load
-
-
 def wait_for_quiet(max_other_load, probe_s=0.5):
-    """Sleep until other processes use at most max_other_load of the CPUs over a probe_s window
-    (gives up, silently, once this process has waited QUIET_WAIT_S in all). A quiet machine costs
-    one probe, so callers may call it before every measurement."""
+    """Sleep until other processes use at most max_other_load of the CPUs over a probe_s window (gives up,
+    silently, once this process has waited QUIET_WAIT_S in all); a quiet machine costs one probe."""
     if max_other_load is None or max_other_load >= 1:  # no load can exceed it: nothing to wait for
         return
     while QUIET_WAIT_S["left"] > 0:
@@ -101,24 +94,15 @@ def wait_for_quiet(max_other_load, probe_s=0.5):
             return
 
 
-def summarise(windows, max_other_load):
-    """Median rate of the clean windows (all windows if none was clean), with the evidence."""
+def summarise(windows, max_other_load, unit="rate"):
+    """Median rate of the clean (rate, load) windows (of all if none was clean), with the evidence."""
     clean = [r for r, load in windows if is_clean(load, max_other_load)]
-    return {"rate": statistics.median(clean or [r for r, _ in windows]),
+    return {unit: statistics.median(clean or [r for r, _ in windows]),
             "windows": [round(r, 3) for r, _ in windows], "window_load": [load for _, load in windows],
             "clean_windows": len(clean)}
 
 
-def timed(fns, units, cfg, device, calls=None, unit="samples_per_s"):
-    """timed_windows with a configuration's warm-up, windows and load limit; the rate named `unit`."""
-    out = timed_windows(fns, units, cfg["warmup"], cfg["windows"], calls or cfg["steps"], device,
-                        cfg.get("max_other_load"))
-    return {name: {unit: s.pop("rate"), **s} for name, s in out.items()}
-
-
-# -----------------------------------------------------------------------------
-# other processes' load and memory
-
+# --- other processes' load and memory -------------------------------------------------------------
 
 def own_cpu_seconds() -> float:
     """CPU time of this process and all its descendants (live loader workers included)."""
@@ -139,9 +123,8 @@ def own_cpu_seconds() -> float:
 
 
 class LoadMeter:
-    """CPU time that *other* processes used while we measured, as a fraction of all cores:
-    busy time from /proc/stat minus our own process tree's. 0 means a quiet machine; None where
-    /proc is missing (not Linux)."""
+    """CPU time that *other* processes used while we measured, as a fraction of all cores: busy time from
+    /proc/stat minus our own process tree's. 0 means a quiet machine; None where /proc is missing."""
 
     def __init__(self):
         self.start = self._read()
@@ -166,11 +149,9 @@ class LoadMeter:
 
 
 def memory_now(device) -> int:
-    """Bytes in use now: CUDA tensors allocated, or this process's resident set on CPU.
-
-    A peak above this, taken just before the model is built, covers weights, gradients, optimiser
-    state, batch and activations; on CPU also allocator and oneDNN scratch memory: what the OS must
-    provide."""
+    """Bytes in use now: CUDA tensors allocated, or this process's resident set on CPU. A peak above this,
+    taken just before the model is built, covers weights, gradients, optimiser state, batch and activations;
+    on CPU also allocator and oneDNN scratch memory: what the OS must provide."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return torch.cuda.memory_allocated(device)
@@ -179,8 +160,8 @@ def memory_now(device) -> int:
 
 
 def peak_memory_mb(device, base) -> float:
-    """Peak use since memory_now() returned `base`, above that base, in MiB (CPU: the process's
-    peak resident set, a high-water mark since its start, hence one configuration per process)."""
+    """Peak use above `base` (memory_now's) in MiB; on CPU the process's peak resident set, a high-water mark
+    since its start, hence one configuration per process."""
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
     else:
@@ -189,31 +170,19 @@ def peak_memory_mb(device, base) -> float:
     return (peak - base) / 2 ** 20
 
 
-def in_fresh_process(argv) -> dict:
-    """The JSON of the last stdout line of `python *argv`, run in a fresh interpreter so that its peak
-    resident set (a high-water mark since the process started) belongs to that one measurement alone;
-    {"error": the last stderr line} if it failed."""
-    proc = subprocess.run([sys.executable, *map(str, argv)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-# -----------------------------------------------------------------------------
-# the dense matmul peak and the machine's name
-
+# --- the dense matmul peak and the machine's name -------------------------------------------------
 
 def matmul_peak_tflops(device, precision, sizes=PEAK_SIZES, repeats=5, max_other_load=None):
-    """The best TFLOP/s of single n x n x n matmuls in `precision` (2 n^3 FLOPs each) over `sizes`,
-    counting only calls during which other processes stayed under `max_other_load` (up to
-    3 x `repeats` tries per size). On a GPU 8192^3 is added: 4096^3 takes a fraction of a
-    millisecond there, too short to keep every unit busy."""
+    """The best TFLOP/s of single n x n x n matmuls in `precision` (2 n^3 FLOPs each) over `sizes`, counting
+    only calls during which other processes stayed under `max_other_load` (up to 3 x `repeats` tries per
+    size). On a GPU 8192^3 is added: 4096^3 takes a fraction of a millisecond there, too short to keep
+    every unit busy."""
     dtype, best = PRECISIONS[precision] or torch.float32, 0.0
+    cfg = {"warmup": 1, "windows": repeats, "steps": 1, "max_other_load": max_other_load}
     for n in tuple(sizes) + ((8192,) if device.type == "cuda" else ()):
         a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
         # the first call (warm-up) selects the kernel and fills the packing buffers
-        s = timed_windows({"mm": lambda: torch.mm(a, b)}, 2 * n ** 3 / 1e9, 1, repeats, 1, device,
-                          max_other_load)["mm"]
+        s = timed({"mm": lambda: torch.mm(a, b)}, 2 * n ** 3 / 1e9, cfg, device)["mm"]
         clean = [r for r, load in zip(s["windows"], s["window_load"]) if is_clean(load, max_other_load)]
         best = max(best, max(clean or s["windows"]) / 1e3)  # GFLOP/s -> TFLOP/s
     return best
@@ -227,9 +196,7 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
-# -----------------------------------------------------------------------------
-# what is measured without train.py: a batch in memory, encoding, the loss's memory, open_clip's model
-
+# --- what is measured without train.py: a batch in memory, encoding, the loss's memory, open_clip's model ---
 
 def memory_batch(model, B, device):
     """A batch shaped like the loader's: images, SOT text EOT 0... ids, and for a model with SLIP's head
@@ -306,29 +273,28 @@ def run_vs_open_clip(cfg):
     return {"params": counts["tinyclip"], "other_load": meter.others(), "variants": timing}
 
 
-# -----------------------------------------------------------------------------
-# tokenizer and data pipeline
+# --- tokenizer and data pipeline ------------------------------------------------------------------
+
+def reference_tokenize(tokenizer, texts, context_length=77):
+    """clip.tokenize's rules on OpenAI's SimpleTokenizer (clip.py itself imports torchvision)."""
+    sot, eot = tokenizer.encoder["<|startoftext|>"], tokenizer.encoder["<|endoftext|>"]
+    result = torch.zeros(len(texts), context_length, dtype=torch.long)
+    for i, text in enumerate(texts):
+        ids = [sot] + tokenizer.encode(text) + [eot]
+        ids = ids[:context_length - 1] + [eot] if len(ids) > context_length else ids
+        result[i, :len(ids)] = torch.tensor(ids)
+    return result
 
 
 def bench_tokenizer(n, reference_path=None, rounds=3, max_other_load=None):
-    """texts/s on n distinct captions (CLIP's 80 ImageNet templates x the 1000 class names, shuffled),
-    cold (a fresh tokenizer: every word segmented once) and warm (word cache full); the median of
-    `rounds` rounds, each timing every tokenizer in turn. OpenAI's reference is its SimpleTokenizer
-    under clip.tokenize's rules, written out here (clip.py itself imports torchvision)."""
+    """texts/s on n distinct captions (CLIP's 80 ImageNet templates x the 1000 class names, shuffled), cold (a
+    fresh tokenizer: every word segmented once) and warm (word cache full); the median of `rounds` rounds,
+    each timing every tokenizer in turn, OpenAI's reference (reference_tokenize) too when given."""
     names, templates = ((ROOT / "tinyclip" / "assets" / f).read_text().splitlines()
                         for f in ("imagenet_classnames.txt", "imagenet_templates.txt"))
     texts = [t.replace("{}", c) for c in names for t in templates if "{}" in t]
     random.Random(0).shuffle(texts)
     texts, candidates = texts[:n], {"tinyclip": (Tokenizer, lambda tok, t: tok.tokenize(t, 77))}
-
-    def reference_tokenize(tokenizer, texts, context_length=77):
-        sot, eot = tokenizer.encoder["<|startoftext|>"], tokenizer.encoder["<|endoftext|>"]
-        result = torch.zeros(len(texts), context_length, dtype=torch.long)
-        for i, text in enumerate(texts):
-            ids = [sot] + tokenizer.encode(text) + [eot]
-            ids = ids[:context_length - 1] + [eot] if len(ids) > context_length else ids
-            result[i, :len(ids)] = torch.tensor(ids)
-        return result
     if reference_path:
         spec = importlib.util.spec_from_file_location("openai_simple_tokenizer", reference_path)
         spec.loader.exec_module(module := importlib.util.module_from_spec(spec))
@@ -350,8 +316,8 @@ def bench_tokenizer(n, reference_path=None, rounds=3, max_other_load=None):
 
 
 def write_jpegs(folder, count, size=(341, 256)):
-    """JPEGs like img2dataset's (shorter side 256, quality 95), with captions: synthetic scenes,
-    upscaled, plus mild noise so they do not compress unrealistically well."""
+    """JPEGs like img2dataset's (shorter side 256, quality 95), with captions: synthetic scenes, upscaled,
+    plus mild noise so they do not compress unrealistically well."""
     pairs, rng = SyntheticPairs(size=count), np.random.default_rng(0)
     for i in range(count):
         image, caption = pairs.pair(i)
@@ -363,9 +329,9 @@ def write_jpegs(folder, count, size=(341, 256)):
 
 def bench_data(folder, count, loader_batch, loader_image_size, workers, repeats=2, max_other_load=None):
     """(rows, loader images/s). Rows: decode + augment images/s of one loader worker (one process, one
-    thread), per preset, the best of `repeats` passes over `count` images: the JPEGs in `folder` at
-    224 px and the built-in data at 64 px. Then the real training loader on the folder, with its
-    workers, timed over 20 batches after start-up."""
+    thread), per preset, the best of `repeats` passes over `count` images: the JPEGs in `folder` at 224 px
+    and the built-in data at 64 px. Then the real training loader on the folder, with its workers, timed
+    over 20 batches after start-up."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     files = [p.read_bytes() for p in sorted(Path(folder).glob("*.jpg"))][:count]

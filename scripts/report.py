@@ -33,7 +33,8 @@ def rows_for(runs, ids, results, flops, batch_size) -> list:
     for run, run_id in zip(runs, ids):
         r, g, batch = results.get(run_id, {}), flops[(run.arch, run.strategy)], batch_size(run.strategy)
         trained = max(1, run.samples_seen // batch) * batch
-        metrics = [None if r.get(m) is None else round(r[m], 5) for m in ("zeroshot", "probe", "retrieval", "i2t", "t2i")]
+        metrics = [None if r.get(m) is None else round(r[m], 5)
+                   for m in ("zeroshot", "probe", "retrieval", "i2t", "t2i")]
         rows.append(dict(zip(CSV_COLUMNS, (
             run.study, run.setting, run.regime, run.seed, run.arch, run.strategy, run.dataset_size, run.keep_top,
             round(run.epochs * trained / run.samples_seen, 3), trained, batch, round(g, 6), round(g * trained, 3),
@@ -62,9 +63,10 @@ def aggregate(rows):
 
 def judge(points, grid, scale):
     """findings.check_all with the towers of a reproduce.py Grid in their roles."""
-    first = lambda prefix: next((a for a in grid.arch_list if a.startswith(prefix)), None)
-    return findings.check_all(points, base_arch=scale.base_arch, vits=[a for a in grid.arch_list if a.startswith("vit")],
-                              resnet=first("rn"), swin=first("swin"), mixer=first("mixer"))
+    named = lambda prefix: [a for a in grid.arch_list if a.startswith(prefix)]
+    first = lambda prefix: next(iter(named(prefix)), None)
+    return findings.check_all(points, base_arch=scale.base_arch, vits=named("vit"), resnet=first("rn"),
+                              swin=first("swin"), mixer=first("mixer"))
 
 
 def write_tables(rows, points, out: Path):
@@ -82,30 +84,33 @@ def points_table(points, study) -> str:
     cell = lambda p, m: "-" if p[m] is None else f"{100 * p[m]:.1f} ± {100 * p[m + '_std']:.1f}"
     lines = ["| setting | regime | pairs | epochs | samples seen | GFLOPs/sample | total GFLOPs | zero-shot top-1 | "
              "linear-probe top-1 | retrieval R@1 |", "|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {p['setting']} | {p['regime']} | {p['dataset_size'] or '-'} | {p['epochs']:g} | {p['samples_seen']:,} | "
-              f"{p['gflops_per_sample']:.4g} | {p['compute']:.4g} | {' | '.join(cell(p, m) for m in METRIC_COLUMNS)} |"
-              for p in chosen]
+    lines += [f"| {p['setting']} | {p['regime']} | {p['dataset_size'] or '-'} | {p['epochs']:g} | "
+              f"{p['samples_seen']:,} | {p['gflops_per_sample']:.4g} | {p['compute']:.4g} | "
+              f"{' | '.join(cell(p, m) for m in METRIC_COLUMNS)} |" for p in chosen]
     return "\n".join(lines)
 
 
-def write_summary(out: Path, *, scale, command, settings, checks, points, figures, precision, notes, studies):
+def write_summary(out: Path, scale, grid, scores, *, command, checks, points, figures, notes, studies):
     """summary.md: how it was run, the settings, the recommendations' and findings' verdicts with their
-    numbers, the filter's precision, a table and the figures per study, and what was not covered."""
+    numbers, the filter's precision (micro scale), a table and the figures per study, and what was not covered."""
+    micro = scale.base_arch.endswith("-micro")
     recs = [c for c in checks if c.study == "recommendations" and c.verdict != findings.NOT_TESTED]
-    text = [f"# Scaling (Down) CLIP at {scale} scale: does it reproduce?", "",
-            "Li, Xie, Cubuk (2024), \"Scaling (Down) CLIP: A Comprehensive Analysis of Data, Architecture, and Training "
-            "Strategies\" (arXiv 2404.08197), reproduced by `scripts/reproduce.py`. Every setting below was fixed before "
-            "the runs; nothing was re-run or tuned to make a result agree.", "", f"Command: {command}", "",
+    text = [f"# Scaling (Down) CLIP at {'micro' if micro else 'real'} scale: does it reproduce?", "",
+            "Li, Xie, Cubuk (2024), \"Scaling (Down) CLIP: A Comprehensive Analysis of Data, Architecture, and "
+            "Training Strategies\" (arXiv 2404.08197), reproduced by `scripts/reproduce.py`. Every setting below was "
+            "fixed before the runs; nothing was re-run or tuned to make a result agree.", "", f"Command: {command}", "",
             "Compute is training FLOPs per sample (forward + backward, one multiply-add = 2 FLOPs, tinyclip/flops.py) "
             "times samples seen. Verdicts follow one rule fixed in advance (scripts/findings.py): a difference counts "
             "only when it exceeds the standard error of the difference over seeds; otherwise it is *inconclusive*. "
-            "Numbers are percentages, mean ± standard deviation over seeds.", "", "## Settings", "", "| | |", "|---|---|"]
-    text += [f"| {k} | {v} |" for k, v in settings]
+            "Numbers are percentages, mean ± standard deviation over seeds.", "", "## Settings", "", "| | |",
+            "|---|---|"]
+    text += [f"| {k} | {v} |" for k, v in settings_table(scale, grid)]
     if recs:
         text += ["", "## The paper's recommendations", "", findings.markdown_table(recs)]
     text += ["", "## The paper's findings, one by one", "",
              findings.markdown_table([c for c in checks if c.study in studies])]
-    text += ["", "## The quality filter", "", precision] if precision else []
+    if micro and scores and scores.exists():
+        text += ["", "## The quality filter", "", filter_precision(grid, scores)]
     text += ["", "## Results", ""]
     for study in (s for s in STUDIES if any(p["study"] == s for p in points)):
         text += [f"### {study}", "", points_table(points, study), ""]
@@ -157,11 +162,11 @@ def settings_table(scale, grid) -> list:
                                 f"(49 classes, chance 2%); retrieval R@1 = mean of image->text and text->image over "
                                 f"the same images (5 captions each); linear probe: L-BFGS logistic regression on "
                                 f"{scale.probe_train} training images, weight decay chosen on a held-out 20%"),
-                 ("quality pool and scorer", f"{grid.quality_pool} pairs, noise={grid.quality_noise} (that fraction has "
-                                             f"a wrong caption); scorer: {scale.base_arch} CLIP trained on "
-                                             f"{grid.scorer_samples:,} samples of a disjoint, cleaner pool "
-                                             f"`{grid.scorer_data}` (playing the off-the-shelf CLIP the paper does not "
-                                             f"name); pairs ranked by mean image-caption cosine (eval.py --task score)")]
+                 ("quality pool and scorer",
+                  f"{grid.quality_pool} pairs, noise={grid.quality_noise} (that fraction has a wrong caption); scorer: "
+                  f"{scale.base_arch} CLIP trained on {grid.scorer_samples:,} samples of a disjoint, cleaner pool "
+                  f"`{grid.scorer_data}` (playing the off-the-shelf CLIP the paper does not name); pairs ranked by "
+                  f"mean image-caption cosine (eval.py --task score)")]
     return rows
 
 
@@ -237,7 +242,8 @@ def font(size: int):
 
 def si(value: float) -> str:
     """1500 -> '1.5k', 2e6 -> '2M', 0.05 -> '0.05': short tick labels."""
-    scale, suffix = next(((s, x) for s, x in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")) if abs(value) >= s), (1, ""))
+    scale, suffix = next(((s, x) for s, x in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")) if abs(value) >= s),
+                         (1, ""))
     return f"{value / scale:.3g}{suffix}" if value else "0"
 
 
@@ -285,8 +291,10 @@ def line_chart(series, *, title, x_label, y_label, size=(420, 310), legend=False
         return figure([image], columns=1, legend=series) if legend else image
     pad = 10 ** (0.06 * max(math.log10(max(xs) / min(xs)), 0.5))  # widen a little so markers sit inside
     x_lo, x_hi = min(xs) / pad, max(xs) * pad
-    y_ticks = linear_ticks(min(y - e for pts in drawn for _, y, e in pts), max(y + e for pts in drawn for _, y, e in pts))
-    px = lambda x: plot[0] + (math.log10(x) - math.log10(x_lo)) / (math.log10(x_hi) - math.log10(x_lo)) * (plot[2] - plot[0])
+    spans = [(y - e, y + e) for pts in drawn for _, y, e in pts]
+    y_ticks = linear_ticks(min(lo for lo, _ in spans), max(hi for _, hi in spans))
+    log_lo, log_hi = math.log10(x_lo), math.log10(x_hi)
+    px = lambda x: plot[0] + (math.log10(x) - log_lo) / (log_hi - log_lo) * (plot[2] - plot[0])
     py = lambda y: plot[3] - (y - y_ticks[0]) / ((y_ticks[-1] - y_ticks[0]) or 1.0) * (plot[3] - plot[1])
     for t in y_ticks:  # grid lines, ticks and their labels
         draw.line([(plot[0], py(t)), (plot[2], py(t))], fill=GRID)

@@ -42,15 +42,13 @@ import eval as evaluate  # noqa: E402
 import report  # noqa: E402
 import train  # noqa: E402
 from report import STUDIES  # noqa: E402
+from tinyclip import train_flags  # noqa: E402
 from tinyclip.flops import gflops_per_sample  # noqa: E402
-from tinyclip.model import create_model  # noqa: E402
 from tinyclip.sources import open_source  # noqa: E402
 
 STRATEGIES = ("clip", "slip", "flip", "clip-aug:crop-flip", "clip-aug:randaug", "clip-aug:stacked-randaug")
-SLIP_HEAD = (4096, 256)  # SLIP's projector, hidden and out (train.py's --ssl-mlp-dim / --ssl-emb-dim defaults)
 
 # --- settings -------------------------------------------------------------------------------------
-
 
 @dataclasses.dataclass(frozen=True)
 class Scale:
@@ -69,7 +67,7 @@ class Scale:
     precision: str
     workers: int
     save_every: int
-    slip_head: tuple | None = None  # (hidden, out) of a scaled-down SLIP projector; None: SLIP_HEAD
+    slip_head: tuple | None = None  # (hidden, out) of a scaled-down SLIP projector; None: train.py's 4096/256
     eval_size: int = 1000  # synthetic: held-out images for zero-shot and retrieval
     probe_train: int = 1000  # synthetic: training images of the linear probe (about 20 per class)
     label_set: str = "shape-color"  # synthetic zero-shot classes (49)
@@ -166,12 +164,12 @@ def plan(grid: Grid, scale: Scale, data: str, studies, pool_size=None):
     """Every Run of the chosen studies; a training shared by two studies appears in both."""
     runs = []
     for seed in grid.seeds:
-        add = lambda *args, **kw: runs.append(Run(args[0], args[1], args[2], seed, *args[3:], **kw))
+        add = lambda study, setting, regime, *rest, **kw: runs.append(Run(study, setting, regime, seed, *rest, **kw))
         if "quantity" in studies:
             for size in grid.quantity_sizes:
                 for epochs in grid.quantity_epochs:
-                    add("quantity", f"{size} pairs", "fixed-epochs", scale.base_arch, "clip", data, size, size * epochs,
-                        epochs=epochs)
+                    add("quantity", f"{size} pairs", "fixed-epochs", scale.base_arch, "clip", data, size,
+                        size * epochs, epochs=epochs)
         if "quality" in studies and pool_size:
             for fraction in grid.quality_fractions:
                 kept = round(fraction * pool_size)
@@ -185,10 +183,12 @@ def plan(grid: Grid, scale: Scale, data: str, studies, pool_size=None):
                         epochs=grid.arch_epochs)
         if "strategy" in studies:
             cells = [("one-epoch", s, 1, grid.strategy_single_list) for s in grid.strategy_single_sizes]
-            cells += [("multi-epoch", s, grid.strategy_multi_epochs, grid.strategy_multi_list) for s in grid.strategy_multi_sizes]
+            cells += [("multi-epoch", s, grid.strategy_multi_epochs, grid.strategy_multi_list)
+                      for s in grid.strategy_multi_sizes]
             for regime, size, epochs, strategies in cells:
                 for strategy in strategies:
-                    add("strategy", strategy, regime, scale.base_arch, strategy, data, size, size * epochs, epochs=epochs)
+                    add("strategy", strategy, regime, scale.base_arch, strategy, data, size, size * epochs,
+                        epochs=epochs)
     return runs
 
 
@@ -249,22 +249,20 @@ def eval_argvs(ckpt: Path, run_dir: Path, scale: Scale, args) -> list:
 
 @functools.lru_cache(maxsize=None)
 def gflops(arch: str, strategy: str, scale: Scale) -> float:
-    """Training GFLOPs per sample (forward + backward, 1 multiply-add = 2 FLOPs) of the model train.py builds,
-    counted on the meta device; SLIP's projector is part of it; every clip-aug variant counts as clip
-    (augmentation costs no model compute)."""
-    kind = strategy.partition(":")[0].replace("clip-aug", "clip")
-    head = dict(zip(("ssl_mlp_dim", "ssl_emb_dim"), scale.slip_head or SLIP_HEAD)) if kind == "slip" else {}
+    """Training GFLOPs per sample of the model train.py builds for such a run, as train.py logs it (SLIP's
+    projector included; every clip-aug variant counts as clip), counted on the meta device."""
+    args = train_flags.parse_args(train_argv(Run("", "", "", 0, arch, strategy, "synthetic", None, 1), scale))
     with torch.device("meta"):
-        model = create_model(arch, text_arch=scale.text_arch, image_size=scale.image_size,
-                             context_length=scale.context_length, embed_dim=scale.embed_dim, **head)
-    return gflops_per_sample(model, strategy=kind, mask_ratio=0.5, train=True)["total"]
+        model = train.make_model(args)
+    _, mask_ratio, _ = train_flags.STRATEGIES[args.strategy](args)
+    return gflops_per_sample(model, strategy=args.strategy, mask_ratio=mask_ratio)["total"]
 
 
 # --- running: one job = train.py once, then eval.py's calls, its numbers kept as result.json ---------------
 
 def execute(job: dict) -> dict:
-    """Train, then evaluate; returns (and stores as result.json) the run's metrics. In-process (micro): train.main
-    and eval.main with the console output in console.log; else `torchrun train.py`, `python eval.py`."""
+    """Train, then evaluate; returns (and stores as result.json) the run's metrics. In-process (micro):
+    train.main and eval.main with the console output in console.log; else `torchrun train.py`, `python eval.py`."""
     run_dir = Path(job["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     start, cpu_start, result = time.perf_counter(), time.process_time(), {"run_id": run_dir.name}
@@ -299,7 +297,8 @@ def execute(job: dict) -> dict:
 def run_jobs(jobs: dict, parallel: int, threads: int, start: float) -> dict:
     """{id: result} of every job, in a pool of `parallel` processes of `threads` torch threads: those not done
     yet run longest first, and the quality runs wait for the job "scorer" (when it has to run) to score."""
-    results = {k: json.loads(p.read_text()) for k, j in jobs.items() if (p := Path(j["run_dir"]) / "result.json").exists()}
+    results = {k: json.loads(p.read_text()) for k, j in jobs.items()
+               if (p := Path(j["run_dir"]) / "result.json").exists()}
     todo = sorted((k for k in jobs if k not in results), key=lambda k: -jobs[k]["cost"])
     held = [k for k in todo if jobs[k]["quality"]] if "scorer" in todo else []
     with futures.ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn"),
@@ -309,9 +308,11 @@ def run_jobs(jobs: dict, parallel: int, threads: int, start: float) -> dict:
             for future in futures.wait(running, return_when=futures.FIRST_COMPLETED)[0]:
                 key = running.pop(future)
                 result = results[key] = future.result()
-                metrics = " ".join(f"{m}={result[m]:.3f}" for m in ("zeroshot", "probe", "retrieval") if result.get(m) is not None)
-                print(f"[{len(results) - len(jobs) + len(todo)}/{len(todo)} {(time.perf_counter() - start) / 60:5.1f} min] "
-                      f"{result['run_id']} {result.get('error') or metrics} ({result.get('wall_s', 0):.0f} s)", flush=True)
+                metrics = " ".join(f"{m}={result[m]:.3f}" for m in ("zeroshot", "probe", "retrieval")
+                                   if result.get(m) is not None)
+                done, minutes = len(results) - len(jobs) + len(todo), (time.perf_counter() - start) / 60
+                print(f"[{done}/{len(todo)} {minutes:5.1f} min] {result['run_id']} {result.get('error') or metrics} "
+                      f"({result.get('wall_s', 0):.0f} s)", flush=True)
                 running.update({pool.submit(execute, jobs[k]): k for k in held} if key == "scorer" else {})
     return results
 
@@ -322,8 +323,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("what to run")
-    g.add_argument("--preset", choices=PRESETS,
-                   help="grid: smoke (2 tiny runs), quick (CPU, < 20 min), full (GPU), paper (real data; the default there)")
+    g.add_argument("--preset", choices=PRESETS, help="grid: smoke (2 tiny runs), quick (CPU, < 20 min), full (GPU), "
+                                                      "paper (real data; the default there)")
     g.add_argument("--quick", dest="preset", action="store_const", const="quick", help="same as --preset quick")
     g.add_argument("--smoke", dest="preset", action="store_const", const="smoke", help="same as --preset smoke")
     g.add_argument("--studies", nargs="+", choices=STUDIES, help="studies to run (default: all; smoke: quantity)")
@@ -333,7 +334,8 @@ def parse_args(argv=None):
     g = p.add_argument_group("running")
     g.add_argument("--jobs", type=int, help="runs at once (default: 2 on synthetic data, smoke 1; real 1)")
     g.add_argument("--threads", type=int, default=1, help="torch threads per run (synthetic data)")
-    g.add_argument("--keep-checkpoints", action="store_true", help="keep every run's ckpt.pt once evaluated (real data: always)")
+    g.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep every run's ckpt.pt once evaluated (real data: always)")
     g.add_argument("--gpus", type=int, default=1, help="real data: torchrun --nproc_per_node")
     g = p.add_argument_group("real data (the paper's settings are the defaults)")
     g.add_argument("--data", default="synthetic", help="training pairs: synthetic, CSV/TSV, tar shards (as train.py)")
@@ -380,7 +382,8 @@ def main(argv=None):
         scores = Path(args.scores or out / "scores.csv")
         if not args.scores:
             jobs["scorer"] = job(out / "runs" / "scorer", None, [["--openai", args.scorer, "--task", "score", "--data",
-                                                                 args.data, "--out", str(scores), "--precision", scale.precision]])
+                                                                 args.data, "--out", str(scores), "--precision",
+                                                                 scale.precision]])
     elif "quality" in studies:
         notes.append("The quality study: give --scores (or --scorer weights) to rank the real pairs.")
 
@@ -391,7 +394,8 @@ def main(argv=None):
         ids.append(train_id(argv_t))
         run_dir = out / "runs" / ids[-1]
         jobs.setdefault(ids[-1], job(run_dir, argv_t + ["--out", str(run_dir), "--resume", "auto"],
-                                     eval_argvs(run_dir / "ckpt.pt", run_dir, scale, args), quality=run.keep_top is not None,
+                                     eval_argvs(run_dir / "ckpt.pt", run_dir, scale, args),
+                                     quality=run.keep_top is not None,
                                      drop_checkpoint=synthetic and not args.keep_checkpoints,
                                      cost=run.samples_seen * (2.5 if run.strategy == "slip" else 1.0)))
     trained = sum(int(j["train"][j["train"].index("--samples-seen") + 1]) for k, j in jobs.items() if k != "scorer")
@@ -429,10 +433,9 @@ def main(argv=None):
               f"{args.threads} torch thread(s), {cpu / 60:.1f} min of CPU time ({os.cpu_count()} CPUs, torch "
               f"{torch.__version__}; other work on the machine stretches wall time, not CPU time).")
     command = "python scripts/reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    report.write_summary(out, scale="micro" if synthetic else "real", command=f"`{command}` (preset `{preset}`). {timing}",
-                         settings=report.settings_table(scale, grid), checks=checks, points=points, figures=figures,
-                         notes=notes + [f"Failed run {r['run_id']}: {r['error']}" for r in failed], studies=studies,
-                         precision=report.filter_precision(grid, scores) if synthetic and scores and scores.exists() else None)
+    report.write_summary(out, scale, grid, scores, command=f"`{command}` (preset `{preset}`). {timing}",
+                         checks=checks, points=points, figures=figures, studies=studies,
+                         notes=notes + [f"Failed run {r['run_id']}: {r['error']}" for r in failed])
     print(timing)
     for check in checks:
         print(f"  {check.key:4s} {check.verdict:12s} {check.claim[:90]}")
