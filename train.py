@@ -15,10 +15,9 @@ The loss is exact under data parallelism (tinyclip/losses.py) and under gradient
 (--accum-steps: the gradient cache of Gao et al. 2021, tinyclip/gradcache.py). Checkpoints are resumable
 mid-epoch: a resumed run equals an uninterrupted one bit for bit.
 
-The file reads top to bottom: the model and its optimiser, the learning-rate schedule, one training
-step (train_step, which scripts/bench.py times too), then train(): the checks (flags, run folder,
-data), the model, the optimiser and a resumed run's state, the loop, the end. The flags, their
-defaults and checks are tinyclip/train_flags.py.
+The file reads top to bottom: the model and its optimiser, the schedule, one training step (train_step,
+which scripts/bench.py times), then train(): the checks, the model, the optimiser and a resumed run's
+state, the loop, the end. The flags, their defaults and checks are tinyclip/train_flags.py.
 """
 
 import contextlib
@@ -50,10 +49,6 @@ from tinyclip.train_flags import (STRATEGIES, ConfigError, check_args, check_res
                                   resolve_budget)
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
 # -----------------------------------------------------------------------------
 # the model and its optimiser
 
@@ -64,8 +59,8 @@ def make_model(args) -> nn.Module:
     try:
         model = create_model(args.arch, image_size=args.image_size, context_length=args.context_length,
                              text_arch=args.text_arch, embed_dim=args.embed_dim,
-                             ssl_mlp_dim=args.ssl_mlp_dim if ssl else 0, ssl_emb_dim=args.ssl_emb_dim or 256,
-                             ssl_norm=args.ssl_norm or "batch")
+                             ssl_mlp_dim=args.ssl_mlp_dim if ssl else 0, ssl_emb_dim=args.ssl_emb_dim,
+                             ssl_norm=args.ssl_norm)
     except ValueError as e:  # e.g. an image size the tower's patches or stride do not divide
         raise ConfigError(f"--arch {args.arch} with --image-size {args.image_size}: {e}") from None
     if mask_ratio > 0 and not model.visual.supports_masking:
@@ -93,20 +88,18 @@ def make_optimizer(args, model: nn.Module):
         return torch.optim.AdamW(groups, **kwargs)
 
 
-def cosine_lr(step: int, steps: int, warmup: int, peak: float) -> float:
-    """Linear warmup to the peak, then cosine decay to zero at the last step."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    return 0.5 * peak * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-
 def schedule(step: int, args, main_steps: int, mask_ratio: float) -> tuple:
-    """(lr, mask ratio, stage) at a step: the main run, then FLIP's unmasked tuning stage, a schedule of its
-    own (FLIP: 1/100 the lr, warmup over 20% of the stage, cosine to zero), not the tail of the first."""
+    """(lr, mask ratio, stage) at a step: linear warmup to the peak, then cosine decay to zero at the stage's
+    last step; the main run, then FLIP's unmasked tuning stage, a schedule of its own (FLIP: 1/100 the lr,
+    warmup over 20% of the stage), not the tail of the first."""
     if step < main_steps:
-        return cosine_lr(step, main_steps, args.warmup, args.lr), mask_ratio, "main"
-    tune = args.unmasked_steps
-    return cosine_lr(step - main_steps, tune, max(1, tune // 5), args.unmasked_lr), 0.0, "unmasked"
+        steps, warmup, peak, stage = main_steps, args.warmup, args.lr, "main"
+    else:
+        step, steps, mask_ratio, stage = step - main_steps, args.unmasked_steps, 0.0, "unmasked"
+        warmup, peak = max(1, steps // 5), args.unmasked_lr
+    if step < warmup:
+        return peak * (step + 1) / warmup, mask_ratio, stage
+    return 0.5 * peak * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))), mask_ratio, stage
 
 
 # -----------------------------------------------------------------------------
@@ -114,13 +107,11 @@ def schedule(step: int, args, main_steps: int, mask_ratio: float) -> tuple:
 
 
 def train_step(model, raw_model, batch: dict, mask_ratio: float, optimizer, scaler, args) -> dict:
-    """One optimiser step on one global batch -> its loss terms (detached).
-
-    model is what runs the forward (the DDP wrapper under torchrun), raw_model the CLIP inside it.
-    Forward, loss and backward run in one pass, or with --accum-steps K > 1 as K micro-batches
-    through the gradient cache (DDP's reduction deferred to one all-reduce); then gradient
-    clipping, the update, and the temperature clamp. scripts/bench.py times exactly this. The terms
-    include the gradient norm before clipping ("grad_norm")."""
+    """One optimiser step on one global batch -> its loss terms (detached) and the gradient norm before
+    clipping ("grad_norm"). model runs the forward (the DDP wrapper under torchrun), raw_model is the CLIP
+    inside it. Forward, loss and backward run in one pass, or with --accum-steps K > 1 as K micro-batches
+    through the gradient cache (DDP's reduction deferred to one all-reduce); then gradient clipping, the
+    update, and the temperature clamp."""
     ddp = isinstance(model, nn.parallel.DistributedDataParallel)
     optimizer.zero_grad(set_to_none=True)
     if args.accum_steps == 1:
@@ -137,7 +128,7 @@ def train_step(model, raw_model, batch: dict, mask_ratio: float, optimizer, scal
                     dist.all_reduce(p.grad)
                     p.grad /= dist.get_world_size()
     if not torch.isfinite(terms["loss"]).item():  # one host sync per step: a NaN never reaches the weights
-        raise NonFiniteLoss(f"loss is {terms['loss'].item()}")
+        raise FloatingPointError(f"loss is {terms['loss'].item()}")
     scaler.unscale_(optimizer)
     # the global gradient norm, logged; clipped to --grad-clip (with 0, an infinite bound leaves it as it is)
     grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip or math.inf)
@@ -154,21 +145,18 @@ def train_step(model, raw_model, batch: dict, mask_ratio: float, optimizer, scal
 
 def setup_distributed(threads=None):
     """(rank, world_size, device) from torchrun's environment; a plain process is rank 0 of 1."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if threads:
         torch.set_num_threads(threads)
     elif "TORCHELASTIC_RUN_ID" in os.environ and not torch.cuda.is_available():
         # torchrun sets OMP_NUM_THREADS=1 in every worker it starts; on CPUs that leaves all but
         # one core idle per process. Share the node's cores among its processes instead.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-    if world_size == 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cpu")
     if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), device
@@ -198,7 +186,7 @@ def main(argv=None):
             keep_freed_memory()
         check_args(args, world_size)
         return train(args, rank, world_size, device)
-    except (ConfigError, FileNotFoundError, NonFiniteLoss) as e:
+    except (ConfigError, FileNotFoundError, FloatingPointError) as e:  # FloatingPointError: a NaN or inf loss
         if rank == 0:
             print(f"train.py: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -215,9 +203,8 @@ def train(args, rank: int, world_size: int, device: torch.device):
         shapes = make_model(args)
     image_size, context_length = shapes.visual.image_size, shapes.context_length
     out = Path(args.out)
-    if rank == 0 and out.is_dir():
-        for folder in (out, out / "checkpoints"):  # what a write killed mid-way left behind
-            ckpt_io.remove_stale_temp_files(folder)
+    if rank == 0:
+        ckpt_io.remove_stale_temp_files(out)  # what a write killed mid-way left behind
     path, ckpt = ckpt_io.latest_valid_checkpoint(out)
     if ckpt is not None and args.resume != "auto":
         raise ConfigError(f"{out} already holds a run ({path.name}); pass --resume auto or another --out")
@@ -289,7 +276,18 @@ def train(args, rank: int, world_size: int, device: torch.device):
                                        "elapsed_s": round(time.time() - started, 2)}) + "\n")
             log_file.flush()
 
-    log_file = None
+    def evaluate():  # zero-shot accuracy on the validation set (rank 0 only); logged and returned
+        if rank != 0 or args.eval_data in (None, "none"):
+            return None
+        raw_model.eval()
+        result = zeroshot(raw_model, args.eval_data, image_size=image_size, normalize=args.normalize,
+                          label_set=args.eval_label_set, size=args.eval_size, device=device)
+        raw_model.train()
+        log({"step": step, "eval": args.eval_data, **result})
+        print("zero-shot " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                      for k, v in result.items()))
+        return result
+
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         log_file = open(out / "log.jsonl", "a")
@@ -298,10 +296,7 @@ def train(args, rank: int, world_size: int, device: torch.device):
         print(f"{args.strategy} | {args.arch} + {raw_model.config.text_arch} text | {main_steps}{tuning} steps x "
               f"{args.batch_size} = {total_steps * args.batch_size} samples | {flops['main']:.2f} GFLOPs/sample "
               f"(train, 1 multiply-add = 2 FLOPs) | {world_size} x {device.type}")
-        print(describe_data(data, total_steps * args.batch_size))
-        warning = data_warning(data)
-        if warning:
-            print(warning, file=sys.stderr)
+        report_data(data, total_steps * args.batch_size)
         if ckpt is not None:
             moved = f"; world size {len(ckpt['rng'])} -> {world_size}: FLIP masks drawn afresh" \
                 if len(ckpt["rng"]) != world_size else ""
@@ -319,8 +314,9 @@ def train(args, rank: int, world_size: int, device: torch.device):
             group["lr"] = lr
         try:
             terms = train_step(model, raw_model, batch, step_mask_ratio, optimizer, scaler, args)
-        except NonFiniteLoss as e:
-            raise NonFiniteLoss(f"{e} at step {step}; stopping. The last good checkpoint is kept in {out}") from None
+        except FloatingPointError as e:
+            raise FloatingPointError(f"{e} at step {step}; stopping. The last good checkpoint is kept in "
+                                     f"{out}") from None
         step += 1
         window_samples += args.batch_size
 
@@ -331,11 +327,15 @@ def train(args, rank: int, world_size: int, device: torch.device):
                 terms = dict(zip(terms, values / world_size))
             train_s = time.perf_counter() - window_start - sum(paused.values())  # eval and saves apart
             skipped = dict(loader.skipped)
+            # the compute axis: each stage's samples at its own GFLOPs per sample, in PFLOPs
+            pflops = (min(step, main_steps) * args.batch_size * flops["main"]
+                      + max(0, step - main_steps) * args.batch_size * flops["unmasked"]) / 1e6
             log({"step": step, "samples_seen": step * args.batch_size, "epoch": loader.epoch_of(step * args.batch_size),
                  "stage": stage, **{k: round(v.item(), 5) for k, v in terms.items()}, "lr": lr,
                  "logit_scale": round(raw_model.logit_scale.exp().item(), 3),
                  "samples_per_s": round(window_samples / train_s, 1), **{k: round(v, 2) for k, v in paused.items()},
-                 "gflops_per_sample": sig(flops[stage]), "total_pflops": sig(compute_pflops(step, main_steps, args, flops)),
+                 # to 5 significant digits: the compute figures span many orders of magnitude
+                 "gflops_per_sample": float(f"{flops[stage]:.5g}"), "total_pflops": float(f"{pflops:.5g}"),
                  "skipped": skipped})
             bar.set_postfix(loss=f"{terms['loss'].item():.3f}", sps=round(window_samples / train_s, 1), lr=f"{lr:.1e}",
                             **({"skipped": sum(skipped.values())} if skipped else {}))
@@ -343,7 +343,7 @@ def train(args, rank: int, world_size: int, device: torch.device):
         bar.update(1)
         if args.eval_every and step % args.eval_every == 0 and step < total_steps:
             began = time.perf_counter()
-            log_eval(args, raw_model, device, step, log, rank)
+            evaluate()
             paused["eval_s"] += time.perf_counter() - began
         if step % args.save_every == 0 and step < total_steps:
             began = time.perf_counter()
@@ -355,11 +355,11 @@ def train(args, rank: int, world_size: int, device: torch.device):
     # --- the end
     save(out / "ckpt.pt")
     bar.close()
-    result = log_eval(args, raw_model, device, step, log, rank)
+    result = evaluate()
     if rank == 0:
-        skipped = dict(loader.skipped)
+        skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(loader.skipped.items())) or "none"
         print(f"done: {step} steps, {step * args.batch_size} samples in {time.time() - started:.0f} s; skipped "
-              + (", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items())) or "none") + f"; {out / 'ckpt.pt'}")
+              f"{skipped}; {out / 'ckpt.pt'}")
         log_file.close()
     return result
 
@@ -373,50 +373,22 @@ def seed_rank_stream(seed: int, rank: int, step: int):
     random.seed(value)
 
 
-def compute_pflops(step, main_steps, args, flops):
-    """The compute axis: each stage's samples at its own GFLOPs per sample, in PFLOPs."""
-    main = min(step, main_steps) * args.batch_size * flops["main"]
-    return (main + max(0, step - main_steps) * args.batch_size * flops["unmasked"]) / 1e6
-
-
-def describe_data(data: dict, samples: int) -> str:
-    """The start-up line about the data: what it is, how many pairs, shards found and missing, epochs."""
+def report_data(data: dict, samples: int):
+    """The start-up line about the data (what it is, how many pairs, shards found and missing, epochs), and
+    a warning line when more than 1% of the shards are missing or samples were skipped."""
     shards = f" | {data['shards']} shards" + (f", {data['missing_shards']} missing" if data["missing_shards"] else "") \
         if data["shards"] or data["missing_shards"] else ""
     kept = f" (of {data['source_pairs']})" if data["source_pairs"] != data["pairs"] else ""
-    return f"data: {data['source']} | {data['pairs']} pairs{kept}{shards} | {samples} samples = " \
-           f"{samples / data['pairs']:.3g} epochs"
-
-
-def data_warning(data: dict):
-    """One warning line when more than 1% of the shards are missing or samples were skipped, else None."""
+    print(f"data: {data['source']} | {data['pairs']} pairs{kept}{shards} | {samples} samples = "
+          f"{samples / data['pairs']:.3g} epochs")
     named = data["shards"] + data["missing_shards"]
     skipped = {reason: n for reason, n in data["skipped"].items() if reason != "missing_shard"}
-    missing = data["missing_shards"] > 0.01 * named if named else False
-    if not (missing or skipped):
-        return None
-    parts = ([f"{data['missing_shards']} of {named} shards missing"] if missing else []) + \
-        [f"{n} {reason}" for reason, n in sorted(skipped.items())]
-    return f"train.py: warning: {data['source']}: " + ", ".join(parts) + " (skipped, counted in log.jsonl)"
-
-
-def sig(x, digits=5):
-    """x rounded to significant digits: the compute figures span many orders of magnitude."""
-    return float(f"{x:.{digits}g}")
-
-
-def log_eval(args, model, device, step, log, rank):
-    """Zero-shot accuracy on the validation set (rank 0 only); logged and returned."""
-    if rank != 0 or args.eval_data in (None, "none"):
-        return None
-    was_training = model.training
-    model.eval()
-    result = zeroshot(model, args.eval_data, image_size=model.visual.image_size, normalize=args.normalize,
-                      label_set=args.eval_label_set, size=args.eval_size, device=device)
-    model.train(was_training)
-    log({"step": step, "eval": args.eval_data, **result})
-    print("zero-shot " + " ".join(f"{k}={v}" for k, v in result.items()))
-    return result
+    missing = named and data["missing_shards"] > 0.01 * named
+    if missing or skipped:
+        parts = ([f"{data['missing_shards']} of {named} shards missing"] if missing else []) + \
+            [f"{n} {reason}" for reason, n in sorted(skipped.items())]
+        print(f"train.py: warning: {data['source']}: " + ", ".join(parts) + " (skipped, counted in log.jsonl)",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -205,7 +205,7 @@ def test_image_folder_labels_names_and_skips(tmp_path):
     assert [label for batch in batches for label in batch["target"]] == [0, 0, 0, 1, 1]
     assert [i for batch in batches for i in batch["index"]] == [0, 1, 2, 4, 5]  # bad.jpg (index 3) left out
     assert batches[0]["image"].shape == (3, 3, 8, 8) and data.skipped == {"corrupt_image": 1}
-    # class names files (folder<TAB>name or one per line) are read by tinyclip.sources.read_class_names:
+    # class names files (folder<TAB>name or one per line) are read by tinyclip.evaluation.read_class_names:
     # tests/test_eval.py checks them through the zero-shot task
 
 

@@ -4,10 +4,9 @@ A checkpoint is a dict
     {"model", "config", "optimizer", "scaler", "step", "samples_seen", "args", "rng", "data_state"}:
 "config" is the model's CLIPConfig as a plain dict (SLIP's head included), so `load_checkpoint(path)`
 rebuilds the model from the file alone; "args" are the run's settings and "data_state" what its data
-selected, which a resume must match (train.py); "rng" holds every rank's random state. Files are
-written to a temporary name and renamed into place (atomic_write), so a crash mid-write never
-leaves a half-written file under a checkpoint's name, and read with `torch.load(weights_only=True)`,
-which cannot run code.
+selected, which a resume must match (train.py); "rng" holds every rank's random state. A crash mid-write
+never leaves a half-written file under a checkpoint's name (atomic_write); `torch.load(weights_only=True)`
+cannot run code.
 """
 
 import contextlib
@@ -31,10 +30,8 @@ TEMP_MARK = ".tmp"  # temporary files are .NAME.tmpPID
 
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "wb"):
-    """Open `path` for writing so that readers see the old file or the whole new one, never a part.
-
-    The data goes to a temporary file in the same folder (`.NAME.tmpPID`, which
-    remove_stale_temp_files clears when a killed writer left one), is flushed to disk, renamed into
+    """Open `path` for writing so that readers see the old file or the whole new one, never a part: the
+    data goes to a temporary file in the same folder (`.NAME.tmpPID`), is flushed to disk, renamed into
     place, and the folder is synced so the rename itself survives a crash."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,12 +52,12 @@ def atomic_write(path, mode: str = "wb"):
         os.close(folder)
 
 
-def remove_stale_temp_files(folder) -> list:
-    """Delete the temporary files that writers killed mid-write (SIGKILL, power loss) left behind."""
-    stale = [p for p in Path(folder).glob(f".*{TEMP_MARK}*") if p.is_file()]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
+def remove_stale_temp_files(out_dir) -> None:
+    """Delete the temporary files that writers killed mid-write (SIGKILL, power loss) left in a run folder."""
+    for folder in (Path(out_dir), Path(out_dir) / "checkpoints"):
+        for p in folder.glob(f".*{TEMP_MARK}*"):
+            if p.is_file():
+                p.unlink(missing_ok=True)
 
 
 def save_atomic(obj, path) -> None:
@@ -126,14 +123,10 @@ def latest_valid_checkpoint(out_dir):
     """(path, checkpoint) of the newest checkpoint in out_dir that reads cleanly, else (None, None).
 
     The final `ckpt.pt` and the step checkpoints compete on their step; a corrupt or half-written
-    file is skipped with a warning in favour of the one before it.
-    """
-    newest_first = list(reversed(list_step_checkpoints(out_dir)))
+    file is skipped with a warning in favour of the one before it."""
     final = Path(out_dir) / "ckpt.pt"
-    if final.is_file():
-        newest_first.insert(0, final)
     best = (None, None)
-    for path in newest_first:
+    for path in ([final] if final.is_file() else []) + list_step_checkpoints(out_dir)[::-1]:
         try:
             ckpt = read_checkpoint(path)
         except ValueError as e:

@@ -95,8 +95,7 @@ class Adafactor(torch.optim.Optimizer):
                 if not state:
                     self._init_state(p, state, group)
                 m = self._momentum(self._scale_by_rms(p.grad, state, group), state, group)
-                # big_vision's chain after the optimiser: scale(lr), add_decayed_weights(wd), scale_by_schedule(s),
-                # scale(-1)
+                # then big_vision's chain: scale(lr), add_decayed_weights(wd), scale_by_schedule(s), scale(-1)
                 p.sub_(schedule * (group["initial_lr"] * m + group["weight_decay"] * p))
         return loss
 

@@ -65,46 +65,44 @@ def parse_args(argv=None):
     g = p.add_argument_group("what to train")
     g.add_argument("--strategy", default="clip", help=f"training strategy: {', '.join(STRATEGIES)}")
     g.add_argument("--arch", default="vit-s", help="model preset (see tinyclip.list_models())")
-    g.add_argument("--text-arch", default=None,
+    g.add_argument("--text-arch",
                    help=f"text tower: {', '.join(TEXT_TOWERS)} (vit-b is the paper's); default: the preset's, "
                         f"or {SYNTHETIC_DEFAULTS['text_arch']!r} on the built-in data")
-    g.add_argument("--image-size", type=int, default=None,
-                   help=f"input resolution (default: the preset's, or {SYNTHETIC_DEFAULTS['image_size']} on the "
-                        "built-in data)")
-    g.add_argument("--context-length", type=int, default=None,
-                   help=f"text tokens incl. SOT/EOT (default 77, or {SYNTHETIC_DEFAULTS['context_length']} on the "
-                        "built-in data; the paper uses 16)")
-    g.add_argument("--embed-dim", type=int, default=None, help="joint embedding width (default: the preset's)")
-    g.add_argument("--mask-ratio", type=float, default=None, help="flip: fraction of image patches dropped (0.5)")
+    g.add_argument("--image-size", type=int, help="input resolution (default: the preset's, or "
+                   f"{SYNTHETIC_DEFAULTS['image_size']} on the built-in data)")
+    g.add_argument("--context-length", type=int, help="text tokens incl. SOT/EOT (default 77, or "
+                   f"{SYNTHETIC_DEFAULTS['context_length']} on the built-in data; the paper uses 16)")
+    g.add_argument("--embed-dim", type=int, help="joint embedding width (default: the preset's)")
+    g.add_argument("--mask-ratio", type=float, help="flip: fraction of image patches dropped (0.5)")
     g.add_argument("--unmasked-steps", type=int, default=0,
                    help="flip: a tuning stage of N unmasked steps after the masked budget, with its own warmup "
                         "(20%% of it) and cosine (FLIP: about 1%% of the masked run's samples)")
-    g.add_argument("--unmasked-lr", type=float, default=None,
+    g.add_argument("--unmasked-lr", type=float,
                    help="flip: peak lr of the unmasked stage (default: --lr / 100, FLIP's ratio 4e-8 / 4e-6)")
-    g.add_argument("--ssl-scale", type=float, default=None, help="slip: weight of the SimCLR loss (SLIP's 1.0)")
-    g.add_argument("--ssl-mlp-dim", type=int, default=None, help="slip: hidden width of the SimCLR head (SLIP's 4096)")
-    g.add_argument("--ssl-emb-dim", type=int, default=None, help="slip: output width of the SimCLR head (SLIP's 256)")
-    g.add_argument("--ssl-norm", default=None, choices=("batch", "layer"),
+    g.add_argument("--ssl-scale", type=float, help="slip: weight of the SimCLR loss (SLIP's 1.0)")
+    g.add_argument("--ssl-mlp-dim", type=int, help="slip: hidden width of the SimCLR head (SLIP's 4096)")
+    g.add_argument("--ssl-emb-dim", type=int, help="slip: output width of the SimCLR head (SLIP's 256)")
+    g.add_argument("--ssl-norm", choices=("batch", "layer"),
                    help="slip: norm in the SimCLR head; 'batch' (the default) is SLIP's, with statistics over the "
                         "global batch under DDP; 'layer' is batch-free for small per-GPU batches")
-    g.add_argument("--augment", default=None,
-                   help=f"clip-aug: augmentation preset ({', '.join(AUGMENT_PRESETS)}; default stacked-randaug)")
+    g.add_argument("--augment", help=f"clip-aug: augmentation preset ({', '.join(AUGMENT_PRESETS)}; default "
+                   "stacked-randaug)")
     g.add_argument("--normalize", default="clip", choices=("clip", "pm1"),
                    help="pixel normalisation: CLIP's mean/std, or [-1, 1] as in the paper")
 
     g = p.add_argument_group("data and budget")
     g.add_argument("--data", "--train-data", default="synthetic",
                    help="synthetic (built in), pairs.csv/.tsv, or tar shards like 'shards/{00000..00099}.tar'")
-    g.add_argument("--samples-seen", type=int, default=None,
+    g.add_argument("--samples-seen", type=int,
                    help="total training samples: the paper's compute axis (default 30,000)")
-    g.add_argument("--epochs", type=float, default=None, help="the budget in passes over the data (open_clip's)")
-    g.add_argument("--dataset-size", type=int, default=None, help="train on a fixed seeded subset of N pairs")
-    g.add_argument("--keep-top", type=float, default=None,
+    g.add_argument("--epochs", type=float, help="the budget in passes over the data (open_clip's)")
+    g.add_argument("--dataset-size", type=int, help="train on a fixed seeded subset of N pairs")
+    g.add_argument("--keep-top", type=float,
                    help="keep the top fraction of pairs by --scores (the paper's quality axis)")
-    g.add_argument("--scores", default=None, help="key,score file (eval.py --task score) for --keep-top")
+    g.add_argument("--scores", help="key,score file (eval.py --task score) for --keep-top")
     g.add_argument("--csv-img-key", default="filepath", help="CSV/TSV column of image paths")
     g.add_argument("--csv-caption-key", default="title", help="CSV/TSV column of captions")
-    g.add_argument("--csv-separator", default=None, help="CSV/TSV separator (default: from the extension and header)")
+    g.add_argument("--csv-separator", help="CSV/TSV separator (default: from the extension and header)")
     g.add_argument("--workers", type=int, default=2, help="data loader processes per rank")
 
     g = p.add_argument_group("optimisation")
@@ -115,14 +113,14 @@ def parse_args(argv=None):
     g.add_argument("--optimizer", default="adamw", choices=("adamw", "adafactor"),
                    help="adamw, or adafactor: the paper's, big_vision's variant (tinyclip/optim.py)")
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    g.add_argument("--wd", type=float, default=None,
+    g.add_argument("--wd", type=float,
                    help="weight decay of 2-D+ weights: AdamW's (x lr; default 0.1), or for adafactor big_vision's "
                         "(x the schedule only, not the lr; default 1e-4, the paper's)")
     g.add_argument("--beta1", type=float, default=0.9, help="AdamW beta1 / Adafactor momentum")
-    g.add_argument("--beta2", type=float, default=None,
+    g.add_argument("--beta2", type=float,
                    help="AdamW beta2 (default 0.98) / Adafactor's cap on its beta2 (default 0.999, the paper's)")
     g.add_argument("--eps", type=float, default=1e-6, help="AdamW epsilon")
-    g.add_argument("--warmup", type=int, default=None,
+    g.add_argument("--warmup", type=int,
                    help="linear warmup steps, then cosine decay (default: 2000, or 10%% of a shorter run)")
     g.add_argument("--grad-clip", "--grad-clip-norm", type=float, default=1.0,
                    help="clip the global gradient norm (0: off)")
@@ -133,22 +131,21 @@ def parse_args(argv=None):
     g.add_argument("--local-loss", "--gather-with-grad", action="store_true",
                    help="accepted for open_clip users: the loss is always local with a gathered, graded batch")
     g.add_argument("--seed", type=int, default=0, help="seeds the model init, data order and augmentations")
-    g.add_argument("--threads", type=int, default=None,
+    g.add_argument("--threads", type=int,
                    help="torch threads per process (default: torch's, one per core; under torchrun on CPUs the "
                         "node's cores shared among its processes, since torchrun sets OMP_NUM_THREADS=1)")
 
     g = p.add_argument_group("output")
     g.add_argument("--out", default="runs/latest", help="run folder: log.jsonl, checkpoints, ckpt.pt")
-    g.add_argument("--resume", default=None, help="'auto' (open_clip: 'latest'): continue from the newest valid "
-                                                  "checkpoint in --out")
+    g.add_argument("--resume", help="'auto' (open_clip: 'latest'): continue from the newest valid checkpoint in "
+                   "--out")
     g.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps")
     g.add_argument("--keep-checkpoints", type=int, default=2, help="step checkpoints to keep (0: all)")
     g.add_argument("--log-every", type=int, default=10, help="log a JSON line every N steps")
     g.add_argument("--eval-every", type=int, default=0,
                    help="zero-shot on the validation set every N steps (0: only at the end)")
-    g.add_argument("--eval-data", default=None,
-                   help="zero-shot set: ImageFolder dir, or 'none' (default: the synthetic held-out split on "
-                        "synthetic data)")
+    g.add_argument("--eval-data", help="zero-shot set: ImageFolder dir, or 'none' (default: the synthetic held-out "
+                   "split on synthetic data)")
     g.add_argument("--eval-label-set", default="shape-color", help="label set of the synthetic held-out split")
     g.add_argument("--eval-size", type=int, default=1000, help="images of the synthetic held-out split to score")
     for flag in OPEN_CLIP_FLAGS:
@@ -192,20 +189,19 @@ def check_args(args, world_size: int):
     """Every flag's range and combination, before anything is read or built."""
     for name in ("batch_size", "accum_steps", "samples_seen", "log_every", "save_every", "eval_size", "dataset_size",
                  "image_size", "embed_dim", "threads"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+        if (value := getattr(args, name)) is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     for name in ("lr", "wd", "warmup", "grad_clip", "workers", "unmasked_steps", "unmasked_lr", "keep_checkpoints",
                  "eval_every", "epochs"):
-        if getattr(args, name) is not None and getattr(args, name) < 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
-    if args.strategy not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {args.strategy!r}; valid: {', '.join(STRATEGIES)}")
-    if args.arch not in list_models():
-        raise ConfigError(f"unknown arch {args.arch!r}; valid: {', '.join(list_models())}")
-    if args.text_arch is not None and args.text_arch not in TEXT_TOWERS:
-        raise ConfigError(f"unknown --text-arch {args.text_arch!r}; valid: {', '.join(TEXT_TOWERS)}")
+        if (value := getattr(args, name)) is not None and value < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must not be negative, got {value}")
+    for what, value, valid in (("strategy", args.strategy, STRATEGIES), ("arch", args.arch, list_models()),
+                               ("--text-arch", args.text_arch, TEXT_TOWERS)):
+        if value is not None and value not in valid:
+            raise ConfigError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
     if args.context_length is not None and args.context_length < 2:
-        raise ConfigError(f"--context-length must hold at least the start and end tokens (2), got {args.context_length}")
+        raise ConfigError(f"--context-length must hold at least the start and end tokens (2), "
+                          f"got {args.context_length}")
     if args.augment is not None and args.strategy != "clip-aug":
         raise ConfigError(f"--augment applies to --strategy clip-aug, not {args.strategy}")
     if args.augment is not None and args.augment not in AUGMENT_PRESETS:
