@@ -388,7 +388,10 @@ def main(argv=None):
         notes.append("The quality study: give --scores (or --scorer weights) to rank the real pairs.")
 
     runs, ids = plan(grid, scale, args.data, studies, pool_size), []
-    flops = {(r.arch, r.strategy): gflops(r.arch, r.strategy, scale) for r in runs}  # every model builds first
+    try:  # every model builds before any run starts
+        flops = {(r.arch, r.strategy): gflops(r.arch, r.strategy, scale) for r in runs}
+    except train_flags.ConfigError as error:
+        sys.exit(f"reproduce.py: error: --preset {preset} on --data {args.data}: {error}")
     for run in runs:
         argv_t = train_argv(run, scale, scores)
         ids.append(train_id(argv_t))

@@ -121,6 +121,15 @@ def test_real_data_builds_the_papers_commands(monkeypatch):
     assert not Path("/nonexistent").exists()
 
 
+def test_a_grid_whose_towers_do_not_fit_the_images_stops_in_one_line_before_any_run(tmp_path):
+    # the paper's grid on the built-in 32 px data: Swin-T needs a multiple of 224 px
+    with pytest.raises(SystemExit) as stop:
+        reproduce.main(["--preset", "paper", "--studies", "architecture", "--dry-run", "--out", str(tmp_path / "r")])
+    message = str(stop.value.code)
+    assert message.startswith("reproduce.py: error: --preset paper") and "swin-t" in message and "\n" not in message
+    assert not (tmp_path / "r").exists()
+
+
 def test_gflops_count_slips_projector_and_no_augmentation():
     clip = reproduce.gflops("vit-s-micro", "clip", reproduce.MICRO)
     assert reproduce.gflops("vit-s-micro", "clip-aug:stacked-randaug", reproduce.MICRO) == clip
