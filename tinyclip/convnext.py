@@ -1,8 +1,7 @@
 """ConvNeXt image tower for CLIP: "A ConvNet for the 2020s" (Liu, Mao, Wu, Feichtenhofer, Darrell,
-Xie; CVPR 2022, arXiv 2201.03545).
-
-One of the towers in the CNN-vs-transformer study of "Scaling (Down) CLIP" (Li, Xie, Cubuk 2024),
-where ConvNeXt-T is compared with ViT-B/32, ResNet-50, Swin-T and Mixer-B/32 under one text tower.
+Xie; CVPR 2022, arXiv 2201.03545), one of the towers in the CNN-vs-transformer study of "Scaling
+(Down) CLIP" (Li, Xie, Cubuk 2024), where ConvNeXt-T is compared with ViT-B/32, ResNet-50, Swin-T
+and Mixer-B/32 under one text tower.
 
 Layout (ConvNeXt-T: depths 3-3-9-3, dims 96-192-384-768):
 
@@ -12,16 +11,15 @@ Layout (ConvNeXt-T: depths 3-3-9-3, dims 96-192-384-768):
            -> layer scale (init 1e-6) -> stochastic depth -> + residual
     head:  global average pool -> LayerNorm -> x @ proj            # proj: [width, output_dim]
 
-The CLIP projection is a bias-free parameter `proj` [width, output_dim], as in CLIP's ViT, in place
-of the ImageNet classifier `head` (a Linear with bias). Parameter names otherwise follow the official
-ConvNeXt code (downsample_layers, stages, dwconv, pwconv1, pwconv2, gamma, norm).
-At 224px ConvNeXt-T has 27.82M parameters without the head (the published 28.6M includes the
-768x1000 + 1000 classifier) and 4.5 GMACs.
+Parameter names follow the official ConvNeXt code (downsample_layers, stages, dwconv, pwconv1,
+pwconv2, gamma, norm), `proj` in place of its classifier `head`. At 224px ConvNeXt-T has 27.82M
+parameters without the head (the published 28.6M includes the 768x1000 + 1000 classifier) and
+4.5 GMACs.
 """
 import torch
 import torch.nn as nn
 
-from tinyclip.transformer import DropPath, linear_drop_path_rates, run_blocks
+from tinyclip.transformer import DropPath, ImageTower, linear_drop_path_rates, run_blocks
 
 # --------------------------------------------------------------------------------------------
 # blocks
@@ -57,14 +55,10 @@ class ConvNeXtBlock(nn.Module):
 # the tower
 
 
-class ConvNeXt(nn.Module):
-    """ConvNeXt image tower: images [B, 3, S, S] -> CLIP features [B, output_dim], or with
-    project=False the pooled, normalised feature [B, width]."""
+class ConvNeXt(ImageTower):
+    """ConvNeXt image tower; its feature (project=False) is the pooled, normalised one."""
 
-    supports_masking = False  # a CNN has no tokens to drop (CLIP.encode_image refuses mask_ratio > 0)
-
-    def __init__(self, *, image_size: int, output_dim: int, depths=(3, 3, 9, 3),
-                 dims=(96, 192, 384, 768), drop_path_rate: float = 0.1):
+    def __init__(self, *, image_size: int, output_dim: int, depths, dims, drop_path_rate: float):
         super().__init__()
         if len(depths) != len(dims):
             raise ValueError(f"convnext needs one dim per stage; got depths {depths}, dims {dims}")
@@ -74,8 +68,6 @@ class ConvNeXt(nn.Module):
             raise ValueError(f"convnext needs image_size divisible by {stride} "
                              f"(stem 4 x {len(dims) - 1} downsamplings of 2); got {image_size}")
         self.image_size, self.width = image_size, dims[-1]
-        self.grad_checkpointing = False
-
         # the stem (downsample_layers[0]), then an LN + 2x2-conv downsampling before each later stage
         stem = nn.Sequential(nn.Conv2d(3, dims[0], kernel_size=4, stride=4), LayerNorm2d(dims[0], eps=1e-6))
         self.downsample_layers = nn.ModuleList([stem] + [
@@ -87,18 +79,12 @@ class ConvNeXt(nn.Module):
             for dim, stage_rates in zip(dims, rates))
         self.norm = nn.LayerNorm(self.width, eps=1e-6)
         self.proj = nn.Parameter(torch.empty(self.width, output_dim))
-        self.init_weights()
-
-    def init_weights(self):
         # as in the official code: truncated normal (std 0.02) for conv/linear weights, zero biases
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
         nn.init.normal_(self.proj, std=self.width ** -0.5)
-
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
 
     def forward(self, x: torch.Tensor, mask_ratio: float = 0.0, project: bool = True) -> torch.Tensor:
         for downsample, stage in zip(self.downsample_layers, self.stages):

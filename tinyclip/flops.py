@@ -25,12 +25,6 @@ from tinyclip.model import CLIP, build_model
 STRATEGIES = ("clip", "clip-aug", "flip", "slip")
 
 
-def meta_copy(model: CLIP) -> CLIP:
-    """The same architecture on the meta device, rebuilt from its config: no weight is copied."""
-    with torch.device("meta"):
-        return build_model(model.config)
-
-
 def count_flops(fn, train: bool) -> int:
     """FLOPs of fn() (its forward), plus the backward of its output's sum when train."""
     with FlopCounterMode(display=False) as counter, torch.set_grad_enabled(train):
@@ -42,21 +36,17 @@ def count_flops(fn, train: bool) -> int:
 
 def gflops_per_sample(model: CLIP, strategy: str = "clip", mask_ratio: float = 0.5,
                       train: bool = True, batch: int = 2) -> dict:
-    """GFLOPs per sample of `model` (a CLIP) under a training strategy.
+    """GFLOPs per sample of `model` (a CLIP) under a training strategy (see above), as {"image",
+    "text", "total"}. train=True counts forward + backward (about 3x the forward), train=False the
+    forward only. mask_ratio applies to "flip" only; "slip" needs a model with SLIP's head.
 
-    Returns {"image": ..., "text": ..., "total": ...} in GFLOPs (10^9 FLOPs, a multiply-add counted
-    as 2). train=True counts forward + backward (about 3x the forward), train=False the forward
-    only. mask_ratio applies to strategy "flip" only. For "slip" the image part also holds the two
-    extra views through the image tower and SLIP's head (the model must have one).
-
-    Attention is counted only on the meta device (on CPU, fused attention kernels are invisible
-    to FlopCounterMode), which is why the model is rebuilt there."""
+    The model is rebuilt from its config on the meta device (no weight is copied): on CPU, fused
+    attention kernels are invisible to FlopCounterMode; on meta, attention is counted."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
-    ratio = mask_ratio if strategy == "flip" else 0.0
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-    meta = meta_copy(model).train(train)
+    ratio = mask_ratio if strategy == "flip" else 0.0  # encode_image refuses one outside [0, 1)
+    with torch.device("meta"):
+        meta = build_model(model.config).train(train)
     S, L = meta.visual.image_size, meta.context_length
     images = torch.randn(batch, 3, S, S, device="meta")
     ids = torch.zeros(batch, L, dtype=torch.long, device="meta")

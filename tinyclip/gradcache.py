@@ -29,18 +29,6 @@ from tinyclip import checkpoint as ckpt_io
 from tinyclip.model import autocast
 
 
-@contextlib.contextmanager
-def buffers_kept(model):
-    """Put every buffer (BatchNorm's running statistics) back as it was on leaving."""
-    saved = [b.clone() for b in model.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buffer, value in zip(model.buffers(), saved):
-                buffer.copy_(value)
-
-
 def gradient_cache_step(model, raw_model, batch: dict, k: int, mask_ratio: float, ssl_scale: float,
                         precision: str, scaler, no_sync=contextlib.nullcontext) -> dict:
     """One step's forward and backward over `batch` as k micro-batches; returns the whole batch's loss terms.
@@ -57,12 +45,14 @@ def gradient_cache_step(model, raw_model, batch: dict, k: int, mask_ratio: float
         return [out for i, out in enumerate(outputs) if i != 2]
 
     # 1. every micro-batch's embeddings, no graph kept; remember the RNG each one started from
-    rng_states, cached = [], []
-    with torch.no_grad(), buffers_kept(raw_model):
+    rng_states, cached, buffers = [], [], [b.clone() for b in raw_model.buffers()]
+    with torch.no_grad():
         for mb in micro:
             rng_states.append(ckpt_io.rng_state())
             with autocast(device, precision):
                 cached.append(embed(mb))
+        for buffer, value in zip(raw_model.buffers(), buffers):  # BatchNorm's running statistics as they were
+            buffer.copy_(value)
     full = [torch.cat(parts).float().requires_grad_() for parts in zip(*cached)]  # the batch's embeddings
 
     # 2. the full-batch loss, differentiated down to the cached embeddings (and the logit scale, SLIP's head)

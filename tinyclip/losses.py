@@ -27,7 +27,8 @@ import torch.nn.functional as F
 # gather with gradient
 
 
-def _distributed() -> bool:
+def distributed() -> bool:
+    """Whether this is one of several processes (torch.distributed initialised, world size > 1)."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
@@ -53,7 +54,7 @@ class _GatherWithGrad(torch.autograd.Function):
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate x from every rank in rank order, keeping the autograd graph; identity alone."""
-    return _GatherWithGrad.apply(x) if _distributed() else x
+    return _GatherWithGrad.apply(x) if distributed() else x
 
 
 def _similarities(queries, keys, scale):
@@ -64,7 +65,7 @@ def _similarities(queries, keys, scale):
 
 def _local_labels(n: int, device) -> torch.Tensor:
     """Column index of each local row's positive in the gathered batch."""
-    offset = dist.get_rank() * n if _distributed() else 0
+    offset = dist.get_rank() * n if distributed() else 0
     return torch.arange(offset, offset + n, device=device)
 
 

@@ -1,9 +1,8 @@
 """MLP-Mixer image tower for CLIP: "MLP-Mixer: An all-MLP Architecture for Vision" (Tolstikhin,
 Houlsby, Kolesnikov, Beyer, Zhai, Unterthiner, Yung, Steiner, Keysers, Uszkoreit, Lucic,
-Dosovitskiy; NeurIPS 2021, arXiv 2105.01601).
-
-One of the towers in the CNN-vs-transformer study of "Scaling (Down) CLIP" (Li, Xie, Cubuk 2024),
-which finds Mixer-B/32 good at linear probing under 100M samples and worst at retrieval.
+Dosovitskiy; NeurIPS 2021, arXiv 2105.01601), one of the towers in the CNN-vs-transformer study of
+"Scaling (Down) CLIP" (Li, Xie, Cubuk 2024), which finds Mixer-B/32 good at linear probing under
+100M samples and worst at retrieval.
 
 Layout (Mixer-B/32: patch 32, 12 blocks, width 768, token MLP 384, channel MLP 3072):
 
@@ -13,23 +12,21 @@ Layout (Mixer-B/32: patch 32, 12 blocks, width 768, token MLP 384, channel MLP 3
            (each MLP: Linear -> GELU -> Linear)
     head: LayerNorm -> average over tokens -> x @ proj          # proj: [width, output_dim]
 
-The CLIP projection is a bias-free parameter `proj` [width, output_dim], as in CLIP's ViT, in place
-of the ImageNet classifier `head`. Other parameter names follow timm's Mixer (blocks.N.norm1,
-mlp_tokens.fc1, ...). At 224px Mixer-B/32 has 59.52M parameters without the head (the published
-60M is 60.29M with the 768x1000 + 1000 classifier) and 3.24 GMACs.
+Parameter names follow timm's Mixer (blocks.N.norm1, mlp_tokens.fc1, ...), `proj` in place of its
+classifier `head`. At 224px Mixer-B/32 has 59.52M parameters without the head (the published 60M
+is 60.29M with the 768x1000 + 1000 classifier) and 3.24 GMACs.
 
-A fixed token count. The token-mixing MLP's weights have one row/column per token, so a tower
-is tied to the image size it was built for: it can be built at any size divisible by the patch
-(a fresh 256px tower has 64 tokens), but takes only images of that size, and loading a checkpoint
-trained at another size is a ValueError naming the size to build with (not a silent resize: there
-is no meaningful way to interpolate token-mixing weights).
+A fixed token count: the token-mixing MLP's weights have one row/column per token, so a tower
+built at any size divisible by the patch (a fresh 256px tower has 64 tokens) takes only images of
+that size, and loading a checkpoint trained at another size is a ValueError naming the size to
+build with (not a silent resize: there is no meaningful way to interpolate token-mixing weights).
 """
 import math
 
 import torch
 import torch.nn as nn
 
-from tinyclip.transformer import Mlp, run_blocks
+from tinyclip.transformer import ImageTower, Mlp, run_blocks
 
 # --------------------------------------------------------------------------------------------
 # blocks
@@ -52,39 +49,28 @@ class MixerBlock(nn.Module):
 # the tower
 
 
-class MlpMixer(nn.Module):
-    """MLP-Mixer image tower: images [B, 3, S, S] -> CLIP features [B, output_dim], or with
-    project=False the normalised, pooled feature [B, width]."""
+class MlpMixer(ImageTower):
+    """MLP-Mixer image tower; its feature (project=False) is the normalised, pooled one."""
 
-    supports_masking = False  # token mixing needs every token (CLIP.encode_image refuses mask_ratio > 0)
-
-    def __init__(self, *, image_size: int, output_dim: int, patch_size: int = 32, width: int = 768,
-                 layers: int = 12, token_mlp_dim: int = 384, channel_mlp_dim: int = 3072):
+    def __init__(self, *, image_size: int, output_dim: int, patch_size: int, width: int, layers: int,
+                 token_mlp_dim: int, channel_mlp_dim: int):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"mixer needs image_size divisible by its patch {patch_size}; "
                              f"got {image_size}")
         self.image_size, self.patch_size, self.width = image_size, patch_size, width
         self.num_tokens = (image_size // patch_size) ** 2
-        self.grad_checkpointing = False
-
         self.stem = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size)
         self.blocks = nn.ModuleList(
             MixerBlock(self.num_tokens, width, token_mlp_dim, channel_mlp_dim) for _ in range(layers))
         self.norm = nn.LayerNorm(width, eps=1e-6)
         self.proj = nn.Parameter(torch.empty(width, output_dim))
-        self.init_weights()
-
-    def init_weights(self):
         # Xavier-uniform linear weights, zero biases (as timm's Mixer); the stem keeps PyTorch's init
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
-        nn.init.normal_(self.proj, std=self.width ** -0.5)
-
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
+        nn.init.normal_(self.proj, std=width ** -0.5)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # a checkpoint from another image size would otherwise fail with a generic size-mismatch

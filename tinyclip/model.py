@@ -2,21 +2,15 @@
 Transferable Visual Models From Natural Language Supervision").
 
 Both towers map their input to the same `embed_dim`-wide space; training pulls matching image and
-text features together (losses.py). This module holds:
-  - the registry: VISION_TOWERS {kind: class}, TEXT_TOWERS {text_arch: sizes} and PRESETS, each a
-    whole model (image tower, image size, embedding width, text tower) with its parameter count. A
-    new tower is one file, one VISION_TOWERS entry and one preset row. The paper fixes a ViT-B-sized
-    text tower (Li et al. 2024): text_arch="vit-b"; presets default to OpenAI's own pairings so
-    their parameter counts reproduce OpenAI's;
-  - SLIP's projection head, part of the model when the config asks for it (ssl_mlp_dim > 0);
-  - CLIPConfig (plain types; rebuilds the model alone, head included), CLIP, create_model, build_model;
-  - load_openai: OpenAI (TorchScript or state_dict) and open_clip checkpoints of these shapes.
+text features together (losses.py). Here: the registry (VISION_TOWERS, TEXT_TOWERS, PRESETS: a new
+tower is one file, one VISION_TOWERS entry and one preset row); SLIP's projection head, part of the
+model when the config asks for it; CLIPConfig, CLIP, create_model, build_model; and load_openai for
+OpenAI (TorchScript or state_dict) and open_clip checkpoints of these shapes.
 """
 
 import copy
 import dataclasses
 import math
-import re
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -28,7 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from tinyclip.convnext import ConvNeXt
-from tinyclip.losses import clip_loss, gather_with_grad, simclr_loss
+from tinyclip.losses import clip_loss, distributed, gather_with_grad, simclr_loss
 from tinyclip.mixer import MlpMixer
 from tinyclip.resnet import ModifiedResNet
 from tinyclip.swin import SwinTransformer
@@ -65,16 +59,18 @@ TEXT_TOWERS = {  # text_arch -> width, layers, heads; parameters with a 512-wide
 
 # Each preset is a whole model: image tower, input size, joint embedding width and text tower
 # (create_model(name, **overrides) changes any of these); parameters counted with that text tower.
+# Most rows pair with OpenAI's text tower as OpenAI did, so their parameter counts reproduce OpenAI's;
+# the paper fixes a ViT-B-sized one (Li et al. 2024): text_arch="vit-b".
+OPENAI_224 = dict(image_size=224, embed_dim=512, text_arch="openai")
+TINY_32 = dict(image_size=32, embed_dim=32, text_arch="test")
 PRESETS = {
     # the paper's ViTs (Li et al. 2024) and OpenAI's; heads = width / 64
-    "vit-ti-16": dict(vision=dict(kind="vit", width=192, layers=12, heads=3, patch_size=16),
-                      image_size=224, embed_dim=512, text_arch="openai"),  # 69.1M
-    "vit-s-16": dict(vision=dict(kind="vit", width=384, layers=12, heads=6, patch_size=16),
-                     image_size=224, embed_dim=512, text_arch="openai"),  # 85.3M
+    "vit-ti-16": dict(vision=dict(kind="vit", width=192, layers=12, heads=3, patch_size=16), **OPENAI_224),  # 69.1M
+    "vit-s-16": dict(vision=dict(kind="vit", width=384, layers=12, heads=6, patch_size=16), **OPENAI_224),  # 85.3M
     "vit-b-32": dict(vision=dict(kind="vit", width=768, layers=12, heads=12, patch_size=32),
-                     image_size=224, embed_dim=512, text_arch="openai"),  # 151.3M = OpenAI's
+                     **OPENAI_224),  # 151.3M = OpenAI's
     "vit-b-16": dict(vision=dict(kind="vit", width=768, layers=12, heads=12, patch_size=16),
-                     image_size=224, embed_dim=512, text_arch="openai"),  # 149.6M = OpenAI's
+                     **OPENAI_224),  # 149.6M = OpenAI's
     "vit-l-16": dict(vision=dict(kind="vit", width=1024, layers=24, heads=16, patch_size=16),
                      image_size=224, embed_dim=768, text_arch="vit-b"),  # 427.7M
     "vit-l-14": dict(vision=dict(kind="vit", width=1024, layers=24, heads=16, patch_size=14),
@@ -82,35 +78,28 @@ PRESETS = {
     # CLIP's modified ResNets
     "rn50": dict(vision=dict(kind="resnet", layers=[3, 4, 6, 3], width=64), image_size=224, embed_dim=1024,
                  text_arch="openai"),  # 102.0M = OpenAI's
-    "rn101": dict(vision=dict(kind="resnet", layers=[3, 4, 23, 3], width=64), image_size=224, embed_dim=512,
-                  text_arch="openai"),  # 119.7M = OpenAI's
+    "rn101": dict(vision=dict(kind="resnet", layers=[3, 4, 23, 3], width=64), **OPENAI_224),  # 119.7M = OpenAI's
     # the paper's other towers for its CNN-vs-transformer study (drop-path: the official ImageNet values)
     "convnext-t": dict(vision=dict(kind="convnext", depths=[3, 3, 9, 3], dims=[96, 192, 384, 768], drop_path_rate=0.1),
-                       image_size=224, embed_dim=512, text_arch="openai"),  # 91.6M
+                       **OPENAI_224),  # 91.6M
     "swin-t": dict(vision=dict(kind="swin", patch_size=4, window_size=7, base_width=96, depths=[2, 2, 6, 2],
-                               heads=[3, 6, 12, 24], drop_path_rate=0.2),
-                   image_size=224, embed_dim=512, text_arch="openai"),  # 91.3M
+                               heads=[3, 6, 12, 24], drop_path_rate=0.2), **OPENAI_224),  # 91.3M
     "mixer-b-32": dict(vision=dict(kind="mixer", patch_size=32, width=768, layers=12, token_mlp_dim=384,
-                                   channel_mlp_dim=3072), image_size=224, embed_dim=512, text_arch="openai"),  # 123.3M
+                                   channel_mlp_dim=3072), **OPENAI_224),  # 123.3M
     # micro ViTs shaped like the paper's Ti/S/B family (same depth, width 1:2:4) for scripts/reproduce.py
-    "vit-ti-micro": dict(vision=dict(kind="vit", width=32, layers=4, heads=1, patch_size=8), image_size=32,
-                         embed_dim=32, text_arch="test"),  # 1.7M
-    "vit-s-micro": dict(vision=dict(kind="vit", width=64, layers=4, heads=2, patch_size=8), image_size=32,
-                        embed_dim=32, text_arch="test"),  # 1.8M
-    "vit-b-micro": dict(vision=dict(kind="vit", width=128, layers=4, heads=4, patch_size=8), image_size=32,
-                        embed_dim=32, text_arch="test"),  # 2.4M
+    "vit-ti-micro": dict(vision=dict(kind="vit", width=32, layers=4, heads=1, patch_size=8), **TINY_32),  # 1.7M
+    "vit-s-micro": dict(vision=dict(kind="vit", width=64, layers=4, heads=2, patch_size=8), **TINY_32),  # 1.8M
+    "vit-b-micro": dict(vision=dict(kind="vit", width=128, layers=4, heads=4, patch_size=8), **TINY_32),  # 2.4M
     # tiny towers for tests and CPU smoke runs (swin: patch 2 x window 2 x 8 = 32; rn: a 2x2 grid to pool)
-    "vit-test": dict(vision=dict(kind="vit", width=64, layers=2, heads=2, patch_size=8), image_size=32,
-                     embed_dim=32, text_arch="test"),  # 1.7M
+    "vit-test": dict(vision=dict(kind="vit", width=64, layers=2, heads=2, patch_size=8), **TINY_32),  # 1.7M
     "rn-test": dict(vision=dict(kind="resnet", layers=[1, 1, 1, 1], width=8), image_size=64, embed_dim=32,
                     text_arch="test"),  # 1.9M
     "convnext-test": dict(vision=dict(kind="convnext", depths=[1, 1, 2, 1], dims=[8, 16, 32, 64], drop_path_rate=0.0),
-                          image_size=32, embed_dim=32, text_arch="test"),  # 1.7M
+                          **TINY_32),  # 1.7M
     "swin-test": dict(vision=dict(kind="swin", patch_size=2, window_size=2, base_width=8, depths=[2, 2, 2, 2],
-                                  heads=[1, 2, 2, 4], drop_path_rate=0.0),
-                      image_size=32, embed_dim=32, text_arch="test"),  # 1.8M
+                                  heads=[1, 2, 2, 4], drop_path_rate=0.0), **TINY_32),  # 1.8M
     "mixer-test": dict(vision=dict(kind="mixer", patch_size=8, width=32, layers=2, token_mlp_dim=16,
-                                   channel_mlp_dim=64), image_size=32, embed_dim=32, text_arch="test"),  # 1.6M
+                                   channel_mlp_dim=64), **TINY_32),  # 1.6M
 }
 ALIASES = {"vit-ti": "vit-ti-16", "vit-s": "vit-s-16", "vit-b": "vit-b-16", "vit-l": "vit-l-16"}
 LOG_MAX_LOGIT_SCALE = math.log(100)  # the temperature may not fall below 1/100 (CLIP, section 2.5)
@@ -160,16 +149,6 @@ def make_config(arch: str, **overrides) -> CLIPConfig:
     return CLIPConfig(arch=name, **fields, **TEXT_TOWERS[fields["text_arch"]])
 
 
-def build_vision_tower(config: CLIPConfig) -> nn.Module:
-    kwargs = dict(config.vision)
-    kind = kwargs.pop("kind", None)
-    if kind not in VISION_TOWERS:
-        raise ValueError(f"unknown vision tower kind {kind!r}; valid: {', '.join(VISION_TOWERS)}")
-    if kind == "vit":  # the one tower built of CLIP's transformer blocks, whose activation OpenAI's weights fix
-        kwargs["quick_gelu"] = config.quick_gelu
-    return VISION_TOWERS[kind](**kwargs, image_size=config.image_size, output_dim=config.embed_dim)
-
-
 # ---------------------------------------------------------------------------------------------
 # SLIP's projection head (Mu et al. 2021, "SLIP: Self-supervision meets Language-Image Pre-training")
 
@@ -183,8 +162,7 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
     """
 
     def forward(self, x):  # n, C
-        distributed = dist.is_initialized() and dist.get_world_size() > 1
-        if not (self.training and distributed) or x.device.type == "meta":  # meta: FLOP counting, no data
+        if not (self.training and distributed()) or x.device.type == "meta":  # meta: FLOP counting, no data
             return super().forward(x)
         count = x.shape[0] * dist.get_world_size()
         xf = x.float()
@@ -224,10 +202,10 @@ class SimCLRHead(nn.Sequential):
 class CLIP(TextTransformer):
     """Image tower (`visual`) + text tower + logit scale (+ SLIP's head `ssl_head` when the config asks).
 
-    CLIP subclasses TextTransformer so that the text tower's parameters sit at the top level with
-    OpenAI's names (token_embedding, positional_embedding, transformer, ln_final,
-    text_projection); encode_text comes from there. The model has three verbs, as MAE's: encode
-    (encode_image / encode_text), forward (both, unit-normalised) and loss."""
+    A TextTransformer subclass, so the text tower's parameters sit at the top level with OpenAI's
+    names (token_embedding, positional_embedding, transformer, ln_final, text_projection) and
+    encode_text comes from there. Three verbs, as MAE's: encode_image / encode_text, forward (both,
+    unit-normalised) and loss."""
 
     def __init__(self, config: CLIPConfig):
         super().__init__(width=config.text_width, layers=config.text_layers,
@@ -235,7 +213,13 @@ class CLIP(TextTransformer):
                          vocab_size=config.vocab_size, output_dim=config.embed_dim,
                          quick_gelu=config.quick_gelu)
         self.config = config
-        self.visual = build_vision_tower(config)
+        vision = dict(config.vision)
+        kind = vision.pop("kind", None)
+        if kind not in VISION_TOWERS:
+            raise ValueError(f"unknown vision tower kind {kind!r}; valid: {', '.join(VISION_TOWERS)}")
+        if kind == "vit":  # the one tower built of CLIP's transformer blocks, whose activation OpenAI's weights fix
+            vision["quick_gelu"] = config.quick_gelu
+        self.visual = VISION_TOWERS[kind](**vision, image_size=config.image_size, output_dim=config.embed_dim)
         # log of the inverse temperature, initialised to 1/0.07 as in CLIP; train.py clamps it to
         # [0, ln 100] after each optimiser step, as OpenAI, open_clip and SLIP do
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
@@ -249,6 +233,8 @@ class CLIP(TextTransformer):
         if images.dim() != 4 or images.shape[1] != 3 or images.shape[2:] != (S, S):
             raise ValueError(f"images must be [batch, 3, {S}, {S}] for this model, "
                              f"got shape {tuple(images.shape)}")
+        if not 0.0 <= mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         if mask_ratio > 0 and not self.visual.supports_masking:
             raise ValueError(f"FLIP masking (mask_ratio={mask_ratio}) needs a ViT image tower; "
                              f"{self.config.arch} is a {self.config.vision.get('kind')} tower "
@@ -290,8 +276,6 @@ def build_model(config) -> CLIP:
         if unknown:
             raise ValueError(f"unknown CLIPConfig fields {sorted(unknown)}; valid: {sorted(names)}")
         config = CLIPConfig(**config)
-    if not isinstance(config, CLIPConfig):
-        raise TypeError(f"build_model takes a CLIPConfig or a dict, got {type(config).__name__}")
     return CLIP(dataclasses.replace(config, vision=copy.deepcopy(config.vision)))
 
 
@@ -304,16 +288,6 @@ def create_model(arch: str, **overrides) -> CLIP:
 # ---------------------------------------------------------------------------------------------
 # OpenAI / open_clip checkpoints
 
-OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
-
-
-def is_torchscript_archive(path: Path) -> bool:
-    """TorchScript archives are zip files with compiled code under <name>/code/__torch__/."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any("/code/__torch__/" in name for name in archive.namelist())
-
 
 def read_state_dict(path) -> dict:
     """A state_dict from a TorchScript archive (OpenAI's release format) or a torch.save file
@@ -321,7 +295,11 @@ def read_state_dict(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {path}")
-    if is_torchscript_archive(path):
+    scripted = False  # TorchScript archives are zip files with compiled code under <name>/code/__torch__/
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            scripted = any("/code/__torch__/" in name for name in archive.namelist())
+    if scripted:
         with warnings.catch_warnings():  # TorchScript is deprecated, but it is OpenAI's format
             warnings.simplefilter("ignore", DeprecationWarning)
             state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
@@ -336,13 +314,11 @@ def read_state_dict(path) -> dict:
 
 def count_blocks(state_dict: dict, prefix: str) -> int:
     """Number of distinct N in keys '<prefix>N.<...>'."""
-    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
-    return len({m.group(1) for k in state_dict if (m := pattern.match(k))})
+    return len({k.removeprefix(prefix).split(".")[0] for k in state_dict if k.startswith(prefix)})
 
 
-def config_from_openai_state_dict(state_dict: dict) -> CLIPConfig:
+def config_from_openai_state_dict(sd: dict) -> CLIPConfig:
     """Infer the architecture from weight shapes (as OpenAI's build_model does; heads = width/64)."""
-    sd = state_dict
     if "visual.proj" in sd:
         width, _, patch, _ = sd["visual.conv1.weight"].shape
         grid = math.isqrt(sd["visual.positional_embedding"].shape[0] - 1)
@@ -375,7 +351,7 @@ def load_openai(path, image_size: int | None = None, quick_gelu: bool = True) ->
     quick_gelu: OpenAI's weights need QuickGELU (the default). The activation cannot be read from
     the weights: open_clip models trained without it (e.g. its LAION ViT-B-32) need False."""
     state_dict = read_state_dict(path)
-    for key in OPENAI_EXTRA_KEYS:  # buffers in OpenAI's archive, not parameters
+    for key in ("input_resolution", "context_length", "vocab_size", "attn_mask"):  # OpenAI's buffers, not parameters
         state_dict.pop(key, None)
     config = config_from_openai_state_dict(state_dict)
     config.quick_gelu = quick_gelu

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tinyclip.transformer import run_blocks
+from tinyclip.transformer import ImageTower, run_blocks
 
 # ---------------------------------------------------------------------------------------------
 # blocks
@@ -94,21 +94,17 @@ class AttentionPool2d(nn.Module):
 # the tower
 
 
-class ModifiedResNet(nn.Module):
-    """CLIP's ResNet image tower. forward(x [B, 3, S, S]) -> [B, output_dim], or with project=False
-    the attention pool's feature [B, width].
+class ModifiedResNet(ImageTower):
+    """CLIP's ResNet image tower; its feature (project=False) is the attention pool's, before c_proj.
 
     layers: bottleneck blocks per stage, e.g. (3, 4, 6, 3) for RN50. width: the stem's output
     channels (64 for RN50); stage i has width * 2**i planes, and the attention pool sees
     width * 32 channels (`self.width`) with OpenAI's width * 32 // 64 heads.
 
-    Gradient checkpointing recomputes each stage in the backward pass; note that BatchNorm then
-    updates its running statistics twice per training step (a known, harmless side effect)."""
+    Gradient checkpointing recomputes each stage in the backward pass; BatchNorm then updates its
+    running statistics twice per training step (a known, harmless side effect)."""
 
-    supports_masking = False  # a CNN has no tokens to drop (CLIP.encode_image refuses mask_ratio > 0)
-
-    def __init__(self, layers=(3, 4, 6, 3), width: int = 64, image_size: int = 224,
-                 output_dim: int = 1024):
+    def __init__(self, layers, width: int, image_size: int, output_dim: int):
         super().__init__()
         if image_size % 32:
             raise ValueError(f"ResNet image_size must be a multiple of 32 (total stride), "
@@ -135,19 +131,12 @@ class ModifiedResNet(nn.Module):
             stages.append(nn.Sequential(*stage))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.attnpool = AttentionPool2d(image_size // 32, self.width, self.width // 64, output_dim)
-        self.grad_checkpointing = False
-
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-
-    def stem(self, x: torch.Tensor) -> torch.Tensor:  # B, 3, S, S
-        x = F.relu(self.bn1(self.conv1(x)))  # B, w/2, S/2, S/2
-        x = F.relu(self.bn2(self.conv2(x)))  # B, w/2, S/2, S/2
-        x = F.relu(self.bn3(self.conv3(x)))  # B, w, S/2, S/2
-        return self.avgpool(x)  # B, w, S/4, S/4
 
     def forward(self, x: torch.Tensor, mask_ratio: float = 0.0, project: bool = True) -> torch.Tensor:
-        x = self.stem(x)  # B, w, S/4, S/4
+        x = F.relu(self.bn1(self.conv1(x)))  # B, w/2, S/2, S/2: the stem
+        x = F.relu(self.bn2(self.conv2(x)))  # B, w/2, S/2, S/2
+        x = F.relu(self.bn3(self.conv3(x)))  # B, w, S/2, S/2
+        x = self.avgpool(x)  # B, w, S/4, S/4
         stages = (self.layer1, self.layer2, self.layer3, self.layer4)
         x = run_blocks(stages, x, self.grad_checkpointing)  # B, 32w, S/32, S/32 (one checkpoint a stage)
         return self.attnpool(x, project)  # B, E (or B, width with project=False)

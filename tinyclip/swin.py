@@ -1,7 +1,6 @@
 """Swin Transformer image tower for CLIP: "Swin Transformer: Hierarchical Vision Transformer using
-Shifted Windows" (Liu, Lin, Cao, Hu, Wei, Zhang, Lin, Guo; ICCV 2021, arXiv 2103.14030).
-
-One of the towers in the CNN-vs-transformer study of "Scaling (Down) CLIP" (Li, Xie, Cubuk 2024).
+Shifted Windows" (Liu, Lin, Cao, Hu, Wei, Zhang, Lin, Guo; ICCV 2021, arXiv 2103.14030), one of the
+towers in the CNN-vs-transformer study of "Scaling (Down) CLIP" (Li, Xie, Cubuk 2024).
 
 Layout (Swin-T: patch 4, window 7, C = 96, depths 2-2-6-2, heads 3-6-12-24, MLP ratio 4):
 
@@ -16,10 +15,9 @@ Layout (Swin-T: patch 4, window 7, C = 96, depths 2-2-6-2, heads 3-6-12-24, MLP 
            the (dy, dx) offset between the two tokens of the window
     head: LayerNorm -> average over tokens -> x @ proj              # proj: [width, output_dim]
 
-The CLIP projection is a bias-free parameter `proj` [width, output_dim], as in CLIP's ViT, in place
-of the ImageNet classifier `head`. Parameter names otherwise follow the official Swin code.
-At 224px Swin-T has 27.52M parameters without the head (the published 28.3M includes the
-768x1000 + 1000 classifier) and 4.5 GMACs.
+Parameter names follow the official Swin code, `proj` in place of its classifier `head`. At 224px
+Swin-T has 27.52M parameters without the head (the published 28.3M includes the 768x1000 + 1000
+classifier) and 4.5 GMACs.
 
 Every stage's grid must be a whole number of windows, so image_size must be divisible by
 patch x window x 8 (224 for Swin-T). A stage whose grid is exactly one window does not shift
@@ -29,7 +27,7 @@ construction-time image size, so a tower only accepts that size.
 import torch
 import torch.nn as nn
 
-from tinyclip.transformer import DropPath, Mlp, linear_drop_path_rates, run_blocks
+from tinyclip.transformer import DropPath, ImageTower, Mlp, linear_drop_path_rates, run_blocks
 
 # --------------------------------------------------------------------------------------------
 # windows, relative positions, the shifted-window mask
@@ -168,15 +166,11 @@ class SwinStage(nn.Module):
 # the tower
 
 
-class SwinTransformer(nn.Module):
-    """Swin image tower: images [B, 3, S, S] -> CLIP features [B, output_dim], or with
-    project=False the normalised, pooled feature [B, width]."""
+class SwinTransformer(ImageTower):
+    """Swin image tower; its feature (project=False) is the normalised, pooled one."""
 
-    supports_masking = False  # windows need the full token grid (CLIP.encode_image refuses mask_ratio > 0)
-
-    def __init__(self, *, image_size: int, output_dim: int, patch_size: int = 4, window_size: int = 7,
-                 base_width: int = 96, depths=(2, 2, 6, 2), heads=(3, 6, 12, 24),
-                 drop_path_rate: float = 0.2):
+    def __init__(self, *, image_size: int, output_dim: int, patch_size: int, window_size: int,
+                 base_width: int, depths, heads, drop_path_rate: float):
         super().__init__()
         if len(depths) != len(heads):
             raise ValueError(f"swin needs one head count per stage; got depths {depths}, heads {heads}")
@@ -186,8 +180,6 @@ class SwinTransformer(nn.Module):
             raise ValueError(f"swin needs image_size divisible by {multiple} (patch {patch_size} x "
                              f"window {window_size} x {merges}); got {image_size}")
         self.image_size, self.width = image_size, base_width * merges
-        self.grad_checkpointing = False
-
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(3, base_width, kernel_size=patch_size, stride=patch_size)
         self.patch_embed.norm = nn.LayerNorm(base_width)
@@ -198,9 +190,6 @@ class SwinTransformer(nn.Module):
             for i in range(len(depths)))
         self.norm = nn.LayerNorm(self.width)
         self.proj = nn.Parameter(torch.empty(self.width, output_dim))
-        self.init_weights()
-
-    def init_weights(self):
         # as in the official code: truncated normal (std 0.02) for linear weights and bias tables
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -210,9 +199,6 @@ class SwinTransformer(nn.Module):
             elif isinstance(m, WindowAttention):
                 nn.init.trunc_normal_(m.relative_position_bias_table, std=0.02)
         nn.init.normal_(self.proj, std=self.width ** -0.5)
-
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
 
     def forward(self, x: torch.Tensor, mask_ratio: float = 0.0, project: bool = True) -> torch.Tensor:
         x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)  # B, H*W, C

@@ -7,19 +7,12 @@ Natural Language Supervision"), so that OpenAI's weights load without a renaming
     resblocks.N.ln_1 -> attn (in_proj_weight, in_proj_bias, out_proj) -> residual
     resblocks.N.ln_2 -> mlp (c_fc -> GELU -> c_proj)                  -> residual
 
-Attention runs through torch.nn.functional.scaled_dot_product_attention, which picks a fused
-kernel (flash / memory-efficient) where one exists. Activations are batch-first (B, N, D); OpenAI's
-code is sequence-first, which changes no weight.
+Attention runs through F.scaled_dot_product_attention, which picks a fused kernel (flash /
+memory-efficient) where one exists. Activations are batch-first (B, N, D); OpenAI's code is
+sequence-first, which changes no weight.
 
-The other image towers take their common pieces from here too: stochastic depth (ConvNeXt, Swin),
-the two-layer GELU MLP with timm's names (Swin, Mixer) and `run_blocks`, the one block loop with
-gradient checkpointing that every tower runs.
-
-The text tower (TextTransformer) embeds BPE token ids, runs a causal transformer, and pools the
-features at the end-of-text token, which has the largest id in CLIP's vocabulary (49407), so
-`ids.argmax(-1)` finds it. CLIP (model.py) subclasses TextTransformer so the text parameters keep
-OpenAI's top-level names: token_embedding, positional_embedding, transformer.resblocks..., ln_final,
-text_projection.
+Every image tower starts from ImageTower (the contract CLIP relies on) and runs its blocks through
+`run_blocks` (gradient checkpointing); stochastic depth and timm's two-layer MLP are here too.
 """
 
 from collections import OrderedDict
@@ -30,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 # ---------------------------------------------------------------------------------------------
-# small layers, stochastic depth and the block loop
+# small layers, stochastic depth, the block loop and what an image tower provides
 
 
 class LayerNorm(nn.LayerNorm):
@@ -102,6 +95,20 @@ def run_blocks(blocks, x: torch.Tensor, grad_checkpointing: bool, *args) -> torc
     return x
 
 
+class ImageTower(nn.Module):
+    """What CLIP asks of an image tower: `image_size`, `width` and forward(images [B, 3, S, S],
+    mask_ratio, project) -> [B, E], or with project=False the feature before the projection
+    [B, width] (what SLIP's head reads). The projection is a bias-free `proj` [width, E] as in
+    CLIP's ViT (ConvNeXt, Swin and Mixer have it in place of their ImageNet classifier `head`),
+    or the ResNet attention pool's c_proj."""
+
+    supports_masking = False  # only a ViT has tokens to drop (CLIP.encode_image refuses mask_ratio > 0)
+    grad_checkpointing = False  # what the tower passes to run_blocks
+
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.grad_checkpointing = enable
+
+
 # ---------------------------------------------------------------------------------------------
 # attention and the residual block
 
@@ -149,22 +156,19 @@ class ResidualAttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, is_causal: bool = False) -> torch.Tensor:  # B, N, D
         x = x + self.attn(self.ln_1(x), is_causal=is_causal)
-        x = x + self.mlp(self.ln_2(x))
-        return x
+        return x + self.mlp(self.ln_2(x))
 
 
 class Transformer(nn.Module):
-    """A stack of residual blocks (`resblocks`), optionally gradient-checkpointed (run_blocks)."""
+    """A stack of residual blocks (`resblocks`), run by run_blocks (its owner says whether checkpointed)."""
 
     def __init__(self, width: int, layers: int, heads: int, quick_gelu: bool = False):
         super().__init__()
-        self.width, self.layers = width, layers
         self.resblocks = nn.ModuleList(
             [ResidualAttentionBlock(width, heads, quick_gelu) for _ in range(layers)])
-        self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor, is_causal: bool = False) -> torch.Tensor:  # B, N, D
-        return run_blocks(self.resblocks, x, self.grad_checkpointing, is_causal)
+    def forward(self, x: torch.Tensor, is_causal: bool = False, grad_checkpointing: bool = False):  # B, N, D
+        return run_blocks(self.resblocks, x, grad_checkpointing, is_causal)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,6 +182,8 @@ class TextTransformer(nn.Module):
     Token ids are [B, L] with L <= context_length (shorter sequences use the first L positions,
     as OpenAI's code allows)."""
 
+    grad_checkpointing = False  # what encode_text passes to run_blocks
+
     def __init__(self, width: int, layers: int, heads: int, context_length: int, vocab_size: int,
                  output_dim: int, quick_gelu: bool = False):
         super().__init__()
@@ -187,28 +193,22 @@ class TextTransformer(nn.Module):
         self.transformer = Transformer(width, layers, heads, quick_gelu=quick_gelu)
         self.ln_final = LayerNorm(width)
         self.text_projection = nn.Parameter(torch.empty(width, output_dim))
-        self.init_text_parameters()
-
-    def init_text_parameters(self):
-        """OpenAI's scheme (CLIP's initialize_parameters): small embeddings; attention and MLP
-        weights scaled by width, output projections also by depth (GPT-2 style), so the residual
-        stream's variance stays put as layers are added."""
-        width, layers = self.transformer.width, self.transformer.layers
+        # OpenAI's initialisation (CLIP's initialize_parameters): small embeddings; attention and MLP
+        # weights scaled by width, output projections also by depth (GPT-2 style), so the residual
+        # stream's variance stays put as layers are added
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
-        attn_std = width ** -0.5
         proj_std = width ** -0.5 * (2 * layers) ** -0.5
-        fc_std = (2 * width) ** -0.5
         for block in self.transformer.resblocks:
-            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+            nn.init.normal_(block.attn.in_proj_weight, std=width ** -0.5)
             nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
-            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=(2 * width) ** -0.5)
             nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
         nn.init.normal_(self.text_projection, std=width ** -0.5)
 
-    def check_token_ids(self, ids: torch.Tensor):
-        """Cheap checks with one-line errors; the value range is skipped on meta tensors and under
-        torch.compile (it reads the values back to the host)."""
+    def encode_text(self, ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        # cheap checks with one-line errors; the value range is skipped on meta tensors and under
+        # torch.compile (it reads the values back to the host)
         if ids.dim() != 2:
             raise ValueError(f"token ids must be [batch, length], got shape {tuple(ids.shape)}")
         if ids.dtype not in (torch.int64, torch.int32):
@@ -221,17 +221,15 @@ class TextTransformer(nn.Module):
             if low < 0 or high >= self.vocab_size:
                 raise ValueError(f"token id out of range [0, {self.vocab_size}): "
                                  f"got min {low}, max {high}")
-
-    def encode_text(self, ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        self.check_token_ids(ids)
         B, L = ids.shape
         x = self.token_embedding(ids)  # B, L, D
         x = x + self.positional_embedding[:L].to(x.dtype)
-        x = self.transformer(x, is_causal=True)  # B, L, D
+        x = self.transformer(x, is_causal=True, grad_checkpointing=self.grad_checkpointing)  # B, L, D
         x = self.ln_final(x)
-        x = x[torch.arange(B, device=x.device), ids.argmax(dim=-1)]  # B, D: the end-of-text token
+        # B, D: the end-of-text token, whose id (49407) is the largest in CLIP's vocabulary
+        x = x[torch.arange(B, device=x.device), ids.argmax(dim=-1)]
         x = x @ self.text_projection  # B, E
         return F.normalize(x, dim=-1) if normalize else x
 
     def set_grad_checkpointing(self, enable: bool = True):
-        self.transformer.grad_checkpointing = enable
+        self.grad_checkpointing = enable

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tinyclip.transformer import LayerNorm, Transformer
+from tinyclip.transformer import ImageTower, LayerNorm, Transformer
 
 # ---------------------------------------------------------------------------------------------
 # FLIP masking and positional-embedding resizing
@@ -68,14 +68,13 @@ def resize_positional_embedding(pos_embed: torch.Tensor, grid_size: int) -> torc
 # the tower
 
 
-class VisionTransformer(nn.Module):
-    """CLIP's ViT image tower. forward(x [B, 3, S, S], mask_ratio, project) -> [B, output_dim], or
-    with project=False the class token's feature [B, width] (what SLIP's head reads)."""
+class VisionTransformer(ImageTower):
+    """CLIP's ViT image tower; its feature (project=False) is the class token's."""
 
     supports_masking = True
 
-    def __init__(self, width: int, layers: int, heads: int, patch_size: int, image_size: int = 224,
-                 output_dim: int = 512, quick_gelu: bool = False):
+    def __init__(self, width: int, layers: int, heads: int, patch_size: int, image_size: int,
+                 output_dim: int, quick_gelu: bool = False):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not divisible by patch_size {patch_size}")
@@ -90,12 +89,7 @@ class VisionTransformer(nn.Module):
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.transformer.grad_checkpointing = enable
-
     def forward(self, x: torch.Tensor, mask_ratio: float = 0.0, project: bool = True) -> torch.Tensor:
-        if not 0.0 <= mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         B = x.shape[0]
         x = self.conv1(x)  # B, D, g, g
         x = x.flatten(2).transpose(1, 2)  # B, N, D (patches in row-major order)
@@ -105,6 +99,6 @@ class VisionTransformer(nn.Module):
         cls = (self.class_embedding + self.positional_embedding[0]).to(x.dtype)  # D
         x = torch.cat([cls.expand(B, 1, -1), x], dim=1)  # B, 1 + N_keep, D
         x = self.ln_pre(x)
-        x = self.transformer(x)  # B, 1 + N_keep, D
+        x = self.transformer(x, grad_checkpointing=self.grad_checkpointing)  # B, 1 + N_keep, D
         x = self.ln_post(x[:, 0])  # B, D: the class token
         return x @ self.proj if project else x  # B, E (or B, D: the feature SLIP's head reads)
