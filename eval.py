@@ -239,6 +239,15 @@ def check_args(args):
         return f"--out is the score task's key,score CSV, but --task is {' '.join(args.task)}: add score or drop --out"
     if args.csv_separator is not None and len(args.csv_separator) != 1:
         return f"--csv-separator must be one character (or '\\t' for a tab), got {args.csv_separator!r}"
+    for flag, path in (("--json", args.json), ("--out", args.out)):
+        if path is None:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(folder):  # atomic_write creates missing folders under the first that exists
+            folder = os.path.dirname(folder)
+        if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            return f"{flag} {path}: cannot be written (" + ("it is a folder" if os.path.isdir(path) else
+                                                           f"{folder} is not a writable folder") + ")"
 
 
 def main(argv=None):

@@ -137,6 +137,18 @@ def test_json_keeps_the_finished_tasks_when_a_later_one_fails(checkpoint, tmp_pa
     assert not list(tmp_path.glob(".*.tmp*"))  # written atomically: no temporary file left
 
 
+@pytest.mark.parametrize("flag, where", [("--json", "a_file/results.json"), ("--json", "."),
+                                         ("--out", "a_file/scores.csv")])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(flag, where, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("not a folder")
+    path = str(tmp_path / where)
+    tasks = ["score", "--data", "synthetic"] if flag == "--out" else ["zeroshot"]
+    with pytest.raises(SystemExit) as exit_info:  # no checkpoint is read: the refusal comes first
+        eval_cli.main(["--checkpoint", str(tmp_path / "absent.pt"), "--task", *tasks, flag, path])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith(f"eval.py: error: {flag} {path}")
+
+
 def test_probes_on_synthetic(checkpoint, tmp_path):
     results = eval_cli.main(["--checkpoint", checkpoint, "--task", "linear-probe", "fewshot", "--data", "synthetic",
                              "--label-set", "shape", "--size", "30", "--train-size", "84", "--fewshot-k", "2",
