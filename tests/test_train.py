@@ -10,6 +10,7 @@ import json
 import random
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,13 +101,26 @@ def _weights(out):
     return read_checkpoint(Path(out) / "ckpt.pt")["model"]
 
 
+def _two_processes(argv, out, cwd):
+    """train.py under torchrun with 2 gloo processes into the fresh folder `out`. Rarely (about one
+    full suite in six on 2 cores), a rank aborts at exit after the run finished ("terminate called
+    without an active exception", SIGABRT, while the process group is torn down); that one crash,
+    and only once, is run again from scratch, so the assertions still need a clean run."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for attempt in range(2):
+        done = subprocess.run(torchrun + _cli(*argv, "--out", str(out))[1:], cwd=cwd, env=env, capture_output=True,
+                              text=True)
+        teardown_abort = "terminate called without an active exception" in done.stderr and (out / "ckpt.pt").exists()
+        if done.returncode == 0 or not teardown_abort or attempt == 1:
+            return done
+        shutil.rmtree(out)
+
+
 def test_two_gloo_processes_match_one_process(tmp_path):
     common = ["--batch-size", "16", "--samples-seen", "64", "--lr", "1e-3", "--warmup", "1"]
     subprocess.run(_cli(*common, "--out", str(tmp_path / "one")), check=True, cwd=tmp_path, capture_output=True)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(torchrun + _cli(*common, "--out", str(tmp_path / "two"))[1:], cwd=tmp_path, env=env,
-                          capture_output=True, text=True)
+    done = _two_processes(common, tmp_path / "two", tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert losses(tmp_path / "one") == pytest.approx(losses(tmp_path / "two"), abs=1e-4)
     one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
@@ -344,11 +358,8 @@ def test_resume_inside_the_tuning_stage_equals_uninterrupted(tmp_path, monkeypat
 
 def test_compile_with_two_processes_and_the_gradient_cache(tmp_path):
     common = ["--batch-size", "8", "--samples-seen", "16", "--accum-steps", "2", "--lr", "1e-3", "--warmup", "1"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for name, extra in (("eager", []), ("compiled", ["--compile"])):
-        done = subprocess.run(torchrun + _cli(*common, *extra, "--out", str(tmp_path / name))[1:], cwd=tmp_path,
-                              env=env, capture_output=True, text=True)
+        done = _two_processes([*common, *extra], tmp_path / name, tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
     assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), abs=1e-4)
     eager, compiled = _weights(tmp_path / "eager"), _weights(tmp_path / "compiled")
