@@ -103,6 +103,14 @@ def test_open_clip_flags_are_accepted_with_their_meaning():
     assert train_flags.parse_args(["--precision", "amp"]).precision == "fp16"
 
 
+def test_epochs_below_one_batch_is_one_line(capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:  # TINY[:-2]: without its --samples-seen
+        train.main(TINY[:-2] + ["--data", "synthetic:size=24", "--epochs", "0.25", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and not (tmp_path / "run" / "ckpt.pt").exists()
+    assert err[0] == "train.py: error: --epochs 0.25 of 24 pairs is 6 samples, less than one --batch-size 8"
+
+
 def test_epochs_sets_the_budget_from_the_data(tmp_path):
     out = tmp_path / "run"
     train.main(TINY[:-2] + ["--data", "synthetic:size=24", "--epochs", "2", "--out", str(out)])

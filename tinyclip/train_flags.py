@@ -179,6 +179,9 @@ def resolve_budget(args, pairs: int):
     """The defaults that depend on the data: --epochs as samples seen, then the warmup."""
     if args.epochs is not None:
         args.samples_seen = max(1, round(args.epochs * pairs))
+        if args.samples_seen < args.batch_size:  # as check_args refuses for --samples-seen
+            raise ConfigError(f"--epochs {args.epochs} of {pairs} pairs is {args.samples_seen} samples, less than "
+                              f"one --batch-size {args.batch_size}")
     elif args.samples_seen is None:
         args.samples_seen = 30_000
     if args.warmup is None:
