@@ -1,5 +1,5 @@
-"""Losses: CLIP InfoNCE and SimCLR NT-Xent against direct formulas, the logits in float32 under bf16
-autocast, and exactness under two gloo processes (the gathered local loss gives the single-process
+"""Losses: CLIP InfoNCE (with and without label smoothing), SigLIP's sigmoid loss and SimCLR NT-Xent
+against direct formulas and closed-form values, the logits in float32 under bf16 autocast, and exactness under two gloo processes (the gathered local loss gives the single-process
 full-batch loss and gradients); SLIP's head (tinyclip/model.py) and its global BatchNorm, whose
 outputs, gradients and running statistics on two processes equal nn.BatchNorm1d on the
 concatenated batch."""
@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from tinyclip.losses import clip_loss, simclr_loss
+from tinyclip.losses import clip_loss, sigmoid_loss, simclr_loss
 from tinyclip.model import GlobalBatchNorm1d, SimCLRHead
 
 
@@ -57,6 +57,38 @@ def test_clip_loss_perfect_alignment_is_small_and_chance_is_log_n():
     assert clip_loss(eye, eye, torch.tensor(100.0))["loss"] < 1e-6
     same = unit(torch.ones(6, 4))
     assert math.isclose(clip_loss(same, same, torch.tensor(10.0))["loss"].item(), math.log(6), rel_tol=1e-6)
+
+
+def test_label_smoothing_has_its_closed_form():
+    # Logits s on the diagonal, 0 elsewhere; targets (1 - eps) one-hot + eps / N: the loss of each row is
+    # log(e^s + N - 1) - (1 - eps + eps / N) s, in both directions.
+    n, s, eps = 6, 5.0, 0.1
+    got = clip_loss(torch.eye(n), torch.eye(n), torch.tensor(s), label_smoothing=eps)["loss"].item()
+    assert got == pytest.approx(math.log(math.exp(s) + n - 1) - (1 - eps + eps / n) * s, rel=1e-6)
+    assert got > clip_loss(torch.eye(n), torch.eye(n), torch.tensor(s))["loss"].item()
+
+
+def reference_sigmoid_loss(img, txt, t, b):
+    """SigLIP's loss by the paper's formula, pair by pair: -1/|B| sum_i sum_j log 1 / (1 + exp(z_ij (-t x_i.y_j - b)))."""
+    n, total = img.shape[0], 0.0
+    for i in range(n):
+        for j in range(n):
+            z = 1.0 if i == j else -1.0
+            total += math.log(1 / (1 + math.exp(z * (-t * float(img[i] @ txt[j]) - b))))
+    return -total / n
+
+
+def test_sigmoid_loss_matches_the_papers_formula_and_a_closed_form():
+    torch.manual_seed(2)
+    img, txt = unit(torch.randn(7, 16)), unit(torch.randn(7, 16))
+    terms = sigmoid_loss(img, txt, torch.tensor(10.0), torch.tensor(-10.0))
+    assert set(terms) == {"loss", "clip"}
+    assert terms["loss"].item() == pytest.approx(reference_sigmoid_loss(img, txt, 10.0, -10.0), rel=1e-6)
+    # two orthogonal pairs at SigLIP's initial t = 10, b = -10: a positive's logit is 0 (-log sigmoid(0) = log 2),
+    # a negative's -10 (-log sigmoid(10) = log(1 + e^-10)); one of each per row
+    eye = torch.eye(2)
+    closed = math.log(2) + math.log(1 + math.exp(-10))
+    assert sigmoid_loss(eye, eye, torch.tensor(10.0), torch.tensor(-10.0))["loss"].item() == pytest.approx(closed)
 
 
 def test_simclr_loss_matches_loop_reference():

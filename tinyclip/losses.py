@@ -1,7 +1,10 @@
-"""Contrastive losses for CLIP and SLIP, exact under data parallelism; parameter-free functions of features.
+"""Contrastive losses for CLIP, SigLIP and SLIP, exact under data parallelism; parameter-free functions of features.
 
 - CLIP's symmetric InfoNCE (Radford et al. 2021, "Learning Transferable Visual Models From Natural
-  Language Supervision"), over the *global* batch.
+  Language Supervision"), over the *global* batch, optionally with label smoothing (Fini et al. 2023,
+  "Improved baselines for vision-language pre-training").
+- SigLIP's sigmoid loss (Zhai et al. 2023, "Sigmoid Loss for Language Image Pre-Training"): every
+  image-text pair of the global batch is its own binary problem, positive on the diagonal.
 - SimCLR's NT-Xent (Chen et al. 2020), the self-supervised term SLIP adds (Mu et al. 2021,
   "SLIP: Self-supervision meets Language-Image Pre-training"); SLIP's projection head, which holds
   parameters, is part of the model (tinyclip/model.py).
@@ -73,18 +76,36 @@ def _local_labels(n: int, device) -> torch.Tensor:
 # losses
 
 
-def clip_loss(image_features, text_features, logit_scale) -> dict:
+def clip_loss(image_features, text_features, logit_scale, label_smoothing: float = 0.0) -> dict:
     """Symmetric InfoNCE over the global batch.
 
     image_features, text_features: [n, D] unit vectors of this rank's samples; logit_scale: the
-    (already exponentiated) temperature scale. Returns {"loss", "clip"}.
+    (already exponentiated) temperature scale; label_smoothing: the share of each row's target
+    spread evenly over all N columns (torch's cross_entropy rule). Returns {"loss", "clip"}.
     """
     all_image = gather_with_grad(image_features)             # N, D
     all_text = gather_with_grad(text_features)               # N, D
     labels = _local_labels(image_features.shape[0], image_features.device)
     logits_per_image = _similarities(image_features, all_text, logit_scale)   # n, N
     logits_per_text = _similarities(text_features, all_image, logit_scale)    # n, N
-    loss = (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+    loss = (F.cross_entropy(logits_per_image, labels, label_smoothing=label_smoothing)
+            + F.cross_entropy(logits_per_text, labels, label_smoothing=label_smoothing)) / 2
+    return {"loss": loss, "clip": loss}
+
+
+def sigmoid_loss(image_features, text_features, logit_scale, logit_bias) -> dict:
+    """SigLIP's loss over the global batch: -(1/N) sum over all N x N pairs of log sigmoid(z_ij * logit_ij),
+    logit_ij = logit_scale * <image_i, text_j> + logit_bias, z_ij = 1 on the diagonal and -1 elsewhere.
+
+    As big_vision's siglip trainer: each image row's log-likelihoods are summed, the rows averaged. Here
+    each rank scores its own image rows against every text of the global batch (the sum over all pairs
+    needs no second direction). Returns {"loss", "clip"} (SigLIP takes CLIP's place in every strategy).
+    """
+    all_text = gather_with_grad(text_features)                                # N, D
+    labels = _local_labels(image_features.shape[0], image_features.device)
+    logits = _similarities(image_features, all_text, logit_scale) + logit_bias.float()  # n, N
+    signs = 2 * F.one_hot(labels, all_text.shape[0]) - 1                      # n, N: +1 positive, -1 negative
+    loss = -F.logsigmoid(signs * logits).sum(dim=1).mean()
     return {"loss": loss, "clip": loss}
 
 
