@@ -5,7 +5,8 @@ the meta device); that parameter counts equal OpenAI's; that every parameter get
 FLIP masking's invariants (token count, per-sample randomness, class token kept, a full "mask"
 equals the plain path, mask_ratio=0 draws no random numbers); numerical parity with OpenAI's own
 CLIP code on stored tiny ViT and ResNet fixtures (state_dict, TorchScript and open_clip-style
-files); config round-trips; gradient checkpointing; the initialisation scheme; and the one-line
+files); config round-trips (SigLIP's bias included); gradient checkpointing; the initialisation
+scheme; resizing a ViT's input in place (CLIPA) and locking the image tower (LiT); and the one-line
 errors for bad input.
 """
 
@@ -104,10 +105,10 @@ def test_overrides_change_the_model():
 
 
 @pytest.mark.parametrize("name", TINY)
-@pytest.mark.parametrize("slip", [False, True])
-def test_every_parameter_receives_a_gradient(name, slip):
+@pytest.mark.parametrize("slip, loss", [(False, "softmax"), (True, "softmax"), (False, "sigmoid")])
+def test_every_parameter_receives_a_gradient(name, slip, loss):
     torch.manual_seed(0)
-    model = create_model(name, vocab_size=1000, ssl_mlp_dim=16 if slip else 0, ssl_emb_dim=8)
+    model = create_model(name, vocab_size=1000, ssl_mlp_dim=16 if slip else 0, ssl_emb_dim=8, loss=loss)
     for m in model.modules():  # bn3 starts at zero, which would stop gradients into its branch
         if isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
@@ -314,10 +315,10 @@ def test_load_openai_bad_files(tmp_path):
         load_openai(tmp_path / "other.pt")
 
 
-@pytest.mark.parametrize("name", TINY)
-def test_config_round_trip_rebuilds_the_same_model(name):
+@pytest.mark.parametrize("name, loss", [(n, "softmax") for n in TINY] + [("vit-test", "sigmoid")])
+def test_config_round_trip_rebuilds_the_same_model(name, loss):
     torch.manual_seed(0)
-    model = create_model(name, vocab_size=1000).eval()
+    model = create_model(name, vocab_size=1000, loss=loss).eval()
     config = dataclasses.asdict(model.config)
     config = json.loads(json.dumps(config))  # only plain types
     clone = build_model(config).eval()
@@ -327,6 +328,43 @@ def test_config_round_trip_rebuilds_the_same_model(name):
     with torch.no_grad():
         for a, b in zip(model(images, ids), clone(images, ids)):
             assert torch.equal(a, b)
+
+
+def test_sigmoid_loss_starts_from_siglips_temperature_and_bias():
+    model = create_model("vit-test", loss="sigmoid")
+    assert model.logit_scale.exp().item() == pytest.approx(10.0) and model.logit_bias.item() == -10.0
+    assert create_model("vit-test").logit_bias is None
+
+
+def test_resize_image_interpolates_the_positional_embedding_in_place():
+    torch.manual_seed(0)
+    model = create_model("vit-test", image_size=16)  # a 2 x 2 grid of 8-px patches
+    pos = model.visual.positional_embedding
+    with torch.no_grad():
+        pos[1:] = torch.arange(64.0)  # the same vector at every grid cell: interpolation must keep it
+    cls = pos[0].clone()
+    model.resize_image(32)
+    assert model.visual.positional_embedding is pos  # the same parameter, so an optimiser still holds it
+    assert pos.shape == (1 + 16, 64) and model.config.image_size == model.visual.image_size == 32
+    assert torch.equal(pos[0], cls) and torch.allclose(pos[1:], torch.arange(64.0).expand(16, 64), atol=1e-5)
+    assert model.encode_image(torch.randn(2, 3, 32, 32)).shape == (2, 32)
+    with pytest.raises(ValueError, match="multiple of the patch size 8"):
+        model.resize_image(36)
+    with pytest.raises(ValueError, match="needs a ViT"):
+        create_model("rn-test").resize_image(32)
+
+
+def test_locked_image_tower_has_no_gradient_and_stays_in_eval_mode():
+    model = create_model("rn-test").lock_image()
+    model.train()
+    assert not model.visual.training and model.transformer.training  # its BatchNorm statistics stay put
+    assert not any(p.requires_grad for p in model.visual.parameters())
+    images, ids = inputs(model, batch=4)
+    features = model(images, ids)
+    assert not features[0].requires_grad and features[1].requires_grad  # no image graph is recorded
+    before = [b.clone() for b in model.visual.buffers()]
+    model(images, ids)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.visual.buffers()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,6 +378,7 @@ def test_config_round_trip_rebuilds_the_same_model(name):
     (lambda: create_model("rn-test", image_size=48), "multiple of 32"),
     (lambda: build_model({"arch": "x", "vision": {"kind": "vit"}, "depth": 3}), "unknown CLIPConfig"),
     (lambda: build_model({"arch": "x", "vision": {"kind": "cnn"}}), "unknown vision tower kind"),
+    (lambda: create_model("vit-test", loss="hinge"), "unknown loss 'hinge'; valid: softmax, sigmoid"),
 ])
 def test_bad_model_arguments(build, match):
     with pytest.raises(ValueError, match=match):

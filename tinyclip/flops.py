@@ -14,8 +14,10 @@ Strategies (the names train.py uses):
                   (Li et al. 2023);
   slip            the image tower also encodes two augmented views for the SimCLR loss
                   (Mu et al. 2021), each then through SLIP's projection head (part of the model).
+A locked image tower (LiT, CLIP.lock_image) counts its forward only: it has no backward.
 The contrastive loss itself (a B x B similarity matrix) grows with the batch and is left out.
 """
+import dataclasses
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -34,30 +36,33 @@ def count_flops(fn, train: bool) -> int:
     return counter.get_total_flops()
 
 
-def gflops_per_sample(model: CLIP, strategy: str = "clip", mask_ratio: float = 0.5,
-                      train: bool = True, batch: int = 2) -> dict:
+def gflops_per_sample(model: CLIP, strategy: str = "clip", mask_ratio: float = 0.5, train: bool = True,
+                      batch: int = 2, image_size: int = None, context_length: int = None) -> dict:
     """GFLOPs per sample of `model` (a CLIP) under a training strategy (see above), as {"image",
     "text", "total"}. train=True counts forward + backward (about 3x the forward), train=False the
-    forward only. mask_ratio applies to "flip" only; "slip" needs a model with SLIP's head.
+    forward only. mask_ratio applies to "flip" only; "slip" needs a model with SLIP's head. image_size,
+    context_length: the inputs' sizes (default: the model's; a stage of reduced tokens feeds fewer).
 
     The model is rebuilt from its config on the meta device (no weight is copied): on CPU, fused
     attention kernels are invisible to FlopCounterMode; on meta, attention is counted."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
     ratio = mask_ratio if strategy == "flip" else 0.0  # encode_image refuses one outside [0, 1)
+    config = dataclasses.replace(model.config, image_size=image_size or model.config.image_size)
     with torch.device("meta"):
-        meta = build_model(model.config).train(train)
-    S, L = meta.visual.image_size, meta.context_length
+        meta = build_model(config).train(train)
+    S, L = meta.visual.image_size, context_length or meta.context_length
+    image_train = train and not model.image_locked
     images = torch.randn(batch, 3, S, S, device="meta")
     ids = torch.zeros(batch, L, dtype=torch.long, device="meta")
 
-    image = count_flops(lambda: meta.encode_image(images, mask_ratio=ratio), train) / batch
+    image = count_flops(lambda: meta.encode_image(images, mask_ratio=ratio), image_train) / batch
     text = count_flops(lambda: meta.encode_text(ids), train) / batch
     if strategy == "slip":
         if meta.ssl_head is None:
             raise ValueError("strategy 'slip' needs a model with SLIP's head (ssl_mlp_dim > 0)")
         view = lambda: meta.ssl_head(meta.encode_image(images, project=False))  # one view: tower + head
-        image += 2 * count_flops(view, train) / batch
+        image += 2 * count_flops(view, image_train) / batch
     return {"image": image / 1e9, "text": text / 1e9, "total": (image + text) / 1e9}
 
 

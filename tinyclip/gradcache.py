@@ -6,7 +6,7 @@ Batch Size under Memory Limited Setup") keeps the full-batch loss and costs one 
 
 1. embed every micro-batch without gradient and cache the embeddings (small: [B, D]);
 2. compute the full-batch loss on the cached embeddings and back-propagate it down to them (and
-   to whatever the loss itself owns: the logit scale, SLIP's head);
+   to whatever the loss itself owns: the logit scale, SigLIP's bias, SLIP's head);
 3. re-run each micro-batch with gradient and back-propagate its slice of the cached embeddings'
    gradient into the towers (by the chain rule, d loss / d theta = sum_i (d loss / d e_i) . d e_i / d theta).
 
@@ -29,12 +29,12 @@ from tinyclip import checkpoint as ckpt_io
 from tinyclip.model import autocast
 
 
-def gradient_cache_step(model, raw_model, batch: dict, k: int, mask_ratio: float, ssl_scale: float,
+def gradient_cache_step(model, raw_model, batch: dict, k: int, mask_ratio: float, loss_options: dict,
                         precision: str, scaler, no_sync=contextlib.nullcontext) -> dict:
     """One step's forward and backward over `batch` as k micro-batches; returns the whole batch's loss terms.
 
     model: what to call (the DDP wrapper under data parallelism); raw_model: the CLIP underneath,
-    whose loss() runs on the cached embeddings. The gradients are left in the parameters (scaled by
+    whose loss(**loss_options) runs on the cached embeddings. The gradients are left in the parameters (scaled by
     `scaler`), exactly those of one pass over the batch (to float rounding).
     """
     device = batch["image"].device
@@ -55,9 +55,9 @@ def gradient_cache_step(model, raw_model, batch: dict, k: int, mask_ratio: float
             buffer.copy_(value)
     full = [torch.cat(parts).float().requires_grad_() for parts in zip(*cached)]  # the batch's embeddings
 
-    # 2. the full-batch loss, differentiated down to the cached embeddings (and the logit scale, SLIP's head)
+    # 2. the full-batch loss, differentiated down to the cached embeddings (and the logit scale and bias, SLIP's head)
     with autocast(device, precision):
-        terms = raw_model.loss(full[0], full[1], raw_model.logit_scale.exp(), *full[2:], ssl_scale=ssl_scale)
+        terms = raw_model.loss(full[0], full[1], raw_model.logit_scale.exp(), *full[2:], **loss_options)
     scaler.scale(terms["loss"]).backward()
 
     # 3. each micro-batch again, with gradient, fed its slice of the embeddings' gradient

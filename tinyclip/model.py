@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from tinyclip.convnext import ConvNeXt
-from tinyclip.losses import clip_loss, distributed, gather_with_grad, simclr_loss
+from tinyclip.losses import clip_loss, distributed, gather_with_grad, sigmoid_loss, simclr_loss
 from tinyclip.mixer import MlpMixer
 from tinyclip.resnet import ModifiedResNet
 from tinyclip.swin import SwinTransformer
@@ -128,10 +128,14 @@ class CLIPConfig:
     ssl_mlp_dim: int = 0  # SLIP's SimCLR head: hidden width (SLIP: 4096); 0 = no head
     ssl_emb_dim: int = 256  # its output width (SLIP: 256)
     ssl_norm: str = "batch"  # "batch" (SLIP's, global-batch statistics) or "layer" (batch-free)
+    loss: str = "softmax"  # CLIP's InfoNCE, or "sigmoid": SigLIP's, which adds a learned logit bias
+
+
+LOSSES = ("softmax", "sigmoid")
 
 
 OVERRIDES = ("image_size", "embed_dim", "text_arch", "context_length", "vocab_size", "quick_gelu",
-             "ssl_mlp_dim", "ssl_emb_dim", "ssl_norm")
+             "ssl_mlp_dim", "ssl_emb_dim", "ssl_norm", "loss")
 
 
 def make_config(arch: str, **overrides) -> CLIPConfig:
@@ -146,6 +150,8 @@ def make_config(arch: str, **overrides) -> CLIPConfig:
     fields.update({k: v for k, v in overrides.items() if v is not None})
     if fields["text_arch"] not in TEXT_TOWERS:
         raise ValueError(f"unknown text_arch {fields['text_arch']!r}; valid: {', '.join(TEXT_TOWERS)}")
+    if fields.get("loss", "softmax") not in LOSSES:
+        raise ValueError(f"unknown loss {fields['loss']!r}; valid: {', '.join(LOSSES)}")
     return CLIPConfig(arch=name, **fields, **TEXT_TOWERS[fields["text_arch"]])
 
 
@@ -200,7 +206,8 @@ class SimCLRHead(nn.Sequential):
 
 
 class CLIP(TextTransformer):
-    """Image tower (`visual`) + text tower + logit scale (+ SLIP's head `ssl_head` when the config asks).
+    """Image tower (`visual`) + text tower + logit scale (+ SigLIP's `logit_bias`, SLIP's head `ssl_head`
+    when the config asks).
 
     A TextTransformer subclass, so the text tower's parameters sit at the top level with OpenAI's
     names (token_embedding, positional_embedding, transformer, ln_final, text_projection) and
@@ -220,11 +227,15 @@ class CLIP(TextTransformer):
         if kind == "vit":  # the one tower built of CLIP's transformer blocks, whose activation OpenAI's weights fix
             vision["quick_gelu"] = config.quick_gelu
         self.visual = VISION_TOWERS[kind](**vision, image_size=config.image_size, output_dim=config.embed_dim)
-        # log of the inverse temperature, initialised to 1/0.07 as in CLIP; train.py clamps it to
-        # [0, ln 100] after each optimiser step, as OpenAI, open_clip and SLIP do
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        # log of the inverse temperature, initialised to 1/0.07 as in CLIP (SigLIP: 10, with a bias of -10,
+        # so that the N^2 - N negatives start near zero loss); train.py clamps it to [0, ln 100] after each
+        # optimiser step, as OpenAI, open_clip and SLIP do
+        sigmoid = config.loss == "sigmoid"
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10 if sigmoid else 1 / 0.07)))
+        self.logit_bias = nn.Parameter(torch.tensor(-10.0)) if sigmoid else None
         self.ssl_head = (SimCLRHead(self.visual.width, config.ssl_mlp_dim, config.ssl_emb_dim, config.ssl_norm)
                          if config.ssl_mlp_dim else None)
+        self.image_locked = False  # lock_image() sets it (LiT)
 
     def encode_image(self, images: torch.Tensor, mask_ratio: float = 0.0, normalize: bool = False,
                      project: bool = True) -> torch.Tensor:
@@ -252,11 +263,16 @@ class CLIP(TextTransformer):
             return image_features, text_features, self.logit_scale.exp()
         return image_features, text_features, self.logit_scale.exp(), self.encode_image(views, project=False)
 
-    def loss(self, image_features, text_features, logit_scale, view_features=None, ssl_scale: float = 1.0) -> dict:
-        """The training loss of forward's outputs: CLIP's InfoNCE over the global batch; with SLIP's view
-        features also ssl_scale x SimCLR's NT-Xent on the head's projections of the two views, the head
-        run on each view apart as SLIP runs it. -> {"loss", "clip"[, "ssl"]}."""
-        terms = clip_loss(image_features, text_features, logit_scale)
+    def loss(self, image_features, text_features, logit_scale, view_features=None, ssl_scale: float = 1.0,
+             label_smoothing: float = 0.0) -> dict:
+        """The training loss of forward's outputs: CLIP's InfoNCE (or SigLIP's sigmoid loss, for a config
+        with loss="sigmoid") over the global batch; with SLIP's view features also ssl_scale x SimCLR's
+        NT-Xent on the head's projections of the two views, the head run on each view apart as SLIP runs
+        it. -> {"loss", "clip"[, "ssl"]}."""
+        if self.logit_bias is not None:
+            terms = sigmoid_loss(image_features, text_features, logit_scale, self.logit_bias)
+        else:
+            terms = clip_loss(image_features, text_features, logit_scale, label_smoothing)
         if view_features is None:
             return terms
         ssl = simclr_loss(self.ssl_head(view_features[0::2]), self.ssl_head(view_features[1::2]))["ssl"]
@@ -266,6 +282,35 @@ class CLIP(TextTransformer):
         """Recompute activations in the backward pass, in both towers (saves memory)."""
         super().set_grad_checkpointing(enable)
         self.visual.set_grad_checkpointing(enable)
+
+    def resize_image(self, image_size: int):
+        """Take images of another size from now on, in place: the ViT's positional embedding is interpolated
+        to the new grid (CLIPA's full-size tuning after training at a low resolution). The parameter keeps
+        its identity, so an optimiser still holds it; its moments no longer fit and must be dropped."""
+        if self.config.vision.get("kind") != "vit":
+            raise ValueError(f"resizing needs a ViT image tower; {self.config.arch} is a "
+                             f"{self.config.vision.get('kind')} tower")
+        patch = self.config.vision["patch_size"]
+        if image_size % patch:
+            raise ValueError(f"image size {image_size} is not a multiple of the patch size {patch}")
+        pos = self.visual.positional_embedding
+        with torch.no_grad():
+            pos.data = resize_positional_embedding(pos.data, image_size // patch)
+        self.visual.image_size = self.config.image_size = image_size
+
+    def lock_image(self):
+        """LiT's locked image tower (Zhai et al. 2022, "LiT: Zero-Shot Transfer with Locked-image text
+        Tuning"): no gradient for any of its weights (so no image backward is recorded, and an optimiser
+        built afterwards holds no state for them) and its norms in eval mode, whatever train() is told."""
+        self.visual.requires_grad_(False)
+        self.image_locked = True
+        return self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.image_locked:
+            self.visual.eval()
+        return self
 
 
 def build_model(config) -> CLIP:
@@ -312,6 +357,18 @@ def read_state_dict(path) -> dict:
     return {k.removeprefix("module."): v for k, v in state_dict.items()}
 
 
+OPENAI_BUFFERS = ("input_resolution", "context_length", "vocab_size", "attn_mask")  # buffers, not parameters
+
+
+def read_weights(path) -> tuple:
+    """(state_dict, quick_gelu) of a tinyclip checkpoint, or of OpenAI/open_clip weights, which are taken to
+    need QuickGELU as OpenAI's do (see load_openai): the starting weights of train.py --init."""
+    state_dict = read_state_dict(path)
+    if isinstance(state_dict.get("model"), dict) and isinstance(state_dict.get("config"), dict):  # tinyclip's
+        return state_dict["model"], bool(state_dict["config"].get("quick_gelu", False))
+    return {k: v for k, v in state_dict.items() if k not in OPENAI_BUFFERS}, True
+
+
 def count_blocks(state_dict: dict, prefix: str) -> int:
     """Number of distinct N in keys '<prefix>N.<...>'."""
     return len({k.removeprefix(prefix).split(".")[0] for k in state_dict if k.startswith(prefix)})
@@ -351,7 +408,7 @@ def load_openai(path, image_size: int | None = None, quick_gelu: bool = True) ->
     quick_gelu: OpenAI's weights need QuickGELU (the default). The activation cannot be read from
     the weights: open_clip models trained without it (e.g. its LAION ViT-B-32) need False."""
     state_dict = read_state_dict(path)
-    for key in ("input_resolution", "context_length", "vocab_size", "attn_mask"):  # OpenAI's buffers, not parameters
+    for key in OPENAI_BUFFERS:
         state_dict.pop(key, None)
     config = config_from_openai_state_dict(state_dict)
     config.quick_gelu = quick_gelu
