@@ -5,10 +5,12 @@
 
 Strategies (chosen in one place, STRATEGIES in tinyclip/train_flags.py with every flag):
     clip      plain CLIP: resize and centre crop, no augmentation
-    flip      FLIP (Li et al. 2023): drop --mask-ratio of the image patches; optionally a short unmasked
-              tuning stage after the masked budget (--unmasked-steps, --unmasked-lr)
+    flip      FLIP (Li et al. 2023): drop --mask-ratio of the image patches
     slip      SLIP (Mu et al. 2021): CLIP on SLIP's cropped view + --ssl-scale x SimCLR on two more views
     clip-aug  the paper's CLIP + data augmentation (--augment, default stacked-randaug)
+Beyond the paper, for any strategy: SigLIP's sigmoid loss (--loss sigmoid) or label smoothing; a tuning stage
+after the main budget (--tune-steps), unmasked (FLIP's) and at other sizes (CLIPA's reduced tokens, then
+--tune-image-size/--tune-context-length); starting weights (--init) and LiT's locked image tower (--lock-image).
 
 Runs on one process or under torchrun on many (NCCL on GPUs, gloo on CPUs), one node or many.
 The loss is exact under data parallelism (tinyclip/losses.py) and under gradient accumulation
@@ -21,6 +23,7 @@ state, the loop, the end. The flags, their defaults and checks are tinyclip/trai
 """
 
 import contextlib
+from collections import Counter
 import ctypes
 import dataclasses
 import json
@@ -43,7 +46,7 @@ from tinyclip.data import make_train_loader
 from tinyclip.evaluation import zeroshot
 from tinyclip.flops import gflops_per_sample
 from tinyclip.gradcache import gradient_cache_step
-from tinyclip.model import LOG_MAX_LOGIT_SCALE, autocast, create_model
+from tinyclip.model import LOG_MAX_LOGIT_SCALE, autocast, build_model, create_model, read_weights
 from tinyclip.optim import Adafactor
 from tinyclip.train_flags import (STRATEGIES, ConfigError, check_args, check_resumable, parse_args,
                                   resolve_budget)
@@ -53,20 +56,63 @@ from tinyclip.train_flags import (STRATEGIES, ConfigError, check_args, check_res
 # the model and its optimiser
 
 
-def make_model(args) -> nn.Module:
-    """The CLIP a run's flags describe (SLIP's head included for --strategy slip), on the CPU."""
+def make_model(args, quick_gelu: bool = False) -> nn.Module:
+    """The CLIP a run's flags describe (SLIP's head included for --strategy slip, the image tower locked for
+    --lock-image), on the CPU, at the main stage's image size and the longest context of either stage."""
     _, mask_ratio, ssl = STRATEGIES[args.strategy](args)
     try:
-        model = create_model(args.arch, image_size=args.image_size, context_length=args.context_length,
-                             text_arch=args.text_arch, embed_dim=args.embed_dim,
-                             ssl_mlp_dim=args.ssl_mlp_dim if ssl else 0, ssl_emb_dim=args.ssl_emb_dim,
-                             ssl_norm=args.ssl_norm)
+        model = create_model(args.arch, image_size=args.image_size, text_arch=args.text_arch,
+                             context_length=max(args.context_length, args.tune_context_length or 0),
+                             embed_dim=args.embed_dim, ssl_mlp_dim=args.ssl_mlp_dim if ssl else 0,
+                             ssl_emb_dim=args.ssl_emb_dim, ssl_norm=args.ssl_norm, loss=args.loss,
+                             quick_gelu=quick_gelu)
     except ValueError as e:  # e.g. an image size the tower's patches or stride do not divide
         raise ConfigError(f"--arch {args.arch} with --image-size {args.image_size}: {e}") from None
     if mask_ratio > 0 and not model.visual.supports_masking:
         raise ConfigError(f"--strategy flip masks image patches and needs a ViT tower; {args.arch} is not one")
+    if args.tune_image_size not in (None, model.visual.image_size):
+        try:  # checked on a copy without weights: the model itself is resized when the stage starts
+            with torch.device("meta"):
+                build_model(model.config).resize_image(args.tune_image_size)
+        except ValueError as e:
+            raise ConfigError(f"--tune-image-size {args.tune_image_size} with --arch {args.arch}: {e}") from None
     model.set_grad_checkpointing(args.grad_checkpointing)
-    return model
+    return model.lock_image() if args.lock_image else model
+
+
+def read_init(args, shapes: nn.Module) -> dict:
+    """The starting weights of --init, {"weights", "quick_gelu"}, checked against the model the flags describe
+    (`shapes`, on the meta device): every weight of it, or of its image tower for --init-towers image, must be
+    there with its shape; the first that is not is named."""
+    try:
+        weights, quick_gelu = read_weights(args.init)
+    except Exception as e:  # a truncated zip, a pickle with code in it, not a torch file at all...
+        raise ConfigError(f"--init {args.init}: not a checkpoint or weights file ({type(e).__name__})") from None
+    wanted = {k: v.shape for k, v in shapes.state_dict().items() if args.init_towers != "image" or
+              k.startswith("visual.")}
+    weights = {k: v for k, v in weights.items() if k in wanted or args.init_towers != "image"}
+    for key in sorted(wanted.keys() | weights.keys()):
+        if key not in weights or key not in wanted or weights[key].shape != wanted[key]:
+            found = tuple(weights[key].shape) if key in weights else "nothing"
+            needed = tuple(wanted[key]) if key in wanted else "nothing (no such weight)"
+            raise ConfigError(f"--init {args.init} does not fit --arch {args.arch} and the model flags: {key} is "
+                              f"{found} there, the model needs {needed}")
+    return {"weights": weights, "quick_gelu": quick_gelu}
+
+
+def stage_gflops(args) -> dict:
+    """Training GFLOPs per sample of each stage, {"main", "tune"}: the main budget (masked for FLIP, at
+    --image-size and --context-length) and the tuning stage (unmasked, at the --tune-* sizes); a locked
+    image tower counts its forward only. Counted on the meta device, free for any model size."""
+    with torch.device("meta"):
+        model = make_model(args)
+    _, mask_ratio, _ = STRATEGIES[args.strategy](args)
+    image_size, context_length = model.visual.image_size, args.context_length
+    main = gflops_per_sample(model, strategy=args.strategy, mask_ratio=mask_ratio, image_size=image_size,
+                             context_length=context_length)["total"]
+    tune = gflops_per_sample(model, strategy=args.strategy, mask_ratio=0.0, image_size=args.tune_image_size or
+                             image_size, context_length=args.tune_context_length or context_length)["total"]
+    return {"main": main, "tune": tune}
 
 
 def make_optimizer(args, model: nn.Module):
@@ -74,6 +120,8 @@ def make_optimizer(args, model: nn.Module):
     and the logit scale (open_clip's rule; big_vision's decays kernels only, the same set)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
+        if not p.requires_grad:  # a locked image tower (LiT): no optimiser state
+            continue
         skip = p.ndim < 2 or "embedding" in name or "logit_scale" in name or "bias_table" in name
         (no_decay if skip else decay).append(p)
     groups = [{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0.0}]
@@ -90,13 +138,13 @@ def make_optimizer(args, model: nn.Module):
 
 def schedule(step: int, args, main_steps: int, mask_ratio: float) -> tuple:
     """(lr, mask ratio, stage) at a step: linear warmup to the peak, then cosine decay to zero at the stage's
-    last step; the main run, then FLIP's unmasked tuning stage, a schedule of its own (FLIP: 1/100 the lr,
-    warmup over 20% of the stage), not the tail of the first."""
+    last step; the main run, then the tuning stage (unmasked: FLIP's; at full size: CLIPA's), a schedule of
+    its own (FLIP: 1/100 the lr, warmup over 20% of the stage), not the tail of the first."""
     if step < main_steps:
         steps, warmup, peak, stage = main_steps, args.warmup, args.lr, "main"
     else:
-        step, steps, mask_ratio, stage = step - main_steps, args.unmasked_steps, 0.0, "unmasked"
-        warmup, peak = max(1, steps // 5), args.unmasked_lr
+        step, steps, mask_ratio, stage = step - main_steps, args.tune_steps, 0.0, "tune"
+        warmup, peak = max(1, steps // 5), args.tune_lr
     if step < warmup:
         return peak * (step + 1) / warmup, mask_ratio, stage
     return 0.5 * peak * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))), mask_ratio, stage
@@ -113,14 +161,15 @@ def train_step(model, raw_model, batch: dict, mask_ratio: float, optimizer, scal
     through the gradient cache (DDP's reduction deferred to one all-reduce); then gradient clipping, the
     update, and the temperature clamp."""
     ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    loss_options = dict(ssl_scale=args.ssl_scale, label_smoothing=args.label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     if args.accum_steps == 1:
         with autocast(batch["image"].device, args.precision):
             outputs = model(batch["image"], batch["text"], mask_ratio, batch.get("views"))
-            terms = raw_model.loss(*outputs, ssl_scale=args.ssl_scale)
+            terms = raw_model.loss(*outputs, **loss_options)
         scaler.scale(terms["loss"]).backward()
     else:
-        terms = gradient_cache_step(model, raw_model, batch, args.accum_steps, mask_ratio, args.ssl_scale,
+        terms = gradient_cache_step(model, raw_model, batch, args.accum_steps, mask_ratio, loss_options,
                                     args.precision, scaler, no_sync=model.no_sync if ddp else contextlib.nullcontext)
         if ddp:  # DDP's reducer was bypassed (no_sync): average the gradients here, once
             for p in raw_model.parameters():
@@ -201,7 +250,10 @@ def train(args, rank: int, world_size: int, device: torch.device):
     augment, mask_ratio, ssl = STRATEGIES[args.strategy](args)
     with torch.device("meta"):  # no memory, no time: the shapes, and whether the flags fit together
         shapes = make_model(args)
-    image_size, context_length = shapes.visual.image_size, shapes.context_length
+    init = read_init(args, shapes) if args.init else None
+    # each stage's (image size, context length): the main budget's, then the tuning stage's
+    sizes = {"main": (shapes.visual.image_size, args.context_length)}
+    sizes["tune"] = (args.tune_image_size or sizes["main"][0], args.tune_context_length or args.context_length)
     out = Path(args.out)
     if rank == 0:
         ckpt_io.remove_stale_temp_files(out)  # what a write killed mid-way left behind
@@ -209,20 +261,28 @@ def train(args, rank: int, world_size: int, device: torch.device):
     if ckpt is not None and args.resume != "auto":
         raise ConfigError(f"{out} already holds a run ({path.name}); pass --resume auto or another --out")
     step = ckpt["step"] if ckpt is not None else 0
-    try:
-        loader = make_train_loader(
+
+    def make_loader(stage: str, start_step: int):  # the pairs in order from a step on, at a stage's sizes
+        image_size, context_length = sizes[stage]
+        return make_train_loader(
             args.data, transform=make_transform(augment, image_size, args.normalize),
             ssl_transform=make_transform("simclr", image_size, args.normalize) if ssl else None,
             batch_size=args.batch_size // world_size, rank=rank, world_size=world_size, workers=args.workers,
             seed=args.seed, context_length=context_length, dataset_size=args.dataset_size, keep_top=args.keep_top,
-            score_file=args.scores, start_sample=step * args.batch_size, csv_img_key=args.csv_img_key,
+            score_file=args.scores, start_sample=start_step * args.batch_size, csv_img_key=args.csv_img_key,
             csv_caption_key=args.csv_caption_key, csv_separator=args.csv_separator)
+
+    try:
+        loader = make_loader("main", step)
     except ValueError as e:  # the data's own problems (no valid sample, a missing column, ...): one line
         raise ConfigError(str(e)) from None
     data = loader.summary()
     resolve_budget(args, data["pairs"])
     main_steps = max(1, args.samples_seen // args.batch_size)
-    total_steps = main_steps + args.unmasked_steps
+    total_steps = main_steps + args.tune_steps
+    resized = sizes["tune"][0] != sizes["main"][0]  # CLIPA: the tuning stage at another image size
+    if step > main_steps and sizes["tune"] != sizes["main"]:  # a run resumed inside the tuning stage
+        loader = make_loader("tune", step)
     if ckpt is not None:
         check_resumable(ckpt, args, path)
         saved = ckpt["data_state"]
@@ -232,11 +292,12 @@ def train(args, rank: int, world_size: int, device: torch.device):
 
     # --- model
     torch.manual_seed(args.seed)
-    raw_model = make_model(args).to(device).train()
-    # GFLOPs per sample of each stage: the main run (masked for FLIP), then the unmasked tuning stage
-    flops = {"main": gflops_per_sample(raw_model, strategy=args.strategy, mask_ratio=mask_ratio)["total"]}
-    flops["unmasked"] = (gflops_per_sample(raw_model, strategy=args.strategy, mask_ratio=0.0)["total"]
-                         if args.unmasked_steps else flops["main"])
+    raw_model = make_model(args, quick_gelu=init["quick_gelu"] if init else False).to(device).train()
+    if init:
+        raw_model.load_state_dict(init["weights"], strict=False)  # read_init checked that every key fits
+    if resized and step > main_steps:  # a resumed tuning stage: the checkpoint holds the resized embedding
+        raw_model.resize_image(sizes["tune"][0])
+    flops = stage_gflops(args)  # GFLOPs per sample of each stage
     seed_rank_stream(args.seed, rank, 0)  # each rank its own FLIP masks, as FLIP's per-device keys
 
     # --- optimiser, and the state of a resumed run
@@ -250,12 +311,15 @@ def train(args, rank: int, world_size: int, device: torch.device):
             ckpt_io.set_rng_state(ckpt["rng"][rank])
         else:  # the data order and the optimiser carry over exactly; the per-rank streams start afresh
             seed_rank_stream(args.seed, rank, step)
-    model = raw_model
     if args.compile:
         raw_model.compile()  # in place, before DDP wraps it (as nanoGPT): DDP's no_sync stays reachable
-    if world_size > 1:
-        model = nn.parallel.DistributedDataParallel(raw_model, device_ids=[device.index] if device.type == "cuda"
-                                                    else None)
+
+    def wrap(raw_model):  # what runs the forward: DDP's wrapper on several processes
+        if world_size == 1:
+            return raw_model
+        return nn.parallel.DistributedDataParallel(raw_model, device_ids=[device.index] if device.type == "cuda"
+                                                   else None)
+    model = wrap(raw_model)
 
     def save(path):
         # Every rank's RNG state is kept so each rank resumes its own stream of FLIP masks.
@@ -280,7 +344,7 @@ def train(args, rank: int, world_size: int, device: torch.device):
         if rank != 0 or args.eval_data in (None, "none"):
             return None
         raw_model.eval()
-        result = zeroshot(raw_model, args.eval_data, image_size=image_size, normalize=args.normalize,
+        result = zeroshot(raw_model, args.eval_data, image_size=raw_model.visual.image_size, normalize=args.normalize,
                           label_set=args.eval_label_set, size=args.eval_size, device=device)
         raw_model.train()
         log({"step": step, "eval": args.eval_data, **result})
@@ -292,7 +356,8 @@ def train(args, rank: int, world_size: int, device: torch.device):
         out.mkdir(parents=True, exist_ok=True)
         log_file = open(out / "log.jsonl", "a")
         (out / "args.json").write_text(json.dumps(vars(args), indent=1))
-        tuning = f" + {args.unmasked_steps} unmasked" if args.unmasked_steps else ""
+        tuning = f" + {args.tune_steps} tuning at {sizes['tune'][0]} px, {sizes['tune'][1]} tokens" \
+            if args.tune_steps else ""
         print(f"{args.strategy} | {args.arch} + {raw_model.config.text_arch} text | {main_steps}{tuning} steps x "
               f"{args.batch_size} = {total_steps * args.batch_size} samples | {flops['main']:.2f} GFLOPs/sample "
               f"(train, 1 multiply-add = 2 FLOPs) | {world_size} x {device.type}")
@@ -305,9 +370,17 @@ def train(args, rank: int, world_size: int, device: torch.device):
 
     # --- the loop
     bar = tqdm(total=total_steps, initial=step, disable=rank != 0, unit="step", dynamic_ncols=True)
-    data_iter = iter(loader)
+    data_iter, carried = iter(loader), Counter()  # carried: what an earlier stage's loader skipped
     window_start, window_samples, paused = time.perf_counter(), 0, {"eval_s": 0.0, "save_s": 0.0}
     while step < total_steps:
+        if step == main_steps and sizes["tune"] != sizes["main"]:  # CLIPA: the tuning stage's sizes from here on
+            carried.update(loader.skipped)
+            loader = make_loader("tune", step)
+            data_iter = iter(loader)
+            if resized:  # the interpolated embedding is a new parameter to the optimiser, and to DDP's buckets
+                raw_model.resize_image(sizes["tune"][0])
+                optimizer.state.pop(raw_model.visual.positional_embedding, None)
+                model = wrap(raw_model)
         batch = {k: v.to(device, non_blocking=True) for k, v in next(data_iter).items()}
         lr, step_mask_ratio, stage = schedule(step, args, main_steps, mask_ratio)
         for group in optimizer.param_groups:
@@ -326,10 +399,10 @@ def train(args, rank: int, world_size: int, device: torch.device):
                 dist.all_reduce(values)
                 terms = dict(zip(terms, values / world_size))
             train_s = time.perf_counter() - window_start - sum(paused.values())  # eval and saves apart
-            skipped = dict(loader.skipped)
+            skipped = dict(carried + Counter(loader.skipped))
             # the compute axis: each stage's samples at its own GFLOPs per sample, in PFLOPs
             pflops = (min(step, main_steps) * args.batch_size * flops["main"]
-                      + max(0, step - main_steps) * args.batch_size * flops["unmasked"]) / 1e6
+                      + max(0, step - main_steps) * args.batch_size * flops["tune"]) / 1e6
             log({"step": step, "samples_seen": step * args.batch_size, "epoch": loader.epoch_of(step * args.batch_size),
                  "stage": stage, **{k: round(v.item(), 5) for k, v in terms.items()}, "lr": lr,
                  "logit_scale": round(raw_model.logit_scale.exp().item(), 3),
@@ -357,7 +430,8 @@ def train(args, rank: int, world_size: int, device: torch.device):
     bar.close()
     result = evaluate()
     if rank == 0:
-        skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(loader.skipped.items())) or "none"
+        skipped = ", ".join(f"{n} {reason}" for reason, n in sorted((carried + Counter(loader.skipped)).items())) \
+            or "none"
         print(f"done: {step} steps, {step * args.batch_size} samples in {time.time() - started:.0f} s; skipped "
               f"{skipped}; {out / 'ckpt.pt'}")
         log_file.close()

@@ -126,8 +126,8 @@ NOT_COVERED = (
     "shifted test sets, and few-shot is left to `eval.py --task fewshot`.",
     "The paper's scales: its runs see up to 3.4B samples of WebLI; the micro runs see at most tens of thousands of "
     "synthetic pairs, at 32 px with towers of a few hundred thousand parameters.",
-    "FLIP's optional unmasked tuning stage (`train.py --unmasked-steps`, after the masked budget, with its own warmup "
-    "and `--unmasked-lr`) is not exercised at micro scale; nor are Adafactor (AdamW is used) and per-architecture "
+    "FLIP's optional unmasked tuning stage (`train.py --tune-steps`, after the masked budget, with its own warmup "
+    "and `--tune-lr`) is not exercised at micro scale; nor are Adafactor (AdamW is used) and per-architecture "
     "learning-rate sweeps for the linear probe (one weight-decay search per model instead).",
 )
 

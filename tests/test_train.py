@@ -3,8 +3,11 @@ two torchrun/gloo processes end with the same weights as one process, a run kill
 resumed with --resume auto ends bit-identical to an uninterrupted one, the autocast paths run,
 and every bad configuration stops with a one-line error. Resuming refuses a checkpoint of other
 settings or other data (naming what differs), lets reporting settings change, clears half-written
-temporary files, and continues at another world size. FLIP's unmasked tuning is a stage of its own
-(schedule, masking, compute, resume inside it). --compile works under DDP with --accum-steps."""
+temporary files, and continues at another world size. The tuning stage is a stage of its own: FLIP's
+unmasked tuning (schedule, masking, compute, resume inside it) and CLIPA's reduced tokens then full size
+(batch sizes per stage, the interpolated positional embedding, compute, resume at and after the switch).
+LiT: --init loads every weight or the image tower, --lock-image keeps it bit-identical while the rest
+learns, with no optimiser state and a cheaper step, and resumes. --compile works under DDP with --accum-steps."""
 
 import json
 import random
@@ -23,6 +26,7 @@ import torch
 import train
 from tinyclip import train_flags
 from tinyclip.checkpoint import read_checkpoint
+from tinyclip.flops import gflops_per_sample
 from tinyclip.model import CLIP
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -317,11 +321,13 @@ def test_resume_at_another_world_size_continues_the_same_data(tmp_path, monkeypa
 
 
 # -----------------------------------------------------------------------------
-# FLIP's unmasked tuning: its own stage after the masked budget
+# the tuning stage: FLIP's unmasked tuning, CLIPA's full-size tuning after reduced tokens
 
 
 STAGE = ["--strategy", "flip", "--batch-size", "16", "--samples-seen", str(16 * 6), "--warmup", "2",
-         "--unmasked-steps", "5", "--unmasked-lr", "1e-5"]
+         "--tune-steps", "5", "--tune-lr", "1e-5"]
+CLIPA = ["--batch-size", "16", "--samples-seen", str(16 * 6), "--warmup", "2", "--image-size", "16",
+         "--context-length", "8", "--tune-steps", "4", "--tune-image-size", "32", "--tune-context-length", "16"]
 
 
 def test_unmasked_tuning_is_a_stage_of_its_own(tmp_path, monkeypatch):
@@ -330,7 +336,7 @@ def test_unmasked_tuning_is_a_stage_of_its_own(tmp_path, monkeypatch):
     out = run_main(tmp_path, *STAGE)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert ratios == [0.5] * 6 + [0.0] * 5
-    assert [r["stage"] for r in log] == ["main"] * 6 + ["unmasked"] * 5
+    assert [r["stage"] for r in log] == ["main"] * 6 + ["tune"] * 5
     assert log[-1]["samples_seen"] == 16 * 11
     # FLIP's schedule for the stage: warmup over 20% of it (1 step of 5), then cosine from 1e-5 to zero
     expected = [1e-5] + [0.5e-5 * (1 + math.cos(math.pi * s / 4)) for s in range(4)]
@@ -350,6 +356,86 @@ def test_resume_inside_the_tuning_stage_equals_uninterrupted(tmp_path, monkeypat
     train.main(TINY + ["--out", str(out), "--resume", "auto", *STAGE, "--save-every", "2"])
     assert all(torch.equal(a, b) for a, b in zip(_weights(full).values(), _weights(out).values()))
     assert losses(out)[-3:] == losses(full)[-3:]
+
+
+def test_reduced_tokens_then_a_full_size_tuning_stage(tmp_path, monkeypatch):
+    shapes, real = [], train.train_step
+    monkeypatch.setattr(train, "train_step", lambda *a: shapes.append((a[2]["image"].shape[-1],
+                                                                        a[2]["text"].shape[1])) or real(*a))
+    out = run_main(tmp_path, *CLIPA, "--save-every", "6")
+    assert shapes == [(16, 8)] * 6 + [(32, 16)] * 4  # 2 x 2 patches and 8 tokens, then 4 x 4 and 16
+    before, after = read_checkpoint(out / "checkpoints" / "step_00000006.pt"), read_checkpoint(out / "ckpt.pt")
+    assert before["model"]["visual.positional_embedding"].shape == (1 + 4, 64)
+    assert after["model"]["visual.positional_embedding"].shape == (1 + 16, 64)
+    assert before["model"]["positional_embedding"].shape == (16, 32)  # the text tower: the longer context
+    assert after["config"]["image_size"] == 32 and after["config"]["context_length"] == 16
+    # the positional embedding is new to the optimiser at the switch: its moments have counted 4 steps only
+    steps = sorted(int(state["step"]) for state in after["optimizer"]["state"].values())
+    assert steps == [4] + [10] * (len(steps) - 1)
+    # compute per stage: each sample at its own stage's cost, the tuning stage's higher
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if '"loss"' in line]
+    low, full = log[0]["gflops_per_sample"], log[-1]["gflops_per_sample"]
+    assert full > 2 * low
+    assert log[-1]["total_pflops"] == pytest.approx((96 * low + 64 * full) / 1e6, rel=1e-4)
+
+
+@pytest.mark.parametrize("crash", [7, 9])  # resumed from step 6 (at the switch) and from step 8 (inside it)
+def test_resume_around_the_switch_to_full_size_equals_uninterrupted(tmp_path, monkeypatch, crash):
+    full = run_main(tmp_path, *CLIPA, "--save-every", "2", name="full")
+    out = run_interrupted(tmp_path, monkeypatch, crash, *CLIPA, "--save-every", "2")
+    train.main(TINY + ["--out", str(out), "--resume", "auto", *CLIPA, "--save-every", "2"])
+    assert all(torch.equal(a, b) for a, b in zip(_weights(full).values(), _weights(out).values()))
+    assert losses(out)[-2:] == losses(full)[-2:]
+
+
+# -----------------------------------------------------------------------------
+# LiT: starting weights and a locked image tower
+
+
+LIT = ["--batch-size", "16", "--samples-seen", str(16 * 4), "--warmup", "1", "--lr", "1e-3"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A short run on a disjoint split of the built-in data: the image tower LiT starts from."""
+    return run_main(tmp_path_factory.mktemp("pre"), "--data", "synthetic:seed=1", *LIT) / "ckpt.pt"
+
+
+def test_init_loads_every_weight(tmp_path, pretrained):
+    out = run_main(tmp_path, "--init", str(pretrained), *LIT, "--lr", "0")  # lr 0: the weights stay as loaded
+    assert all(torch.equal(v, read_checkpoint(pretrained)["model"][k]) for k, v in _weights(out).items())
+
+
+def test_locked_image_tower_stays_and_the_rest_learns(tmp_path, pretrained):
+    lit = ["--init", str(pretrained), "--init-towers", "image", "--lock-image", *LIT]
+    out = run_main(tmp_path, *lit)
+    torch.manual_seed(0)
+    fresh = train.make_model(train_flags.parse_args(TINY + LIT)).state_dict()  # the text tower's start
+    start, end = read_checkpoint(pretrained)["model"], _weights(out)
+    for name, value in end.items():
+        if name.startswith("visual."):
+            assert torch.equal(value, start[name]), name
+        else:
+            assert not torch.equal(value, fresh[name]), name  # it learnt, from a fresh start
+    # no optimiser state for the image tower's weights
+    trainable = [k for k in end if not k.startswith("visual.")]
+    assert len(read_checkpoint(out / "ckpt.pt")["optimizer"]["state"]) == len(trainable)
+    # a cheaper step: the image tower's backward is gone (its forward stays), and the log says so
+    locked, unlocked = (train.stage_gflops(train_flags.parse_args(TINY + a))["main"] for a in (lit, LIT))
+    model = train.make_model(train_flags.parse_args(TINY + LIT))
+    image_forward = gflops_per_sample(model, strategy="clip", train=False)["image"]
+    text_train = gflops_per_sample(model, strategy="clip")["text"]
+    assert locked == pytest.approx(image_forward + text_train) and locked < unlocked
+    last = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    assert last["gflops_per_sample"] == pytest.approx(locked, rel=1e-4)
+
+
+def test_resume_with_a_locked_image_tower_equals_uninterrupted(tmp_path, monkeypatch, pretrained):
+    lit = ["--init", str(pretrained), "--init-towers", "image", "--lock-image", *LIT, "--save-every", "2"]
+    full = run_main(tmp_path, *lit, name="full")
+    out = run_interrupted(tmp_path, monkeypatch, 3, *lit)
+    train.main(TINY + ["--out", str(out), "--resume", "auto", *lit])
+    assert all(torch.equal(a, b) for a, b in zip(_weights(full).values(), _weights(out).values()))
 
 
 # -----------------------------------------------------------------------------

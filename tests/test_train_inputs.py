@@ -31,6 +31,13 @@ def error_line(capsys, tmp_path, *args):
     return err[0]
 
 
+def test_init_that_does_not_fit_the_model_names_the_first_weight(capsys, tmp_path):
+    train.main(TINY + ["--out", str(tmp_path / "pre")])
+    capsys.readouterr()
+    line = error_line(capsys, tmp_path, "--init", str(tmp_path / "pre" / "ckpt.pt"), "--embed-dim", "16")
+    assert "does not fit --arch vit-test" in line and "text_projection is (32, 32) there, the model needs (32, 16)" in line
+
+
 def write_csv(folder, rows, header="filepath,title", name="pairs.csv", images=()):
     folder.mkdir(parents=True, exist_ok=True)
     for image in images:
@@ -54,6 +61,17 @@ def write_csv(folder, rows, header="filepath,title", name="pairs.csv", images=()
     (["--val-data", "x.csv"], "--val-data is open_clip's"), (["--train-num-samples", "100"], "--dataset-size"),
     (["--zeroshot-frequency", "1"], "--eval-every"), (["--lock-image"], "--lock-image"),
     (["--model", "ViT-B-32"], "--arch"), (["--resume", "yesterday"], "--resume"),
+    (["--siglip"], "--loss sigmoid"), (["--pretrained", "openai"], "--init PATH"),
+    (["--loss", "sigmoid", "--label-smoothing", "0.1"], "--label-smoothing applies to the softmax loss"),
+    (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
+    (["--tune-image-size", "64"], "--tune-image-size sets the tuning stage's size; give --tune-steps"),
+    (["--tune-steps", "2", "--tune-image-size", "36"], "--tune-image-size 36 with --arch vit-test"),
+    (["--tune-steps", "2", "--tune-image-size", "64", "--arch", "rn-test"], "needs a ViT image tower"),
+    (["--tune-steps", "2", "--tune-context-length", "1"], "--tune-context-length must hold"),
+    (["--init-towers", "image"], "--init-towers needs --init PATH"),
+    (["--init", "/nonexistent/ckpt.pt"], "--init /nonexistent/ckpt.pt: no such file"),
+    (["--init", __file__, "--lock-image", "--strategy", "slip"], "--lock-image freezes the image tower that SLIP"),
+    (["--init", __file__], "not a checkpoint or weights file"),
 ])
 def test_bad_flags_are_one_line(capsys, tmp_path, args, names):
     assert names in error_line(capsys, tmp_path, *args)

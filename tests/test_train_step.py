@@ -2,7 +2,8 @@
 
 - Exactness: gradient accumulation through the gradient cache (K = 2, 4), two gloo processes under
   DDP, and activation checkpointing give the same loss and the same gradient for every parameter
-  as one plain pass over the same global batch, for clip, flip and slip.
+  as one plain pass over the same global batch, for clip, flip and slip, and for clip with SigLIP's
+  sigmoid loss ("sigmoid", its bias included) and with label smoothing ("smooth").
 - BatchNorm under the gradient cache: after a K-micro-batch step a ResNet's running statistics equal
   those of one train-mode forward over each micro-batch (the no-grad pass leaves no trace).
 - The temperature: clamped to [0, ln 100] after the optimiser step, as OpenAI, open_clip and SLIP do,
@@ -24,12 +25,13 @@ import train
 from tinyclip.model import create_model
 
 BATCH = 8
-MASK_RATIO = {"clip": 0.0, "flip": 0.5, "slip": 0.0}
+MASK_RATIO = {"clip": 0.0, "flip": 0.5, "slip": 0.0, "sigmoid": 0.0, "smooth": 0.0}
 
 
 def make_model(strategy, arch="vit-test", grad_checkpointing=False):
     torch.manual_seed(0)
-    model = create_model(arch, ssl_mlp_dim=32 if strategy == "slip" else 0, ssl_emb_dim=16)
+    model = create_model(arch, ssl_mlp_dim=32 if strategy == "slip" else 0, ssl_emb_dim=16,
+                         loss="sigmoid" if strategy == "sigmoid" else "softmax")
     model.set_grad_checkpointing(grad_checkpointing)
     return model
 
@@ -46,8 +48,9 @@ def make_batch(strategy, rows=slice(None), image_size=32):
     return {k: v[2 * start:2 * stop] if k == "views" else v[start:stop] for k, v in batch.items()}
 
 
-def step_args(accum_steps, **extra):
-    return SimpleNamespace(accum_steps=accum_steps, precision="fp32", ssl_scale=1.0, grad_clip=0.0, **extra)
+def step_args(accum_steps, label_smoothing=0.0):
+    return SimpleNamespace(accum_steps=accum_steps, precision="fp32", ssl_scale=1.0, grad_clip=0.0,
+                           label_smoothing=label_smoothing)
 
 
 def step_grads(model, strategy, batch, accum_steps, wrapped=None):
@@ -56,7 +59,7 @@ def step_grads(model, strategy, batch, accum_steps, wrapped=None):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     terms = train.train_step(wrapped or model, model, batch, MASK_RATIO[strategy], optimizer, scaler,
-                             step_args(accum_steps))
+                             step_args(accum_steps, label_smoothing=0.1 if strategy == "smooth" else 0.0))
     return terms["loss"], {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
@@ -72,7 +75,7 @@ def assert_same(a, b, rel=1e-4, atol=5e-5):
         assert (grads_a[name] - grads_b[name]).abs().max() <= rel * scale + atol, name
 
 
-@pytest.mark.parametrize("strategy", ["clip", "flip", "slip"])
+@pytest.mark.parametrize("strategy", ["clip", "flip", "slip", "sigmoid", "smooth"])
 @pytest.mark.parametrize("accum_steps", [2, 4])
 def test_gradient_cache_equals_single_pass(strategy, accum_steps):
     reference = step_grads(make_model(strategy), strategy, make_batch(strategy), 1)
@@ -167,7 +170,7 @@ def _run_two_processes(strategy, accum_steps, results):
     mp.spawn(_worker, args=(2, _free_port(), strategy, accum_steps, results), nprocs=2, join=True)
 
 
-@pytest.mark.parametrize("strategy", ["clip", "slip"])
+@pytest.mark.parametrize("strategy", ["clip", "slip", "sigmoid", "smooth"])
 def test_two_processes_equal_one_process(strategy):
     reference = step_grads(make_model(strategy), strategy, make_batch(strategy), 1)
     results = mp.Manager().dict()

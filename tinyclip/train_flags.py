@@ -44,7 +44,8 @@ OPEN_CLIP_FLAGS = {
                            "--samples-seen or --epochs sets the budget",
     "--zeroshot-frequency": "use --eval-every N, which counts steps, not epochs",
     "--imagenet-val": "use --eval-data DIR (an ImageFolder) for zero-shot during training",
-    "--lock-image": "tinyclip has no locked image tower yet",
+    "--pretrained": "use --init PATH (a tinyclip checkpoint or OpenAI/open_clip weights; nothing is downloaded)",
+    "--siglip": "use --loss sigmoid",
     "--model": "use --arch (an image tower preset) and --text-arch",
     "--dataset-type": "tinyclip reads the format from --data itself (CSV/TSV, tar shards, a folder)",
     "--save-frequency": "use --save-every N, which counts steps",
@@ -74,11 +75,35 @@ def parse_args(argv=None):
                    f"{SYNTHETIC_DEFAULTS['context_length']} on the built-in data; the paper uses 16)")
     g.add_argument("--embed-dim", type=int, help="joint embedding width (default: the preset's)")
     g.add_argument("--mask-ratio", type=float, help="flip: fraction of image patches dropped (0.5)")
-    g.add_argument("--unmasked-steps", type=int, default=0,
-                   help="flip: a tuning stage of N unmasked steps after the masked budget, with its own warmup "
-                        "(20%% of it) and cosine (FLIP: about 1%% of the masked run's samples)")
-    g.add_argument("--unmasked-lr", type=float,
-                   help="flip: peak lr of the unmasked stage (default: --lr / 100, FLIP's ratio 4e-8 / 4e-6)")
+    g.add_argument("--loss", default="softmax", choices=("softmax", "sigmoid"),
+                   help="softmax: CLIP's InfoNCE; sigmoid: SigLIP's (Zhai et al. 2023), a learned bias (init -10) "
+                        "and temperature (init 10); for slip, its CLIP term")
+    g.add_argument("--label-smoothing", type=float, default=0.0,
+                   help="label smoothing of the softmax loss (Fini et al. 2023 use 0.1; default 0)")
+
+    g = p.add_argument_group("a tuning stage after the main budget (FLIP's unmasked tuning, CLIPA's full-size "
+                             "tuning)")
+    g.add_argument("--tune-steps", "--unmasked-steps", type=int, default=0,
+                   help="N steps after the main budget, unmasked and at the --tune-* sizes, with their own warmup "
+                        "(20%% of them) and cosine (FLIP: about 1%% of the masked run's samples)")
+    g.add_argument("--tune-lr", "--unmasked-lr", type=float,
+                   help="peak lr of the tuning stage (default: --lr / 100, FLIP's ratio 4e-8 / 4e-6)")
+    g.add_argument("--tune-image-size", type=int,
+                   help="image size of the tuning stage (CLIPA, Li et al. 2023: train the main budget at a lower "
+                        "--image-size); the ViT's positional embedding is interpolated (default: --image-size)")
+    g.add_argument("--tune-context-length", type=int,
+                   help="text tokens of the tuning stage (CLIPA: a shorter --context-length before it); the text "
+                        "tower is built at the longer (default: --context-length)")
+
+    g = p.add_argument_group("starting weights (LiT, Zhai et al. 2022)")
+    g.add_argument("--init", help="start from these weights: a tinyclip checkpoint or OpenAI/open_clip weights "
+                                  "(open_clip's --pretrained); they must fit --arch and the other model flags")
+    g.add_argument("--init-towers", choices=("all", "image"),
+                   help="what --init loads: every weight (all, the default) or the image tower only, the text tower "
+                        "and temperature starting fresh (LiT's 'Lu')")
+    g.add_argument("--lock-image", action="store_true",
+                   help="freeze the image tower --init loaded: no gradient, no optimiser state, norms in eval mode, "
+                        "no image backward (LiT; open_clip's flag)")
     g.add_argument("--ssl-scale", type=float, help="slip: weight of the SimCLR loss (SLIP's 1.0)")
     g.add_argument("--ssl-mlp-dim", type=int, help="slip: hidden width of the SimCLR head (SLIP's 4096)")
     g.add_argument("--ssl-emb-dim", type=int, help="slip: output width of the SimCLR head (SLIP's 256)")
@@ -159,13 +184,14 @@ def parse_args(argv=None):
         for name, value in SYNTHETIC_DEFAULTS.items():
             if getattr(args, name) is None:
                 setattr(args, name, value)
+    args.context_length = args.context_length or 77  # OpenAI's, every preset's
     args.precision = {"amp": "fp16", "amp_bf16": "bf16"}.get(args.precision, args.precision)
     args.resume = {"latest": "auto"}.get(args.resume, args.resume)
     args.csv_separator = {"\\t": "\t"}.get(args.csv_separator, args.csv_separator)  # a shell's literal \t: a tab
     adafactor = args.optimizer == "adafactor"
     args.wd = args.wd if args.wd is not None else 1e-4 if adafactor else 0.1
     args.beta2 = args.beta2 if args.beta2 is not None else 0.999 if adafactor else 0.98
-    args.unmasked_lr = args.unmasked_lr if args.unmasked_lr is not None else args.lr / 100
+    args.tune_lr = args.tune_lr if args.tune_lr is not None else args.lr / 100
     for strategy, flags in STRATEGY_FLAGS.items():
         for name, default in flags.items():
             if getattr(args, name) is None:
@@ -191,10 +217,10 @@ def resolve_budget(args, pairs: int):
 def check_args(args, world_size: int):
     """Every flag's range and combination, before anything is read or built."""
     for name in ("batch_size", "accum_steps", "samples_seen", "log_every", "save_every", "eval_size", "dataset_size",
-                 "image_size", "embed_dim", "threads"):
+                 "image_size", "embed_dim", "threads", "tune_image_size"):
         if (value := getattr(args, name)) is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    for name in ("lr", "wd", "warmup", "grad_clip", "workers", "unmasked_steps", "unmasked_lr", "keep_checkpoints",
+    for name in ("lr", "wd", "warmup", "grad_clip", "workers", "tune_steps", "tune_lr", "keep_checkpoints",
                  "eval_every", "epochs"):
         if (value := getattr(args, name)) is not None and value < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must not be negative, got {value}")
@@ -202,17 +228,29 @@ def check_args(args, world_size: int):
                                ("--text-arch", args.text_arch, TEXT_TOWERS)):
         if value is not None and value not in valid:
             raise ConfigError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
-    if args.context_length is not None and args.context_length < 2:
-        raise ConfigError(f"--context-length must hold at least the start and end tokens (2), "
-                          f"got {args.context_length}")
+    for name in ("context_length", "tune_context_length"):
+        if (value := getattr(args, name)) is not None and value < 2:
+            raise ConfigError(f"--{name.replace('_', '-')} must hold at least the start and end tokens (2), got {value}")
     if args.augment is not None and args.strategy != "clip-aug":
         raise ConfigError(f"--augment applies to --strategy clip-aug, not {args.strategy}")
     if args.augment is not None and args.augment not in AUGMENT_PRESETS:
         raise ConfigError(f"unknown augment {args.augment!r}; valid: {', '.join(AUGMENT_PRESETS)}")
     if args.strategy == "flip" and not 0.0 < args.mask_ratio < 1.0:
         raise ConfigError(f"--mask-ratio must be in (0, 1), got {args.mask_ratio}")
-    if args.unmasked_steps and args.strategy != "flip":
-        raise ConfigError(f"--unmasked-steps is FLIP's unmasked tuning stage; --strategy is {args.strategy}")
+    for name in ("tune_image_size", "tune_context_length"):
+        if getattr(args, name) is not None and not args.tune_steps:
+            raise ConfigError(f"--{name.replace('_', '-')} sets the tuning stage's size; give --tune-steps N too")
+    if not 0 <= args.label_smoothing < 1:
+        raise ConfigError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
+    if args.label_smoothing and args.loss == "sigmoid":
+        raise ConfigError("--label-smoothing applies to the softmax loss; --loss is sigmoid")
+    if (args.lock_image or args.init_towers) and not args.init:
+        raise ConfigError(f"{'--lock-image' if args.lock_image else '--init-towers'} needs --init PATH: the image "
+                          "tower's starting weights")
+    if args.lock_image and args.strategy == "slip":
+        raise ConfigError("--lock-image freezes the image tower that SLIP's SimCLR term trains; use another --strategy")
+    if args.init and not os.path.isfile(args.init):
+        raise ConfigError(f"--init {args.init}: no such file")
     if (args.keep_top is None) != (args.scores is None):
         raise ConfigError("--keep-top and --scores go together: keep the top fraction of pairs by that score file")
     if args.keep_top is not None and not 0 < args.keep_top <= 1:
@@ -250,8 +288,8 @@ STRATEGIES = {
 
 def check_resumable(ckpt: dict, args, path):
     """A checkpoint of another run is refused, naming the first setting that differs and both values
-    (a flag the user gave before one whose default follows from it, such as --lr before --unmasked-lr)."""
-    derived = {"warmup", "unmasked_lr", "wd", "beta2", "samples_seen", *SYNTHETIC_DEFAULTS}
+    (a flag the user gave before one whose default follows from it, such as --lr before --tune-lr)."""
+    derived = {"warmup", "tune_lr", "wd", "beta2", "samples_seen", *SYNTHETIC_DEFAULTS}
     for name, value in sorted(vars(args).items(), key=lambda item: item[0] in derived):
         saved = ckpt["args"].get(name, "(not set)")
         if name not in FREE_ON_RESUME and saved != value:
