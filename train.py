@@ -361,6 +361,9 @@ def train(args, rank: int, world_size: int, device: torch.device):
         print(f"{args.strategy} | {args.arch} + {raw_model.config.text_arch} text | {main_steps}{tuning} steps x "
               f"{args.batch_size} = {total_steps * args.batch_size} samples | {flops['main']:.2f} GFLOPs/sample "
               f"(train, 1 multiply-add = 2 FLOPs) | {world_size} x {device.type}")
+        if args.init:
+            print(f"starting from {args.init} ({'the image tower' if args.init_towers == 'image' else 'every weight'}"
+                  f"{', image tower locked' if args.lock_image else ''})")
         report_data(data, total_steps * args.batch_size)
         if ckpt is not None:
             moved = f"; world size {len(ckpt['rng'])} -> {world_size}: FLIP masks drawn afresh" \

@@ -83,14 +83,14 @@ def study_cells(points, study) -> dict:
 
 
 def admitted(found: dict, which: str) -> list:
-    """The cells `which` names: "all", one regime, the "first" or "last" data size (of two or more), or
-    "top" (the cell with the most samples seen)."""
+    """The cells `which` names: "all", one regime or the regimes it begins ("loss:"), the "first" or "last"
+    data size (of two or more), or "top" (the cell with the most samples seen)."""
     sizes = sorted({size for _, size in found if size is not None})
     if which == "top":
         return [max(found, key=lambda c: max(p["samples_seen"] for p in found[c]))] if found else []
     if which in ("first", "last"):
         return [c for c in found if len(sizes) > 1 and c[1] == sizes[0 if which == "first" else -1]]
-    return [c for c in found if which in ("all", c[0])]
+    return [c for c in found if which in ("all", c[0]) or which.endswith(":") and c[0].startswith(which)]
 
 
 def opening(found: dict, cell) -> str:
@@ -269,6 +269,8 @@ AUGMENT = ("Our multi-epoch regime is a few epochs, not the paper's 30, so there
            "changes (RandAugment's colour ops, Stacked RandAugment's jitter and grayscale): colour is named in every "
            "caption and in half of each zero-shot class name, so a recoloured image no longer matches its text, which "
            "web photos with loose alt-text rarely suffer.")
+BEYOND = ("At micro scale every batch is tiny next to the 16k+ of these papers, the towers are a few hundred thousand "
+          "parameters and 32-pixel images have 16 patches, so a trick that pays at web scale may not show here.")
 SHIFTED, NO_SHIFTED = ("The synthetic data has no distribution-shifted test sets.",
                        "no robustness variants of the built-in data: not tested")
 
@@ -325,6 +327,21 @@ FINDINGS = (
     Finding("S9", "strategy", "FLIP is a cheaper CLIP at scale (Recommendation 4).", "FLIP doubles the batch (as the "
             "paper does), which halves the number of optimizer steps at equal samples seen; a step-starved micro run "
             "feels that far more than a billion-sample run.", [compare("flip", "clip", test="not below", gflops=True)]),
+    # beyond the paper: the claims of the papers each train.py flag comes from
+    Finding("B1", "beyond", "SigLIP (Zhai et al. 2023): the sigmoid loss beats the softmax loss at small batch sizes "
+            "(`--loss sigmoid`).", BEYOND + " The sigmoid loss starts from a bias of -10 tuned for large batches.",
+            [compare("sigmoid", "softmax", metrics=("zeroshot", "retrieval"), cells="loss:")]),
+    Finding("B2", "beyond", "CLIPA (Li, Wang, Xie 2023): at equal training compute, training at reduced image and text "
+            "tokens and tuning briefly at full size beats full size throughout (`--image-size`/`--context-length`, then "
+            "`--tune-steps` at `--tune-image-size`/`--tune-context-length`).", BEYOND + " At 16 px a 8-px-patch ViT "
+            "sees 4 patches, far fewer than CLIPA's smallest (16-36 at 224 px), and the tuning stage is a few dozen "
+            "steps.", [compare("reduced + tuning", "full size", metrics=("zeroshot", "retrieval"), cells="tokens:",
+                               gflops=True)]),
+    Finding("B3", "beyond", "LiT (Zhai et al. 2022): a locked pretrained image tower with a text tower trained from "
+            "scratch beats training both towers from scratch (`--init --init-towers image --lock-image`).", BEYOND +
+            " The locked tower was pretrained on a few thousand synthetic pairs, not on the large labelled or "
+            "image-text sets LiT locks; its pretraining compute is not counted, as in LiT.",
+            [compare("locked image", "from scratch", metrics=("zeroshot", "retrieval"), cells="lit:", gflops=True)]),
 )
 
 RECOMMENDATIONS = (

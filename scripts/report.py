@@ -18,7 +18,7 @@ from tinyclip.data import read_scores
 from tinyclip.model import make_config
 from tinyclip.synthetic import SyntheticPairs
 
-STUDIES = ("quantity", "quality", "architecture", "strategy")
+STUDIES = ("quantity", "quality", "architecture", "strategy", "beyond")
 CSV_COLUMNS = ("study", "setting", "regime", "seed", "arch", "strategy", "dataset_size", "keep_top", "epochs",
                "samples_seen", "batch_size", "gflops_per_sample", "total_compute_gflops", "zeroshot_top1",
                "linear_probe_top1", "retrieval_r1", "retrieval_i2t_r1", "retrieval_t2i_r1", "wall_s", "run_id")
@@ -26,19 +26,19 @@ METRIC_COLUMNS = {"zeroshot": "zeroshot_top1", "probe": "linear_probe_top1", "re
 
 # --- tables ---------------------------------------------------------------------------------------
 
-def rows_for(runs, ids, results, flops, batch_size) -> list:
-    """One runs.csv row per Run of scripts/reproduce.py (and its training's id): its description, the samples
-    train.py ran (whole steps), its compute (flops: {(arch, strategy): GFLOPs per sample}) and its metrics."""
+def rows_for(runs, ids, results, costs) -> list:
+    """One runs.csv row per Run of scripts/reproduce.py (and its training's id): its description, what it
+    trained (costs: reproduce.cost's batch, samples train.py ran in whole steps, GFLOPs) and its metrics."""
     rows = []
-    for run, run_id in zip(runs, ids):
-        r, g, batch = results.get(run_id, {}), flops[(run.arch, run.strategy)], batch_size(run.strategy)
-        trained = max(1, run.samples_seen // batch) * batch
+    for run, run_id, c in zip(runs, ids, costs):
+        r = results.get(run_id, {})
         metrics = [None if r.get(m) is None else round(r[m], 5)
                    for m in ("zeroshot", "probe", "retrieval", "i2t", "t2i")]
         rows.append(dict(zip(CSV_COLUMNS, (
             run.study, run.setting, run.regime, run.seed, run.arch, run.strategy, run.dataset_size, run.keep_top,
-            round(run.epochs * trained / run.samples_seen, 3), trained, batch, round(g, 6), round(g * trained, 3),
-            *metrics, r.get("wall_s"), run_id))))
+            round(run.epochs * c["samples_seen"] / run.samples_seen, 3), c["samples_seen"], c["batch_size"],
+            round(c["gflops_per_sample"], 6), round(c["total_compute_gflops"], 3), *metrics, r.get("wall_s"),
+            run_id))))
     return rows
 
 
@@ -51,7 +51,8 @@ def aggregate(rows):
     points = []
     for members in groups.values():
         point = {k: members[0][k] for k in ("study", "setting", "regime", "arch", "strategy", "dataset_size",
-                                            "keep_top", "epochs", "samples_seen", "gflops_per_sample")}
+                                            "keep_top", "epochs", "samples_seen", "batch_size",
+                                            "gflops_per_sample")}
         point.update(compute=members[0]["total_compute_gflops"], n=len(members))
         for name, column in METRIC_COLUMNS.items():
             values = [m[column] for m in members if m[column] is not None]
@@ -79,7 +80,7 @@ def write_tables(rows, points, out: Path):
 
 def points_table(points, study) -> str:
     chosen = sorted((p for p in points if p["study"] == study),
-                    key=lambda p: (p["regime"], p["setting"] if study in ("architecture", "strategy") else "",
+                    key=lambda p: (p["regime"], p["setting"] if study in ("architecture", "strategy", "beyond") else "",
                                    p["dataset_size"] or 0, p["keep_top"] or 0, p["samples_seen"]))
     cell = lambda p, m: "-" if p[m] is None else f"{100 * p[m]:.1f} ± {100 * p[m + '_std']:.1f}"
     lines = ["| setting | regime | pairs | epochs | samples seen | GFLOPs/sample | total GFLOPs | zero-shot top-1 | "
@@ -126,8 +127,8 @@ NOT_COVERED = (
     "shifted test sets, and few-shot is left to `eval.py --task fewshot`.",
     "The paper's scales: its runs see up to 3.4B samples of WebLI; the micro runs see at most tens of thousands of "
     "synthetic pairs, at 32 px with towers of a few hundred thousand parameters.",
-    "FLIP's optional unmasked tuning stage (`train.py --tune-steps`, after the masked budget, with its own warmup "
-    "and `--tune-lr`) is not exercised at micro scale; nor are Adafactor (AdamW is used) and per-architecture "
+    "FLIP's optional unmasked tuning stage (`train.py --tune-steps` after the masked budget; the beyond study "
+    "runs the same stage for CLIPA) is not exercised at micro scale; nor are label smoothing, Adafactor (AdamW is used) and per-architecture "
     "learning-rate sweeps for the linear probe (one weight-decay search per model instead).",
 )
 
@@ -156,7 +157,14 @@ def settings_table(scale, grid) -> list:
             ("GFLOPs per sample", "tinyclip/flops.py on the model train.py builds: SLIP counts three image passes (its "
                                   "two extra views), its projector on the two views and the text; FLIP counts half "
                                   "the patches"),
-            ("seeds", ", ".join(map(str, grid.seeds)))]
+            ("seeds", ", ".join(map(str, grid.seeds))),
+            ("beyond the paper", f"{grid.beyond_size} pairs, the base tower; SigLIP's sigmoid loss (bias -10, "
+                                 f"temperature 10) vs softmax at batch {', '.join(map(str, grid.loss_batches))}, "
+                                 f"{grid.beyond_samples[-1]:,} samples; CLIPA: the main stage at {grid.reduced[0]} px "
+                                 f"and {grid.reduced[1]} tokens, then {grid.tune_fraction:g} of the budget's samples at "
+                                 f"full size (tune lr = lr / 10), vs full size at equal FLOPs; LiT: the image tower of a "
+                                 f"CLIP trained on {grid.lit_init_samples:,} samples of `{grid.lit_init_data}` (disjoint "
+                                 f"pairs), locked, text tower from scratch, vs both from scratch")]
     if scale.base_arch.endswith("-micro"):
         rows += [("evaluation", f"zero-shot top-1 on {scale.eval_size} held-out images, {scale.label_set} label set "
                                 f"(49 classes, chance 2%); retrieval R@1 = mean of image->text and text->image over "
@@ -182,21 +190,25 @@ def filter_precision(grid, scores: Path) -> str:
 
 # --- figures --------------------------------------------------------------------------------------
 
-# (study, regime or None for all, title): one figure each
-FIGURES = (("quantity", None, "Data quantity: one line per dataset size, more epochs to the right"),
-           ("quality", None, "Data quality: one line per kept fraction (one epoch, then equal samples seen)"),
-           ("architecture", None, "Architecture: one line per image tower"),
-           ("strategy", "one-epoch", "Training strategy, one epoch per subset"),
-           ("strategy", "multi-epoch", "Training strategy, several epochs per subset"))
+# (study, regime or its first word(s) or None for all, title, x axes): one figure each
+ALONG = (("samples_seen", "samples seen"), ("compute", "total compute (GFLOPs)"))
+FIGURES = (("quantity", None, "Data quantity: one line per dataset size, more epochs to the right", ALONG),
+           ("quality", None, "Data quality: one line per kept fraction (one epoch, then equal samples seen)", ALONG),
+           ("architecture", None, "Architecture: one line per image tower", ALONG),
+           ("strategy", "one-epoch", "Training strategy, one epoch per subset", ALONG),
+           ("strategy", "multi-epoch", "Training strategy, several epochs per subset", ALONG),
+           ("beyond", "loss:", "SigLIP's sigmoid loss vs softmax, equal samples seen", (("batch_size", "global batch"),)),
+           ("beyond", "tokens:", "CLIPA: reduced tokens + full-size tuning vs full size (equal FLOPs)", ALONG),
+           ("beyond", "lit:", "LiT: a locked pretrained image tower vs both towers from scratch", ALONG))
 PANELS = {"zeroshot": ("zero-shot, held-out split", "top-1 error (%)"), "probe": ("linear probe", "top-1 error (%)"),
           "retrieval": ("retrieval (image->text, text->image)", "100 - R@1 (%)")}
 
 
 def draw_figures(points, out: Path, seeds: int) -> list:
-    """A 2 x 3 figure per study (and regime): zero-shot, probe and retrieval error vs samples seen, vs compute."""
+    """A figure per FIGURES entry: zero-shot, probe and retrieval error, a row of three panels per x axis."""
     paths = []
-    for study, regime, title in FIGURES:
-        chosen = [p for p in points if p["study"] == study and regime in (None, p["regime"])]
+    for study, regime, title, along in FIGURES:
+        chosen = [p for p in points if p["study"] == study and p["regime"].startswith(regime or "")]
         if not chosen:
             continue
         order = sorted(chosen, key=lambda p: (p["dataset_size"] or 0, p["keep_top"] or 0))
@@ -204,9 +216,8 @@ def draw_figures(points, out: Path, seeds: int) -> list:
         panels = [line_chart([Series(s, [(p[x], None if p[m] is None else 100 * (1 - p[m]), 100 * p[m + "_std"])
                                          for p in chosen if p["setting"] == s]) for s in settings],
                              title=label, x_label=x_label, y_label=y_label)
-                  for x, x_label in (("samples_seen", "samples seen"), ("compute", "total compute (GFLOPs)"))
-                  for m, (label, y_label) in PANELS.items()]
-        path = out / (study + (f"-{regime}" if regime else "") + ".png")
+                  for x, x_label in along for m, (label, y_label) in PANELS.items()]
+        path = out / (study + (f"-{regime.strip(':')}" if regime else "") + ".png")
         title = f"{title} (mean ± std over {seeds} seeds)"
         save(figure(panels, columns=3, title=title, legend=[Series(s) for s in settings]), path)
         paths.append(path)

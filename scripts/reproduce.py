@@ -1,5 +1,6 @@
 """The four studies of "Scaling (Down) CLIP" (Li, Xie, Cubuk; arXiv 2404.08197, TMLR 2024), end to end:
-data quantity, data quality, architecture and training strategy, each a grid of train.py runs at fixed
+data quantity, data quality, architecture and training strategy, and a fifth beyond the paper (SigLIP's
+sigmoid loss, CLIPA's reduced tokens, LiT's locked image tower), each a grid of train.py runs at fixed
 samples-seen budgets with one text tower for every run, evaluated with eval.py (zero-shot top-1, linear
 probe top-1, retrieval R@1), then tabulated, plotted and checked against the paper's findings
 (scripts/findings.py) in a markdown summary (scripts/report.py).
@@ -43,7 +44,6 @@ import report  # noqa: E402
 import train  # noqa: E402
 from report import STUDIES  # noqa: E402
 from tinyclip import train_flags  # noqa: E402
-from tinyclip.flops import gflops_per_sample  # noqa: E402
 from tinyclip.sources import open_source  # noqa: E402
 
 STRATEGIES = ("clip", "slip", "flip", "clip-aug:crop-flip", "clip-aug:randaug", "clip-aug:stacked-randaug")
@@ -112,6 +112,17 @@ class Grid:
     quality_noise: float = 0.4  # synthetic pool: fraction of pairs with a wrong caption
     scorer_data: str = "synthetic:noise=0.1,seed=1"  # a disjoint, cleaner pool (an off-the-shelf CLIP's role)
     scorer_samples: int = 16_384
+    # the study beyond the paper, on one subset of beyond_size pairs: sigmoid vs softmax loss at each of
+    # loss_batches (the last budget); CLIPA's main stage at `reduced` (image size, context length) then
+    # tune_fraction of the budget at full size, vs full size at equal FLOPs; LiT's locked image tower (from a
+    # CLIP trained on lit_init_samples of the disjoint lit_init_data) vs both towers from scratch
+    beyond_size: int = 128
+    beyond_samples: tuple = (128,)
+    loss_batches: tuple = (16, 32)
+    reduced: tuple = (16, 8)
+    tune_fraction: float = 0.125
+    lit_init_data: str = "synthetic:seed=1"
+    lit_init_samples: int = 128
 
 
 PRESETS = {
@@ -125,13 +136,16 @@ PRESETS = {
                   arch_list=("vit-ti-micro", "vit-s-micro", "vit-b-micro", "rn-test"), arch_sizes=(1024, 3072, 9216),
                   arch_epochs=2, strategy_single_sizes=(3072, 9216),
                   strategy_single_list=("clip", "slip", "flip", "clip-aug:stacked-randaug"),
-                  strategy_multi_sizes=(1024, 3072), strategy_multi_epochs=4),
+                  strategy_multi_sizes=(1024, 3072), strategy_multi_epochs=4,
+                  beyond_size=9216, beyond_samples=(3072, 9216), loss_batches=(16, 32, 64, 128), lit_init_samples=9216),
     "full": Grid(seeds=(0, 1, 2), quantity_sizes=(1024, 3072, 9216, 27648), quantity_epochs=(1, 2, 4, 8, 16),
                  quality_pool=20_480, quality_fractions=(0.2, 0.4, 0.6, 0.8, 1.0), quality_samples=40_960,
                  arch_list=("vit-ti-micro", "vit-s-micro", "vit-b-micro", "rn-test", "convnext-test", "swin-test",
                             "mixer-test"), arch_sizes=(1024, 3072, 9216, 27648), arch_epochs=4,
                  strategy_single_sizes=(3072, 9216, 27648), strategy_single_list=STRATEGIES,
-                 strategy_multi_sizes=(1024, 3072, 9216), strategy_multi_epochs=16, scorer_samples=65_536),
+                 strategy_multi_sizes=(1024, 3072, 9216), strategy_multi_epochs=16, scorer_samples=65_536,
+                 beyond_size=27648, beyond_samples=(3072, 9216, 27648), loss_batches=(16, 32, 64, 128, 256),
+                 lit_init_samples=27648),
     # The paper's grid (PAPER.md): subsets of 25M-400M pairs for 2-32 epochs; quality at one epoch and at
     # 3.4B samples; architectures (epochs not stated: 2 here); strategies at one epoch and at 30 epochs.
     "paper": Grid(seeds=(0,), quantity_sizes=(25_000_000, 50_000_000, 100_000_000, 200_000_000, 400_000_000),
@@ -140,7 +154,11 @@ PRESETS = {
                   arch_list=("vit-ti-16", "vit-s-16", "vit-b-32", "vit-b-16", "vit-l-16", "rn50", "convnext-t",
                              "swin-t", "mixer-b-32"), arch_sizes=(25_000_000, 100_000_000, 400_000_000), arch_epochs=2,
                   strategy_single_sizes=(100_000_000, 400_000_000, 3_400_000_000), strategy_single_list=STRATEGIES,
-                  strategy_multi_sizes=(10_000_000, 25_000_000, 50_000_000, 100_000_000), strategy_multi_epochs=30),
+                  strategy_multi_sizes=(10_000_000, 25_000_000, 50_000_000, 100_000_000), strategy_multi_epochs=30,
+                  # beyond the paper: SigLIP's batch sizes below 16k, CLIPA's 112 px (1/4 of the tokens) and
+                  # 8 tokens; LiT's image tower is given (--lit-init), trained on other data
+                  beyond_size=400_000_000, beyond_samples=(400_000_000, 1_600_000_000),
+                  loss_batches=(1024, 4096, 16384), reduced=(112, 8)),
 }
 
 # --- the plan: one Run per (study, setting, seed) ----------------------------------------------------------
@@ -158,10 +176,16 @@ class Run:
     samples_seen: int
     keep_top: float | None = None
     epochs: float = 1.0
+    batch: int | None = None  # global batch; None: the scale's (FLIP's doubled)
+    loss: str = "softmax"  # train.py --loss
+    reduced: tuple | None = None  # CLIPA: (image size, context length) of the main stage, then tune_steps at full size
+    tune_steps: int = 0
+    init: str | None = None  # LiT: the image tower comes from this checkpoint, locked
 
 
-def plan(grid: Grid, scale: Scale, data: str, studies, pool_size=None):
-    """Every Run of the chosen studies; a training shared by two studies appears in both."""
+def plan(grid: Grid, scale: Scale, data: str, studies, pool_size=None, lit_init=None):
+    """Every Run of the chosen studies; a training shared by two studies appears in both. lit_init: the
+    checkpoint of LiT's image tower (None: the LiT runs are left out)."""
     runs = []
     for seed in grid.seeds:
         add = lambda study, setting, regime, *rest, **kw: runs.append(Run(study, setting, regime, seed, *rest, **kw))
@@ -189,6 +213,36 @@ def plan(grid: Grid, scale: Scale, data: str, studies, pool_size=None):
                 for strategy in strategies:
                     add("strategy", strategy, regime, scale.base_arch, strategy, data, size, size * epochs,
                         epochs=epochs)
+        if "beyond" in studies:
+            runs += beyond_runs(grid, scale, data, seed, lit_init)
+    return runs
+
+
+def beyond_runs(grid: Grid, scale: Scale, data: str, seed: int, lit_init) -> list:
+    """The study beyond the paper, one regime per comparison ("<part>: <what is equal>"): SigLIP's loss at
+    each batch size and equal samples; CLIPA's reduced tokens + full-size tuning against full size at equal
+    training FLOPs (the main stage's samples fill what the tuning stage leaves); LiT's locked image tower
+    against both towers from scratch at equal samples and at equal FLOPs (pretraining not counted, as LiT)."""
+    size, runs = grid.beyond_size, []
+    run = lambda setting, regime, samples, **kw: Run("beyond", setting, regime, seed, scale.base_arch, "clip", data,
+                                                     size, samples, epochs=samples / size, **kw)
+    for batch in grid.loss_batches:
+        runs += [run(loss, f"loss: batch {batch}", grid.beyond_samples[-1], batch=batch, loss=loss)
+                 for loss in ("softmax", "sigmoid")]
+    whole = lambda samples: max(1, round(samples / scale.batch_size)) * scale.batch_size
+    for samples in grid.beyond_samples:
+        full = run("full size", "tokens: equal FLOPs", samples)
+        budget = cost(full, scale)["total_compute_gflops"]
+        tune_steps = max(1, round(grid.tune_fraction * samples / scale.batch_size))
+        g = stage_gflops(run("", "", scale.batch_size, reduced=grid.reduced, tune_steps=tune_steps), scale)
+        main = whole((budget - tune_steps * scale.batch_size * g["tune"]) / g["main"])
+        runs += [full, run("reduced + tuning", "tokens: equal FLOPs", main, reduced=grid.reduced,
+                           tune_steps=tune_steps)]
+        if lit_init:
+            locked = stage_gflops(run("", "", scale.batch_size, init=str(lit_init)), scale)["main"]
+            for regime, locked_samples in (("equal samples", samples), ("equal FLOPs", whole(budget / locked))):
+                runs += [run("from scratch", f"lit: {regime}", samples),
+                         run("locked image", f"lit: {regime}", locked_samples, init=str(lit_init))]
     return runs
 
 
@@ -198,16 +252,18 @@ def quality_pool_spec(grid: Grid, data: str) -> str:
 
 # --- train.py and eval.py arguments ------------------------------------------------------------------------
 
-def batch_size(scale: Scale, strategy: str) -> int:
-    return scale.batch_size * (2 if strategy == "flip" else 1)  # FLIP: mask half the patches, double the batch
+def batch_size(scale: Scale, run: Run) -> int:
+    # FLIP: mask half the patches, double the batch
+    return run.batch or scale.batch_size * (2 if run.strategy == "flip" else 1)
 
 
 def train_argv(run: Run, scale: Scale, scores: Path = None) -> list:
     """train.py's arguments for a run, without --out: the caller adds a folder named by train_id(argv)."""
     strategy, _, augment = run.strategy.partition(":")
+    image_size, context_length = run.reduced or (scale.image_size, scale.context_length)
     argv = ["--strategy", strategy, "--arch", run.arch, "--text-arch", scale.text_arch,
-            "--image-size", scale.image_size, "--context-length", scale.context_length, "--data", run.data,
-            "--samples-seen", run.samples_seen, "--batch-size", batch_size(scale, run.strategy), "--lr", scale.lr,
+            "--image-size", image_size, "--context-length", context_length, "--data", run.data,
+            "--samples-seen", run.samples_seen, "--batch-size", batch_size(scale, run), "--lr", scale.lr,
             "--optimizer", scale.optimizer, "--normalize", scale.normalize, "--precision", scale.precision,
             "--seed", run.seed, "--workers", scale.workers, "--eval-data", "none", "--save-every", scale.save_every]
     for flag, value in (("--embed-dim", scale.embed_dim), ("--wd", scale.wd), ("--warmup", scale.warmup),
@@ -218,6 +274,14 @@ def train_argv(run: Run, scale: Scale, scores: Path = None) -> list:
         argv += ["--keep-top", run.keep_top, "--scores", scores]
     if strategy == "slip" and scale.slip_head:
         argv += ["--ssl-mlp-dim", scale.slip_head[0], "--ssl-emb-dim", scale.slip_head[1]]
+    if run.loss != "softmax":
+        argv += ["--loss", run.loss]
+    if run.reduced:  # CLIPA: lr / 10 for the tuning stage, as train.py's lr / 100 (FLIP's, for 0.4% of a run at
+        # batch 16k) would move a micro model's weights by ~1e-4 in its few steps: no tuning at all
+        argv += ["--tune-steps", run.tune_steps, "--tune-image-size", scale.image_size, "--tune-context-length",
+                 scale.context_length, "--tune-lr", scale.lr / 10]
+    if run.init:
+        argv += ["--init", run.init, "--init-towers", "image", "--lock-image"]
     return [str(a) for a in argv]
 
 
@@ -247,15 +311,30 @@ def eval_argvs(ckpt: Path, run_dir: Path, scale: Scale, args) -> list:
     return [common + ["--task", task] + extra + json_for(task) for given, task, extra in tasks if given]
 
 
+def stage_gflops(run: Run, scale: Scale) -> dict:
+    """Training GFLOPs per sample of each stage of the model train.py builds for such a run, {"main", "tune"}
+    (train.stage_gflops: SLIP's projector included, every clip-aug variant counts as clip, a locked tower
+    its forward only), counted on the meta device."""
+    like = dataclasses.replace(run, study="", setting="", regime="", seed=0, data="synthetic", dataset_size=None,
+                               samples_seen=batch_size(scale, run), keep_top=None, init=None)
+    return _stage_gflops(tuple(train_argv(like, scale)), run.init is not None)
+
+
 @functools.lru_cache(maxsize=None)
-def gflops(arch: str, strategy: str, scale: Scale) -> float:
-    """Training GFLOPs per sample of the model train.py builds for such a run, as train.py logs it (SLIP's
-    projector included; every clip-aug variant counts as clip), counted on the meta device."""
-    args = train_flags.parse_args(train_argv(Run("", "", "", 0, arch, strategy, "synthetic", None, 1), scale))
-    with torch.device("meta"):
-        model = train.make_model(args)
-    _, mask_ratio, _ = train_flags.STRATEGIES[args.strategy](args)
-    return gflops_per_sample(model, strategy=args.strategy, mask_ratio=mask_ratio)["total"]
+def _stage_gflops(argv: tuple, locked: bool) -> dict:
+    args = train_flags.parse_args(list(argv))
+    args.lock_image = locked  # without its --init, whose file may not be trained yet: the towers are the flags'
+    return train.stage_gflops(args)
+
+
+def cost(run: Run, scale: Scale) -> dict:
+    """What a run trains, as runs.csv states it: its batch, the samples train.py runs (whole steps, the
+    tuning stage included), their mean GFLOPs per sample and the total."""
+    batch, g = batch_size(scale, run), stage_gflops(run, scale)
+    main, tune = max(1, run.samples_seen // batch) * batch, run.tune_steps * batch
+    total = main * g["main"] + tune * g["tune"]
+    return {"batch_size": batch, "samples_seen": main + tune, "gflops_per_sample": total / (main + tune),
+            "total_compute_gflops": total}
 
 
 # --- running: one job = train.py once, then eval.py's calls, its numbers kept as result.json ---------------
@@ -296,11 +375,12 @@ def execute(job: dict) -> dict:
 
 def run_jobs(jobs: dict, parallel: int, threads: int, start: float) -> dict:
     """{id: result} of every job, in a pool of `parallel` processes of `threads` torch threads: those not done
-    yet run longest first, and the quality runs wait for the job "scorer" (when it has to run) to score."""
+    yet run longest first, and a job waits for the one it comes "after" when that has to run (the quality runs
+    for the scorer, the LiT runs for their image tower)."""
     results = {k: json.loads(p.read_text()) for k, j in jobs.items()
                if (p := Path(j["run_dir"]) / "result.json").exists()}
     todo = sorted((k for k in jobs if k not in results), key=lambda k: -jobs[k]["cost"])
-    held = [k for k in todo if jobs[k]["quality"]] if "scorer" in todo else []
+    held = [k for k in todo if jobs[k]["after"] in todo]
     with futures.ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn"),
                                      initializer=torch.set_num_threads, initargs=(threads,)) as pool:
         running = {pool.submit(execute, jobs[k]): k for k in todo if k not in held}
@@ -313,7 +393,7 @@ def run_jobs(jobs: dict, parallel: int, threads: int, start: float) -> dict:
                 done, minutes = len(results) - len(jobs) + len(todo), (time.perf_counter() - start) / 60
                 print(f"[{done}/{len(todo)} {minutes:5.1f} min] {result['run_id']} {result.get('error') or metrics} "
                       f"({result.get('wall_s', 0):.0f} s)", flush=True)
-                running.update({pool.submit(execute, jobs[k]): k for k in held} if key == "scorer" else {})
+                running.update({pool.submit(execute, jobs[k]): k for k in held if jobs[k]["after"] == key})
     return results
 
 
@@ -347,6 +427,8 @@ def parse_args(argv=None):
     g.add_argument("--probe-test", help="linear probe test ImageFolder")
     g.add_argument("--scores", help="quality study: key,score file for --data (eval.py --task score)")
     g.add_argument("--scorer", help="quality study: OpenAI/open_clip weights to write --scores with")
+    g.add_argument("--lit-init", help="beyond study: the checkpoint whose image tower LiT locks (trained on other "
+                                      "data than --data; synthetic data: trained here)")
     return p.parse_args(argv)
 
 
@@ -360,7 +442,7 @@ def main(argv=None):
     out = Path(args.out or ROOT / "runs" / f"reproduce-{preset}")
     parallel = args.jobs or (1 if preset == "smoke" or not synthetic else min(2, os.cpu_count() or 1))
     job = lambda run_dir, train_args, evals, **kw: {  # what execute needs, and how run_jobs orders it
-        "run_dir": str(run_dir), "train": train_args, "evals": evals, "drop_checkpoint": False, "quality": False,
+        "run_dir": str(run_dir), "train": train_args, "evals": evals, "drop_checkpoint": False, "after": None,
         "cost": float("inf"), "launcher": [] if synthetic else ["torchrun", f"--nproc_per_node={args.gpus}"], **kw}
     jobs, scores, pool_size, notes = {}, None, None, list(report.NOT_COVERED)
 
@@ -386,10 +468,21 @@ def main(argv=None):
                                                                  scale.precision]])
     elif "quality" in studies:
         notes.append("The quality study: give --scores (or --scorer weights) to rank the real pairs.")
+    # LiT's image tower: a CLIP trained here on a disjoint split of the built-in data, or given
+    lit_init = Path(args.lit_init) if args.lit_init else None
+    if "beyond" in studies and synthetic and not lit_init:
+        argv_l = train_argv(Run("lit-init", "", "", 0, scale.base_arch, "clip", grid.lit_init_data, None,
+                                grid.lit_init_samples), scale)
+        init_dir = out / "runs" / ("lit-init-" + train_id(argv_l))
+        lit_init = init_dir / "ckpt.pt"
+        jobs["lit-init"] = job(init_dir, argv_l + ["--out", str(init_dir), "--resume", "auto"],
+                               eval_argvs(lit_init, init_dir, scale, args))
+    elif "beyond" in studies and not lit_init:
+        notes.append("The beyond study's LiT runs: give --lit-init, a checkpoint trained on other data.")
 
-    runs, ids = plan(grid, scale, args.data, studies, pool_size), []
     try:  # every model builds before any run starts
-        flops = {(r.arch, r.strategy): gflops(r.arch, r.strategy, scale) for r in runs}
+        runs, ids = plan(grid, scale, args.data, studies, pool_size, lit_init), []
+        costs = [cost(r, scale) for r in runs]
     except train_flags.ConfigError as error:
         sys.exit(f"reproduce.py: error: --preset {preset} on --data {args.data}: {error}")
     for run in runs:
@@ -398,10 +491,11 @@ def main(argv=None):
         run_dir = out / "runs" / ids[-1]
         jobs.setdefault(ids[-1], job(run_dir, argv_t + ["--out", str(run_dir), "--resume", "auto"],
                                      eval_argvs(run_dir / "ckpt.pt", run_dir, scale, args),
-                                     quality=run.keep_top is not None,
+                                     after="scorer" if run.keep_top is not None else "lit-init" if run.init else None,
                                      drop_checkpoint=synthetic and not args.keep_checkpoints,
-                                     cost=run.samples_seen * (2.5 if run.strategy == "slip" else 1.0)))
-    trained = sum(int(j["train"][j["train"].index("--samples-seen") + 1]) for k, j in jobs.items() if k != "scorer")
+                                     cost=costs[len(ids) - 1]["total_compute_gflops"]))
+    trained = sum(int(j["train"][j["train"].index("--samples-seen") + 1]) for k, j in jobs.items()
+                  if k not in ("scorer", "lit-init"))
     print(f"{preset}: studies {', '.join(studies)}; {len(runs)} rows, {len(jobs)} trainings, {trained:,} samples to "
           f"train ({sum(r.samples_seen for r in runs):,} counted per row); {parallel} at once -> {out}")
     if args.dry_run:
@@ -424,7 +518,7 @@ def main(argv=None):
         wall = json.loads(timing_file.read_text())["wall_s"] + (wall if ran else 0.0)
     timing_file.write_text(json.dumps({"wall_s": round(wall, 1)}))
     results.pop("scorer", None)
-    rows = report.rows_for(runs, ids, results, flops, functools.partial(batch_size, scale))
+    rows = report.rows_for(runs, ids, results, costs)
     points = [p for p in report.aggregate(rows) if p["zeroshot"] is not None or p["probe"] is not None]
     report.write_tables(rows, points, out)
     figures = report.draw_figures(points, out, len(grid.seeds))

@@ -86,7 +86,7 @@ def test_quick_grid_trains_exactly_the_samples_each_row_claims():
     runs = reproduce.plan(grid, scale, "synthetic", reproduce.STUDIES, pool_size=grid.quality_pool)
     assert {r.study for r in runs} == set(reproduce.STUDIES) and {r.seed for r in runs} == {0, 1}
     for run in runs:  # whole steps for every strategy, FLIP's doubled batch included: equal samples seen is exact
-        assert run.samples_seen % reproduce.batch_size(scale, run.strategy) == 0, run
+        assert run.samples_seen % reproduce.batch_size(scale, run) == 0, run
     argvs = [reproduce.train_argv(r, scale, Path("scores.csv")) for r in runs]
     flip = next(a for a in argvs if a[a.index("--strategy") + 1] == "flip")
     assert flip[flip.index("--batch-size") + 1] == str(2 * scale.batch_size)
@@ -100,7 +100,8 @@ def test_quick_grid_trains_exactly_the_samples_each_row_claims():
 
 
 def test_real_data_builds_the_papers_commands(monkeypatch):
-    monkeypatch.setattr(reproduce, "gflops", lambda *args: 1.0)  # counting ViT-B FLOPs is beside the point here
+    # counting ViT-B FLOPs is beside the point here
+    monkeypatch.setattr(reproduce, "stage_gflops", lambda *args: {"main": 1.0, "tune": 1.0})
     out = io.StringIO()
     with redirect_stdout(out):
         reproduce.main(["--data", "shards/{00000..00009}.tar", "--eval-data", "imagenet/val", "--retrieval-data",
@@ -131,11 +132,84 @@ def test_a_grid_whose_towers_do_not_fit_the_images_stops_in_one_line_before_any_
 
 
 def test_gflops_count_slips_projector_and_no_augmentation():
-    clip = reproduce.gflops("vit-s-micro", "clip", reproduce.MICRO)
-    assert reproduce.gflops("vit-s-micro", "clip-aug:stacked-randaug", reproduce.MICRO) == clip
-    small_head = reproduce.gflops("vit-s-micro", "slip", reproduce.MICRO)  # a 256/16 projector
-    full_head = reproduce.gflops("vit-s-micro", "slip", dataclasses.replace(reproduce.MICRO, slip_head=None))  # 4096/256
+    gflops = lambda strategy, scale=reproduce.MICRO: reproduce.stage_gflops(
+        reproduce.Run("", "", "", 0, "vit-s-micro", strategy, "synthetic", None, 64), scale)["main"]
+    clip = gflops("clip")
+    assert gflops("clip-aug:stacked-randaug") == clip
+    small_head = gflops("slip")  # a 256/16 projector
+    full_head = gflops("slip", dataclasses.replace(reproduce.MICRO, slip_head=None))  # 4096/256
     assert clip < small_head < full_head  # the two extra views, then the projector on them
+
+
+def test_beyond_study_compares_at_equal_samples_and_at_equal_flops():
+    grid, scale = reproduce.PRESETS["quick"], reproduce.MICRO
+    runs = reproduce.plan(grid, scale, "synthetic", ("beyond",), lit_init="init/ckpt.pt")
+    cells = {}
+    for run in runs:
+        argv = reproduce.train_argv(run, scale)
+        flag = lambda name, argv=argv: argv[argv.index(name) + 1] if name in argv else None
+        cells.setdefault((run.seed, run.regime), {})[run.setting] = (run, reproduce.cost(run, scale), argv, flag)
+    assert {regime for _, regime in cells} == {f"loss: batch {b}" for b in grid.loss_batches} | {
+        "tokens: equal FLOPs", "lit: equal samples", "lit: equal FLOPs"}
+    for (_, regime), cell in cells.items():
+        if regime.startswith("loss:"):  # the batch of its name, the same samples, only the loss differs
+            (_, soft, _, soft_flag), (_, sig, _, sig_flag) = cell["softmax"], cell["sigmoid"]
+            assert soft["samples_seen"] == sig["samples_seen"] == grid.beyond_samples[-1]
+            assert soft_flag("--batch-size") == sig_flag("--batch-size") == regime.split()[-1]
+            assert soft_flag("--loss") is None and sig_flag("--loss") == "sigmoid"
+            continue
+        (a, a_cost, _, _), (b, b_cost, _, b_flag) = cell.values()
+        if regime == "lit: equal samples":
+            assert a_cost["samples_seen"] == b_cost["samples_seen"]
+            assert b_cost["total_compute_gflops"] < a_cost["total_compute_gflops"]  # no image backward
+        else:  # equal FLOPs: the two totals differ by less than one batch at the dearer rate
+            one_batch = scale.batch_size * max(a_cost["gflops_per_sample"], b_cost["gflops_per_sample"])
+            assert abs(a_cost["total_compute_gflops"] - b_cost["total_compute_gflops"]) < one_batch
+            assert b_cost["samples_seen"] > 2 * a_cost["samples_seen"]  # the cheaper run sees far more
+        if regime.startswith("tokens:"):  # main stage reduced, then tune_fraction of the budget at full size
+            assert (b_flag("--image-size"), b_flag("--context-length")) == tuple(map(str, grid.reduced))
+            assert (b_flag("--tune-image-size"), b_flag("--tune-context-length")) == ("32", "16")
+            assert int(b_flag("--tune-steps")) * scale.batch_size == round(grid.tune_fraction * a.samples_seen)
+        if regime.startswith("lit:"):
+            assert (b_flag("--init"), b_flag("--init-towers")) == ("init/ckpt.pt", "image")
+            assert "--lock-image" in cell["locked image"][2] and "--init" not in cell["from scratch"][2]
+    # the full-size run at the top budget is one training: the softmax point at batch 64, CLIPA's and LiT's reference
+    ids = {reproduce.train_id(reproduce.train_argv(r, scale)) for r in runs if r.seed == 0 and r.samples_seen ==
+           grid.beyond_samples[-1] and r.setting in ("softmax", "full size", "from scratch") and r.batch in (None, 64)}
+    assert len(ids) == 1
+    # without a tower to lock (real data and no --lit-init), the LiT runs are left out
+    assert not [r for r in reproduce.plan(grid, scale, "synthetic", ("beyond",)) if r.init]
+
+
+@pytest.fixture(scope="module")
+def smoke_beyond(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke-beyond")
+    proc = subprocess.run([sys.executable, "scripts/reproduce.py", "--smoke", "--studies", "beyond", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def test_smoke_beyond_trains_the_locked_tower_first_and_reports_b1_to_b3(smoke_beyond):
+    out = smoke_beyond
+    with open(out / "runs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["study"] for r in rows} == {"beyond"} and all(r["zeroshot_top1"] for r in rows)  # every run ran
+    by = {(r["regime"], r["setting"]): r for r in rows}
+    grid = reproduce.PRESETS["smoke"]
+    reduced = by[("tokens: equal FLOPs", "reduced + tuning")]  # its tuning stage's samples counted
+    assert int(reduced["samples_seen"]) > grid.beyond_samples[0]
+    assert float(reduced["total_compute_gflops"]) == pytest.approx(
+        float(reduced["gflops_per_sample"]) * int(reduced["samples_seen"]), rel=1e-3)
+    # the tower LiT locks was trained on the disjoint split and kept; the runs' own checkpoints are dropped
+    assert [p.parent.name.startswith("lit-init-") for p in out.glob("runs/*/ckpt.pt")] == [True]
+    console = (out / "runs" / by[("lit: equal samples", "locked image")]["run_id"] / "console.log").read_text()
+    assert "lit-init-" in console
+    summary = (out / "summary.md").read_text()
+    for text in ("| B1 |", "| B2 |", "| B3 |", "### beyond", "![beyond-loss](beyond-loss.png)",
+                 "![beyond-tokens](beyond-tokens.png)", "![beyond-lit](beyond-lit.png)"):
+        assert text in summary
+    assert all((out / f"beyond-{part}.png").stat().st_size > 5000 for part in ("loss", "tokens", "lit"))
 
 
 # -----------------------------------------------------------------------------
@@ -216,6 +290,20 @@ def test_equal_compute_interpolation():
              {"compute": 1000.0, "zeroshot": 0.4, "zeroshot_std": 0.0, "n": 2}]
     assert findings.interpolate(curve, 100.0, "zeroshot")[0] == pytest.approx(0.3)  # halfway in log compute
     assert findings.interpolate(curve, 5000.0, "zeroshot") is None
+
+
+def test_beyond_findings_read_only_their_own_cells():
+    cell = lambda regime, a, b, za, zb: [point("beyond", za, std=0.01, regime=regime, setting=a, gflops_per_sample=1.0),
+                                         point("beyond", zb, std=0.01, regime=regime, setting=b, gflops_per_sample=1.0)]
+    pts = cell("loss: batch 16", "sigmoid", "softmax", 0.30, 0.20) + cell("loss: batch 64", "sigmoid", "softmax", 0.35, 0.25)
+    pts += cell("tokens: equal FLOPs", "reduced + tuning", "full size", 0.20, 0.40)
+    pts += cell("lit: equal samples", "locked image", "from scratch", 0.50, 0.30)
+    pts += cell("lit: equal FLOPs", "locked image", "from scratch", 0.30, 0.302)
+    checks = {f.key: f for f in findings.check_all(pts, base_arch="v", vits=[])}
+    assert checks["B1"].verdict == findings.AGREES and len(checks["B1"].evidence) == 4  # 2 cells x 2 metrics
+    assert checks["B2"].verdict == findings.DISAGREES
+    assert checks["B3"].verdict == findings.PARTLY  # beats at equal samples, within noise at equal FLOPs
+    assert checks["S1"].verdict == findings.NOT_TESTED
 
 
 def test_markdown_table_lists_caveats_of_findings_that_do_not_agree():
