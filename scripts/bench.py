@@ -15,7 +15,9 @@ train_flags.STRATEGIES gives a strategy's masking. Each configuration runs in a 
 memory high-water mark. scripts/measure.py holds how it measures (clean windows, memory, the matmul peak) and
 what it measures without train.py (eval, the loss's memory, open_clip, tokenizer, data).
 
-  --study sweep    (default) --archs x --strategies x --precisions x --batch-sizes, eval, tokenizer, data
+  --study sweep    (default) --archs x --strategies x --precisions x --batch-sizes; per arch, a step with
+                   SigLIP's sigmoid loss and one with LiT's locked image tower timed beside the plain one;
+                   eval, tokenizer, data
   --study accum    plain, --accum-steps K in {2, 4, 8}, --grad-checkpointing and both: samples/s, peak
                    memory, the largest global batch within --memory-budget-gb (extrapolated from the
                    peaks at B and B/2 plus the measured B x B cost of the loss, or --max-batch search)
@@ -69,31 +71,45 @@ def train_args(cfg, **changes):
         argv.append("--grad-checkpointing")
     if cfg.get("compile"):
         argv.append("--compile")
-    return train_flags.parse_args(argv)
+    return train_flags.parse_args(argv + cfg.get("flags", []))
 
 
-def run_train(cfg):
-    """Samples/s and GFLOPs/sample of each variant {"name", "precision", "strategy"} of one model (by default
-    the configuration itself, "train"), timed in turns; peak memory. With cfg["data"]: the step fed by the
-    real loader, then from memory (not in turns: the workers would fill their queues meanwhile for free)."""
-    device, meter = device_now(), LoadMeter()
-    args = train_args(cfg)
-    base = memory_now(device)
+def build(args, device):
+    """The model and optimiser train.py builds from these flags (--lock-image needs no --init to be timed)."""
     torch.manual_seed(0)
     model = train.make_model(args).to(device).train()
     optimizer = train.make_optimizer(args, model)
     if args.compile:  # in place, as train.py --compile; the warm-up steps absorb the compilation
         model.compile()
+    return model, optimizer
+
+
+def run_train(cfg):
+    """Samples/s and GFLOPs/sample of each variant {"name"[, "precision", "strategy", "flags"]} (by default the
+    configuration itself, "train"), timed in turns; peak memory, of every model built: variants share one,
+    but extra train.py flags (["--loss", "sigmoid"] adds a parameter, ["--lock-image"] freezes a tower) get
+    their own. With cfg["data"]: the step fed by the real loader, then from memory (not in turns: the
+    workers would fill their queues meanwhile for free)."""
+    device, meter = device_now(), LoadMeter()
+    args = train_args(cfg)
+    base = memory_now(device)
+    models = {(): build(args, device)}  # (model, optimiser) by a variant's extra flags
+    model = models[()][0]  # the configuration's own: the batch's shapes, the parameter count
     batch, steps, rows = measure.memory_batch(model, args.batch_size, device), {}, {}
-    for v in cfg.get("variants") or [{"name": "train", "precision": args.precision, "strategy": args.strategy}]:
-        v_args = train_args(cfg, precision=v["precision"], strategy=v["strategy"])
+    for v in cfg.get("variants") or [{"name": "train"}]:
+        v = {"precision": args.precision, "strategy": args.strategy, "flags": [], **v}
+        v_args = train_args(cfg, precision=v["precision"], strategy=v["strategy"], flags=v["flags"])
+        if tuple(v["flags"]) not in models:
+            models[tuple(v["flags"])] = build(v_args, device)
+        v_model, v_optimizer = models[tuple(v["flags"])]
         _, mask_ratio, _ = train_flags.STRATEGIES[v["strategy"]](v_args)
         scaler = torch.amp.GradScaler(device.type, enabled=v["precision"] == "fp16")
         # one step exactly as train.py's loop runs it (no DDP here: the model is its own raw model)
-        steps[v["name"]] = lambda a=v_args, m=mask_ratio, s=scaler: train.train_step(model, model, batch, m,
-                                                                                       optimizer, s, a)
-        rows[v["name"]] = {"precision": v["precision"], "strategy": v["strategy"],
-                           "gflops": gflops_per_sample(model, strategy=v["strategy"], mask_ratio=mask_ratio)["total"]}
+        steps[v["name"]] = lambda a=v_args, m=mask_ratio, s=scaler, net=v_model, opt=v_optimizer: train.train_step(
+            net, net, batch, m, opt, s, a)
+        # a locked image tower counts its forward only (flops.py reads model.image_locked)
+        rows[v["name"]] = {"precision": v["precision"], "strategy": v["strategy"], "gflops": gflops_per_sample(
+            v_model, strategy=v["strategy"], mask_ratio=mask_ratio)["total"]}
     if "data" in cfg:
         stream = iter(make_train_loader(cfg["data"], transform=make_transform("none", args.image_size),
                                         batch_size=args.batch_size, workers=cfg["workers"],
@@ -179,6 +195,10 @@ def pipeline(opts, report, jpegs, batch, image_size, end_to_end=None):
     return rate
 
 
+# steps that differ from the plain one by train.py flags; each gets its own model (see run_train)
+STEP_VARIANTS = {"plain": [], "sigmoid loss": ["--loss", "sigmoid"], "locked image": ["--lock-image"]}
+
+
 def study_sweep(opts, report):
     report["peak_tflops"], report["train"] = peaks(opts, opts.precisions), []
     for arch, strategy, precision, batch in itertools.product(opts.archs, opts.strategies, opts.precisions,
@@ -186,6 +206,16 @@ def study_sweep(opts, report):
         cfg = base_cfg(opts, arch, strategy, precision, batch, accum=opts.accum_steps,
                        grad_checkpointing=opts.grad_checkpointing, compile=opts.compile)
         report["train"].append({"arch": arch, "batch": batch, "compile": opts.compile, **train_row(cfg, opts)})
+    report["step_variants"] = []
+    for arch in opts.archs:  # SigLIP's loss and LiT's locked tower: what each costs beside the plain step
+        variants = [{"name": name, "flags": flags} for name, flags in STEP_VARIANTS.items()]
+        cfg = base_cfg(opts, arch, "clip", opts.precisions[0], opts.batch_sizes[0], variants=variants)
+        result = in_subprocess(cfg, opts)
+        timed = result.get("variants", {"-": result})  # a failed run: one row, with its error
+        plain = timed.get("plain", {}).get("samples_per_s")
+        report["step_variants"] += [{"arch": arch, "batch": cfg["batch"], "variant": name, **row,
+                                     "vs_plain": row["samples_per_s"] / plain if plain else None}
+                                    for name, row in timed.items()]
     report["peak_tflops"] = peaks(opts, opts.precisions, report["peak_tflops"])  # again at the end: the best
     add_mfu(report["train"], report["peak_tflops"])
     report["eval"] = [{"arch": arch, "precision": precision, "batch": opts.eval_batch, **in_subprocess(
@@ -288,6 +318,9 @@ TABLES = {  # report key: its columns
               ("peak MB", "peak_mb", 0), ("GFLOPs/sample", "gflops", 2), ("TFLOP/s", "tflops", 3),
               ("MFU", lambda r: f"{100 * r['mfu']:.1f}%" if r.get("mfu") else r.get("error", "-")),
               ("other load", "other_load", 2)],
+    "step_variants": [("arch", "arch"), ("step", "variant"), ("precision", "precision"), ("batch", "batch"),
+                      ("samples/s", "samples_per_s", 2), ("GFLOPs/sample", "gflops", 2),
+                      ("vs plain", lambda r: f"{r['vs_plain']:.2f}x" if r.get("vs_plain") else r.get("error", "-"))],
     "eval": [("arch", "arch"), ("precision", "precision"), ("batch", "batch"), ("eval images/s", "images_per_s", 1)],
     "tokenizer": [("tokenizer", "tokenizer"), ("texts", "texts"), ("cold texts/s", "cold_texts_per_s", 0),
                   ("warm texts/s", "warm_texts_per_s", 0)],
@@ -372,7 +405,9 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="a small sweep that finishes in minutes on 2 CPU cores")
     p.add_argument("--archs", type=csv(str), default=["vit-s-16", "vit-b-32"], help="comma-separated presets")
     p.add_argument("--strategies", type=csv(str), default=["clip", "flip"], help="clip, flip, slip, clip-aug")
-    p.add_argument("--precisions", type=csv(str), default=["fp32", "bf16"], help="fp32, bf16, fp16 (autocast)")
+    p.add_argument("--precisions", type=csv(str), default=None,
+                   help="fp32, bf16, fp16 (autocast); default fp32,bf16, or fp32 where bf16 is emulated (a CPU "
+                        "without AVX512-BF16 or AMX)")
     p.add_argument("--batch-sizes", type=csv(int), default=[32], help="global batch sizes")
     p.add_argument("--image-size", type=int, default=224, help="input resolution")
     p.add_argument("--context-length", type=int, default=77, help="text tokens (the paper uses 16)")
@@ -405,6 +440,8 @@ def parse_args(argv=None):
     p.add_argument("--markdown", default=None, help="write the markdown tables here")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
+    if opts.precisions is None:
+        opts.precisions = ["fp32", "bf16"] if measure.native_bf16(device_now()) else ["fp32"]
     if opts.quick:
         opts.archs, opts.strategies, opts.batch_sizes = ["vit-ti-16"], ["clip", "flip"], [16]
         opts.warmup, opts.windows, opts.steps_per_window = 1, 3, 1

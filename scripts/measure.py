@@ -188,6 +188,18 @@ def matmul_peak_tflops(device, precision, sizes=PEAK_SIZES, repeats=5, max_other
     return best
 
 
+def native_bf16(device) -> bool:
+    """Whether bf16 matmuls run in hardware: any CUDA device bench.py targets, or a CPU with AVX512-BF16 or
+    AMX. Elsewhere torch emulates them (on an AVX2-only EPYC a 2048^3 bf16 matmul took 56 s against 0.1 s
+    in fp32), and the default sweep leaves bf16 out rather than run for hours."""
+    if device.type == "cuda":
+        return True
+    with contextlib.suppress(OSError):
+        flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    return False
+
+
 def cpu_name():
     with contextlib.suppress(OSError):
         for line in open("/proc/cpuinfo"):

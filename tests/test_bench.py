@@ -1,6 +1,7 @@
 """scripts/bench.py's arithmetic: the memory extrapolation behind the largest-batch figures, and
-the choice of timed windows (scripts/measure.py); and a tiny sweep reporting every section. (The
-timings themselves are benchmarks, never tests.)"""
+the choice of timed windows (scripts/measure.py); that the sigmoid-loss and locked-image steps are
+timed on models of their own and counted at their own GFLOPs; and a tiny sweep reporting every
+section. (The timings themselves are benchmarks, never tests.)"""
 import math
 import sys
 from pathlib import Path
@@ -10,6 +11,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import bench  # noqa: E402
 import measure  # noqa: E402
+from tinyclip import create_model  # noqa: E402
+from tinyclip.flops import gflops_per_sample  # noqa: E402
+
+TINY = dict(kind="train", arch="vit-test", text_arch="test", strategy="clip", precision="fp32", batch=8, image_size=32,
+            context_length=16, warmup=1, windows=1, steps=1, max_other_load=1.0)
 
 
 @pytest.mark.parametrize("k", [1, 4, 8])
@@ -37,6 +43,29 @@ def test_summary_uses_only_windows_free_of_other_load():
     assert loaded["rate"] == 2.0 and loaded["clean_windows"] == 0
 
 
+def test_sigmoid_and_locked_steps_run_their_own_models_at_their_own_flops(monkeypatch):
+    stepped = []  # what each timed step trained: (SigLIP's bias present, image tower locked)
+
+    def recording_step(model, raw_model, *rest):
+        stepped.append((raw_model.logit_bias is not None, raw_model.image_locked))
+        return train_step(model, raw_model, *rest)
+    train_step = bench.train.train_step
+    monkeypatch.setattr(bench.train, "train_step", recording_step)
+    variants = [{"name": name, "flags": flags} for name, flags in bench.STEP_VARIANTS.items()]
+    timed = bench.run_train({**TINY, "variants": variants})["variants"]
+    assert set(stepped) == {(False, False), (True, False), (False, True)}
+    assert all(timed[name]["samples_per_s"] > 0 for name in ("plain", "sigmoid loss", "locked image"))
+
+    # The loss is not counted, so SigLIP's step costs the plain one's. A locked tower has no image backward:
+    # its image forward plus the text tower's forward and backward, which saves about two thirds of the image
+    # tower's training FLOPs (a backward is ~2 forwards; the patch embedding needs no input gradient).
+    model = create_model("vit-test", text_arch="test", image_size=32, context_length=16)
+    plain, image_forward = gflops_per_sample(model), gflops_per_sample(model, train=False)["image"]
+    assert timed["plain"]["gflops"] == timed["sigmoid loss"]["gflops"] == pytest.approx(plain["total"])
+    assert timed["locked image"]["gflops"] == pytest.approx(image_forward + plain["text"])
+    assert plain["total"] - timed["locked image"]["gflops"] == pytest.approx(2 / 3 * plain["image"], rel=0.05)
+
+
 def test_a_tiny_sweep_reports_every_section(tmp_path):
     report = bench.main(["--archs", "vit-test", "--strategies", "flip", "--precisions", "fp32", "--batch-sizes", "8",
                          "--image-size", "32", "--context-length", "16", "--text-arch", "test", "--warmup", "1",
@@ -48,6 +77,9 @@ def test_a_tiny_sweep_reports_every_section(tmp_path):
     # MFU is the achieved rate over the peak the same run measured, in FLOPs (one multiply-add = 2).
     assert row["tflops"] == pytest.approx(row["samples_per_s"] * row["gflops"] / 1e3)
     assert row["mfu"] == pytest.approx(row["tflops"] / report["peak_tflops"]["fp32"])
+    steps = {r["variant"]: r for r in report["step_variants"]}
+    assert list(steps) == ["plain", "sigmoid loss", "locked image"] and steps["plain"]["vs_plain"] == 1.0
+    assert steps["locked image"]["gflops"] < steps["plain"]["gflops"] == steps["sigmoid loss"]["gflops"]
     assert report["eval"][0]["images_per_s"] > 0 and report["tokenizer"][0]["texts"] == 20
     assert {r["preset"] for r in report["data"]} >= {"none", "crop-flip", "randaug", "stacked-randaug", "simclr"}
     assert (tmp_path / "b.json").exists()
