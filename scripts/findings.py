@@ -12,6 +12,7 @@ several comparisons agrees when all do, disagrees when all do, is inconclusive w
 PARTLY otherwise; one whose runs are missing from the grid is NOT TESTED. Every verdict carries its numbers.
 """
 import math
+import re
 from dataclasses import dataclass, field, replace
 
 AGREES, DISAGREES, INCONCLUSIVE, PARTLY, NOT_TESTED = "agrees", "disagrees", "inconclusive", "partly", "not tested"
@@ -75,10 +76,15 @@ def one(points, study, **match):
     return next(iter(select(points, study, **match)), None)
 
 
+def regime_order(regime):
+    """A sort key that puts "batch 16" before "batch 128" (numbers by value, thousands commas ignored)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", (regime or "").replace(",", ""))]
+
+
 def study_cells(points, study) -> dict:
     """{(regime, dataset_size): its points}, in order."""
     keys = sorted({(p.get("regime"), p.get("dataset_size")) for p in select(points, study)},
-                  key=lambda c: (c[0] or "", c[1] or 0))
+                  key=lambda c: (regime_order(c[0]), c[1] or 0))
     return {c: select(points, study, regime=c[0], dataset_size=c[1]) for c in keys}
 
 
@@ -96,7 +102,7 @@ def admitted(found: dict, which: str) -> list:
 def opening(found: dict, cell) -> str:
     """An evidence line's opening: the cell's regime (where the study has several) and data size."""
     words = [cell[0] if len({r for r, _ in found}) > 1 else None, None if cell[1] is None else f"{cell[1]} pairs"]
-    return " ".join(w for w in words if w) + ": " if any(words) else ""
+    return ", ".join(w for w in words if w) + ": " if any(words) else ""
 
 
 def names(selector, roles):

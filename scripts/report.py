@@ -80,7 +80,7 @@ def write_tables(rows, points, out: Path):
 
 def points_table(points, study) -> str:
     chosen = sorted((p for p in points if p["study"] == study),
-                    key=lambda p: (p["regime"], p["setting"] if study in ("architecture", "strategy", "beyond") else "",
+                    key=lambda p: (findings.regime_order(p["regime"]), p["setting"] if study in ("architecture", "strategy", "beyond") else "",
                                    p["dataset_size"] or 0, p["keep_top"] or 0, p["samples_seen"]))
     cell = lambda p, m: "-" if p[m] is None else f"{100 * p[m]:.1f} ± {100 * p[m + '_std']:.1f}"
     lines = ["| setting | regime | pairs | epochs | samples seen | GFLOPs/sample | total GFLOPs | zero-shot top-1 | "

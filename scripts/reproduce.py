@@ -219,10 +219,11 @@ def plan(grid: Grid, scale: Scale, data: str, studies, pool_size=None, lit_init=
 
 
 def beyond_runs(grid: Grid, scale: Scale, data: str, seed: int, lit_init) -> list:
-    """The study beyond the paper, one regime per comparison ("<part>: <what is equal>"): SigLIP's loss at
-    each batch size and equal samples; CLIPA's reduced tokens + full-size tuning against full size at equal
-    training FLOPs (the main stage's samples fill what the tuning stage leaves); LiT's locked image tower
-    against both towers from scratch at equal samples and at equal FLOPs (pretraining not counted, as LiT)."""
+    """The study beyond the paper, one regime per comparison ("<part>: <what is equal>, <the budget>", so that
+    each budget is a cell of its own): SigLIP's loss at each batch size and equal samples; CLIPA's reduced
+    tokens + full-size tuning against full size at equal training FLOPs (the main stage's samples fill what the
+    tuning stage leaves); LiT's locked image tower against both towers from scratch at equal samples and at
+    equal FLOPs (pretraining not counted, as LiT)."""
     size, runs = grid.beyond_size, []
     run = lambda setting, regime, samples, **kw: Run("beyond", setting, regime, seed, scale.base_arch, "clip", data,
                                                      size, samples, epochs=samples / size, **kw)
@@ -231,16 +232,18 @@ def beyond_runs(grid: Grid, scale: Scale, data: str, seed: int, lit_init) -> lis
                  for loss in ("softmax", "sigmoid")]
     whole = lambda samples: max(1, round(samples / scale.batch_size)) * scale.batch_size
     for samples in grid.beyond_samples:
-        full = run("full size", "tokens: equal FLOPs", samples)
+        tokens = f"tokens: equal FLOPs to {samples:,} full-size samples"
+        full = run("full size", tokens, samples)
         budget = cost(full, scale)["total_compute_gflops"]
         tune_steps = max(1, round(grid.tune_fraction * samples / scale.batch_size))
         g = stage_gflops(run("", "", scale.batch_size, reduced=grid.reduced, tune_steps=tune_steps), scale)
         main = whole((budget - tune_steps * scale.batch_size * g["tune"]) / g["main"])
-        runs += [full, run("reduced + tuning", "tokens: equal FLOPs", main, reduced=grid.reduced,
+        runs += [full, run("reduced + tuning", tokens, main, reduced=grid.reduced,
                            tune_steps=tune_steps)]
         if lit_init:
             locked = stage_gflops(run("", "", scale.batch_size, init=str(lit_init)), scale)["main"]
-            for regime, locked_samples in (("equal samples", samples), ("equal FLOPs", whole(budget / locked))):
+            for regime, locked_samples in ((f"equal samples, {samples:,}", samples),
+                                           (f"equal FLOPs to {samples:,} samples from scratch", whole(budget / locked))):
                 runs += [run("from scratch", f"lit: {regime}", samples),
                          run("locked image", f"lit: {regime}", locked_samples, init=str(lit_init))]
     return runs

@@ -150,7 +150,8 @@ def test_beyond_study_compares_at_equal_samples_and_at_equal_flops():
         flag = lambda name, argv=argv: argv[argv.index(name) + 1] if name in argv else None
         cells.setdefault((run.seed, run.regime), {})[run.setting] = (run, reproduce.cost(run, scale), argv, flag)
     assert {regime for _, regime in cells} == {f"loss: batch {b}" for b in grid.loss_batches} | {
-        "tokens: equal FLOPs", "lit: equal samples", "lit: equal FLOPs"}
+        regime for n in grid.beyond_samples for regime in (
+            f"tokens: equal FLOPs to {n:,} full-size samples", f"lit: equal samples, {n:,}", f"lit: equal FLOPs to {n:,} samples from scratch")}
     for (_, regime), cell in cells.items():
         if regime.startswith("loss:"):  # the batch of its name, the same samples, only the loss differs
             (_, soft, _, soft_flag), (_, sig, _, sig_flag) = cell["softmax"], cell["sigmoid"]
@@ -159,7 +160,8 @@ def test_beyond_study_compares_at_equal_samples_and_at_equal_flops():
             assert soft_flag("--loss") is None and sig_flag("--loss") == "sigmoid"
             continue
         (a, a_cost, _, _), (b, b_cost, _, b_flag) = cell.values()
-        if regime == "lit: equal samples":
+        assert len(cell) == 2  # one budget per cell: each comparison pairs one run with one
+        if regime.startswith("lit: equal samples"):
             assert a_cost["samples_seen"] == b_cost["samples_seen"]
             assert b_cost["total_compute_gflops"] < a_cost["total_compute_gflops"]  # no image backward
         else:  # equal FLOPs: the two totals differ by less than one batch at the dearer rate
@@ -197,13 +199,13 @@ def test_smoke_beyond_trains_the_locked_tower_first_and_reports_b1_to_b3(smoke_b
     assert {r["study"] for r in rows} == {"beyond"} and all(r["zeroshot_top1"] for r in rows)  # every run ran
     by = {(r["regime"], r["setting"]): r for r in rows}
     grid = reproduce.PRESETS["smoke"]
-    reduced = by[("tokens: equal FLOPs", "reduced + tuning")]  # its tuning stage's samples counted
+    reduced = by[(f"tokens: equal FLOPs to {grid.beyond_samples[0]:,} full-size samples", "reduced + tuning")]  # its tuning stage's samples counted
     assert int(reduced["samples_seen"]) > grid.beyond_samples[0]
     assert float(reduced["total_compute_gflops"]) == pytest.approx(
         float(reduced["gflops_per_sample"]) * int(reduced["samples_seen"]), rel=1e-3)
     # the tower LiT locks was trained on the disjoint split and kept; the runs' own checkpoints are dropped
     assert [p.parent.name.startswith("lit-init-") for p in out.glob("runs/*/ckpt.pt")] == [True]
-    console = (out / "runs" / by[("lit: equal samples", "locked image")]["run_id"] / "console.log").read_text()
+    console = (out / "runs" / by[(f"lit: equal samples, {grid.beyond_samples[0]:,}", "locked image")]["run_id"] / "console.log").read_text()
     assert "lit-init-" in console
     summary = (out / "summary.md").read_text()
     for text in ("| B1 |", "| B2 |", "| B3 |", "### beyond", "![beyond-loss](beyond-loss.png)",
