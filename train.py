@@ -262,6 +262,10 @@ def train(args, rank: int, world_size: int, device: torch.device):
         raise ConfigError(f"{out} already holds a run ({path.name}); pass --resume auto or another --out")
     step = ckpt["step"] if ckpt is not None else 0
 
+    # stream mode: where each of this rank's loader workers stands (a resumed run's from its checkpoint)
+    saved_positions = ckpt["data_state"].get("positions", []) if ckpt is not None else []
+    positions = saved_positions[rank] if rank < len(saved_positions) else {}  # another world size: refused below
+
     def make_loader(stage: str, start_step: int):  # the pairs in order from a step on, at a stage's sizes
         image_size, context_length = sizes[stage]
         return make_train_loader(
@@ -270,12 +274,19 @@ def train(args, rank: int, world_size: int, device: torch.device):
             batch_size=args.batch_size // world_size, rank=rank, world_size=world_size, workers=args.workers,
             seed=args.seed, context_length=context_length, dataset_size=args.dataset_size, keep_top=args.keep_top,
             score_file=args.scores, start_sample=start_step * args.batch_size, csv_img_key=args.csv_img_key,
-            csv_caption_key=args.csv_caption_key, csv_separator=args.csv_separator)
+            csv_caption_key=args.csv_caption_key, csv_separator=args.csv_separator, mode=args.data_mode,
+            buffer_size=args.shuffle_buffer, resampled=args.dataset_resampled, retries=args.data_retries,
+            num_samples=args.train_num_samples, positions=positions)
 
-    try:
+    try:  # rank 0 first: it builds a tar index the other ranks then read from beside the shards
+        if rank > 0:
+            dist.barrier()
         loader = make_loader("main", step)
     except ValueError as e:  # the data's own problems (no valid sample, a missing column, ...): one line
         raise ConfigError(str(e)) from None
+    finally:
+        if rank == 0 and world_size > 1:
+            dist.barrier()
     data = loader.summary()
     resolve_budget(args, data["pairs"])
     main_steps = max(1, args.samples_seen // args.batch_size)
@@ -285,10 +296,13 @@ def train(args, rank: int, world_size: int, device: torch.device):
         loader = make_loader("tune", step)
     if ckpt is not None:
         check_resumable(ckpt, args, path)
-        saved = ckpt["data_state"]
-        if (saved["num_samples"], saved["selection"]) != (loader.num_samples, loader.state_dict()["selection"]):
+        saved, now = ckpt["data_state"], loader.state_dict()
+        if (saved["num_samples"], saved["selection"]) != (now["num_samples"], now["selection"]):
             raise ConfigError(f"--data {args.data} now selects {loader.num_samples} pairs, not the "
                               f"{saved['num_samples']} the run in {out} trained on; use another --out")
+        if saved.get("slots") != now["slots"]:  # stream mode: positions are per (rank, worker)
+            raise ConfigError(f"the run in {out} streamed its data over {saved['slots'][0]} rank(s) x "
+                              f"{saved['slots'][1]} --workers; stream mode resumes exactly only on the same")
 
     # --- model
     torch.manual_seed(args.seed)
@@ -323,15 +337,17 @@ def train(args, rank: int, world_size: int, device: torch.device):
 
     def save(path):
         # Every rank's RNG state is kept so each rank resumes its own stream of FLIP masks.
-        rngs = [ckpt_io.rng_state()]
+        rngs, positions = [ckpt_io.rng_state()], [loader.positions]  # stream mode: each rank's workers' places
         if world_size > 1:
-            rngs = [None] * world_size
+            rngs, positions = [None] * world_size, [None] * world_size
             dist.all_gather_object(rngs, ckpt_io.rng_state())
+            dist.all_gather_object(positions, loader.positions)
         if rank == 0:
             ckpt_io.save_atomic({"model": raw_model.state_dict(), "config": dataclasses.asdict(raw_model.config),
                                  "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "step": step,
                                  "samples_seen": step * args.batch_size, "args": vars(args), "rng": rngs,
-                                 "data_state": {**loader.state_dict(), "samples_seen": step * args.batch_size}},
+                                 "data_state": {**loader.state_dict(), "samples_seen": step * args.batch_size,
+                                                "positions": positions}},
                                 path)
 
     def log(record):  # a JSON line with the wall-clock time and the time since the start (rank 0)
@@ -375,16 +391,20 @@ def train(args, rank: int, world_size: int, device: torch.device):
     bar = tqdm(total=total_steps, initial=step, disable=rank != 0, unit="step", dynamic_ncols=True)
     data_iter, carried = iter(loader), Counter()  # carried: what an earlier stage's loader skipped
     window_start, window_samples, paused = time.perf_counter(), 0, {"eval_s": 0.0, "save_s": 0.0}
+    data_s, first_window, warned = 0.0, True, False  # data_s: this window's wait for the loader
     while step < total_steps:
         if step == main_steps and sizes["tune"] != sizes["main"]:  # CLIPA: the tuning stage's sizes from here on
             carried.update(loader.skipped)
+            positions = loader.positions  # stream mode: the tuning stage reads on from where the main one stopped
             loader = make_loader("tune", step)
             data_iter = iter(loader)
             if resized:  # the interpolated embedding is a new parameter to the optimiser, and to DDP's buckets
                 raw_model.resize_image(sizes["tune"][0])
                 optimizer.state.pop(raw_model.visual.positional_embedding, None)
                 model = wrap(raw_model)
+        waited = time.perf_counter()
         batch = {k: v.to(device, non_blocking=True) for k, v in next(data_iter).items()}
+        data_s += time.perf_counter() - waited
         lr, step_mask_ratio, stage = schedule(step, args, main_steps, mask_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -402,6 +422,11 @@ def train(args, rank: int, world_size: int, device: torch.device):
                 dist.all_reduce(values)
                 terms = dict(zip(terms, values / world_size))
             train_s = time.perf_counter() - window_start - sum(paused.values())  # eval and saves apart
+            if data_s > 0.2 * train_s and not (first_window or warned) and rank == 0:  # the first: workers start
+                print(f"train.py: warning: steps {step - window_samples // args.batch_size + 1}-{step} waited for "
+                      f"data {data_s / train_s:.0%} of the time; the loader is the bottleneck: raise --workers (now "
+                      f"{args.workers}) if the machine has idle cores", file=sys.stderr)
+                warned = True
             skipped = dict(carried + Counter(loader.skipped))
             # the compute axis: each stage's samples at its own GFLOPs per sample, in PFLOPs
             pflops = (min(step, main_steps) * args.batch_size * flops["main"]
@@ -409,13 +434,15 @@ def train(args, rank: int, world_size: int, device: torch.device):
             log({"step": step, "samples_seen": step * args.batch_size, "epoch": loader.epoch_of(step * args.batch_size),
                  "stage": stage, **{k: round(v.item(), 5) for k, v in terms.items()}, "lr": lr,
                  "logit_scale": round(raw_model.logit_scale.exp().item(), 3),
-                 "samples_per_s": round(window_samples / train_s, 1), **{k: round(v, 2) for k, v in paused.items()},
+                 "samples_per_s": round(window_samples / train_s, 1), "data_s": round(data_s, 3),
+                 "step_s": round(train_s - data_s, 3), **{k: round(v, 2) for k, v in paused.items()},
                  # to 5 significant digits: the compute figures span many orders of magnitude
                  "gflops_per_sample": float(f"{flops[stage]:.5g}"), "total_pflops": float(f"{pflops:.5g}"),
                  "skipped": skipped})
             bar.set_postfix(loss=f"{terms['loss'].item():.3f}", sps=round(window_samples / train_s, 1), lr=f"{lr:.1e}",
-                            **({"skipped": sum(skipped.values())} if skipped else {}))
+                            data=f"{data_s / train_s:.0%}", **({"skipped": sum(skipped.values())} if skipped else {}))
             window_start, window_samples, paused = time.perf_counter(), 0, {"eval_s": 0.0, "save_s": 0.0}
+            data_s, first_window = 0.0, False
         bar.update(1)
         if args.eval_every and step % args.eval_every == 0 and step < total_steps:
             began = time.perf_counter()
@@ -456,8 +483,13 @@ def report_data(data: dict, samples: int):
     shards = f" | {data['shards']} shards" + (f", {data['missing_shards']} missing" if data["missing_shards"] else "") \
         if data["shards"] or data["missing_shards"] else ""
     kept = f" (of {data['source_pairs']})" if data["source_pairs"] != data["pairs"] else ""
-    print(f"data: {data['source']} | {data['pairs']} pairs{kept}{shards} | {samples} samples = "
-          f"{samples / data['pairs']:.3g} epochs")
+    pairs = f"{data['pairs']} pairs{kept}" if data["pairs"] else "pairs not counted (--train-num-samples)"
+    epochs = f"{samples / data['pairs']:.3g} epochs" if data["pairs"] else "epochs n/a"
+    if data["mode"] == "stream":  # how the shards split over the (rank, worker) slots that stream them
+        shards += f" streamed over {data['slots']} slots, " + ("drawn with replacement" if data["resampled"] else
+                                                               f"{data['shards'] // data['slots']} each per epoch")
+        shards += f" ({data['sit_out']} sit out each epoch, a different few each time)" if data.get("sit_out") else ""
+    print(f"data: {data['source']} | {pairs}{shards} | {samples} samples = {epochs}")
     named = data["shards"] + data["missing_shards"]
     skipped = {reason: n for reason, n in data["skipped"].items() if reason != "missing_shard"}
     missing = named and data["missing_shards"] > 0.01 * named

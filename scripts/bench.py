@@ -183,7 +183,8 @@ def add_mfu(rows, peak_tflops):
 
 def pipeline(opts, report, jpegs, batch, image_size, end_to_end=None):
     """Tokenizer texts/s, per-worker decode + augment images/s and (returned) the training loader's images/s
-    on `jpegs` fresh JPEGs (measure.py); with `end_to_end`, that configuration fed by the same loader."""
+    on `jpegs` fresh JPEGs, by layout (a folder, tar shards indexed and streamed: measure.py); with
+    `end_to_end`, that configuration fed by the loader on the folder."""
     limit = opts.max_other_load
     report["tokenizer"] = measure.bench_tokenizer(opts.tokenizer_texts, opts.reference_tokenizer, max_other_load=limit)
     with tempfile.TemporaryDirectory() as folder:
@@ -296,7 +297,7 @@ def study_targets(opts, report):
                                                "precisions": ["fp32", "bf16"], "open_clip": opts.open_clip}, opts)
     # (5) the tokenizer; (6) the loader against what training consumes, and training fed by it
     t["loader_images_per_s"] = pipeline(opts, t, max(opts.data_images, 2 * common["batch"]), common["batch"],
-                                        opts.image_size, end_to_end={**common, "arch": "vit-s-16"})
+                                        opts.image_size, end_to_end={**common, "arch": "vit-s-16"})["folder"]
 
 
 # --- reporting ------------------------------------------------------------------------------------
@@ -346,8 +347,8 @@ def markdown(report):
     out += [table(report[key], columns) for key, columns in TABLES.items() if report.get(key)]
     if "loader" in report:
         l = report["loader"]
-        out.append(f"Training loader, {l['workers']} workers, JPEG, {l['image_size']} px, preset {l['preset']}: "
-                   f"{l['images_per_s']:.0f} images/s")
+        out.append(f"Training loader, {l['workers']} workers, JPEG, {l['image_size']} px, preset {l['preset']}, images/s: "
+                   + ", ".join(f"{layout} {rate:.0f}" for layout, rate in l["images_per_s"].items()))
     if "accum" in report:
         a = report["accum"]
         out.append(f"Accumulation / checkpointing: {a['arch']} {a['precision']} {a['image_size']} px, text "

@@ -17,6 +17,7 @@ import statistics
 import sys
 import time
 import types
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,10 +28,11 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tinyclip.augment import AUGMENT_PRESETS, make_transform  # noqa: E402
-from tinyclip.data import make_train_loader  # noqa: E402
+from tinyclip.data import make_train_loader, samples_to_shard  # noqa: E402
 from tinyclip.losses import clip_loss  # noqa: E402
 from tinyclip.model import PRECISIONS, autocast, create_model  # noqa: E402
-from tinyclip.sources import decode_image  # noqa: E402
+from tinyclip.shards import write_shards  # noqa: E402
+from tinyclip.sources import decode_image, open_source  # noqa: E402
 from tinyclip.synthetic import SyntheticPairs  # noqa: E402
 from tinyclip.tokenizer import Tokenizer  # noqa: E402
 
@@ -340,10 +342,10 @@ def write_jpegs(folder, count, size=(341, 256)):
 
 
 def bench_data(folder, count, loader_batch, loader_image_size, workers, repeats=2, max_other_load=None):
-    """(rows, loader images/s). Rows: decode + augment images/s of one loader worker (one process, one
+    """(rows, loader images/s by layout). Rows: decode + augment images/s of one loader worker (one process, one
     thread), per preset, the best of `repeats` passes over `count` images: the JPEGs in `folder` at 224 px
-    and the built-in data at 64 px. Then the real training loader on the folder, with its workers, timed
-    over 20 batches after start-up."""
+    and the built-in data at 64 px. Then the real training loader, with its workers, timed over 20 batches
+    after start-up, on the folder and on the same pairs as tar shards, indexed and streamed: {layout: rate}."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     files = [p.read_bytes() for p in sorted(Path(folder).glob("*.jpg"))][:count]
@@ -359,13 +361,20 @@ def bench_data(folder, count, loader_batch, loader_image_size, workers, repeats=
                 best = max(best, count / (time.perf_counter() - start))
             rows.append({"source": source, "image_size": size, "preset": preset, "images_per_s_per_worker": best})
     torch.set_num_threads(threads)
-    stream = iter(make_train_loader(str(folder), transform=make_transform("none", loader_image_size),
-                                    batch_size=loader_batch, workers=workers))
-    next(stream)  # worker start-up
-    wait_for_quiet(max_other_load)  # the workers fill their queues meanwhile: drain those first
-    for _ in range(2 * workers):
-        next(stream)
-    start = time.perf_counter()
-    for _ in range(20):
-        next(stream)
-    return rows, 20 * loader_batch / (time.perf_counter() - start)
+    shards = Path(folder) / "shards"  # the same pairs as tar shards, 4 of them: one per stream slot and more
+    write_shards(samples_to_shard(open_source(str(folder)), Counter()), str(shards), max(1, len(files) // 4))
+    rates = {}
+    for layout, spec, mode in (("folder", str(folder), None), ("tar index", str(shards), "index"),
+                               ("tar stream", str(shards / "*.tar"), "stream")):
+        stream = iter(make_train_loader(spec, transform=make_transform("none", loader_image_size),
+                                        batch_size=loader_batch, workers=workers, mode=mode))
+        next(stream)  # worker start-up
+        wait_for_quiet(max_other_load)  # the workers fill their queues meanwhile: drain those first
+        for _ in range(2 * workers):
+            next(stream)
+        start = time.perf_counter()
+        for _ in range(20):
+            next(stream)
+        rates[layout] = 20 * loader_batch / (time.perf_counter() - start)
+        del stream
+    return rows, rates

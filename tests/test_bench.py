@@ -82,4 +82,6 @@ def test_a_tiny_sweep_reports_every_section(tmp_path):
     assert steps["locked image"]["gflops"] < steps["plain"]["gflops"] == steps["sigmoid loss"]["gflops"]
     assert report["eval"][0]["images_per_s"] > 0 and report["tokenizer"][0]["texts"] == 20
     assert {r["preset"] for r in report["data"]} >= {"none", "crop-flip", "randaug", "stacked-randaug", "simclr"}
+    rates = report["loader"]["images_per_s"]
+    assert list(rates) == ["folder", "tar index", "tar stream"] and all(r > 0 for r in rates.values())
     assert (tmp_path / "b.json").exists()

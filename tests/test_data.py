@@ -358,11 +358,11 @@ def test_duplicate_tar_keys_first_wins_and_are_counted(tmp_path):
     assert skipped == {"duplicate_key": 3, "missing_shard": 1}
     loader = make_train_loader(spec, transform=NONE_8, batch_size=2, workers=0, dataset_size=2)
     assert loader.summary() == {"source": spec, "pairs": 2, "source_pairs": 3, "shards": 2, "missing_shards": 1,
-                                "skipped": {"duplicate_key": 3, "missing_shard": 1}}
+                                "mode": "index", "skipped": {"duplicate_key": 3, "missing_shard": 1}}
     csv_loader = make_train_loader(write_pairs_csv(tmp_path / "csv", 3, extra_rows=[("img/09.jpg", " ")]),
                                    transform=NONE_8, batch_size=2, workers=0)
     assert csv_loader.summary() == {"source": str(tmp_path / "csv" / "pairs.csv"), "pairs": 3, "source_pairs": 3,
-                                    "shards": 0, "missing_shards": 0, "skipped": {"empty_caption": 1}}
+                                    "shards": 0, "missing_shards": 0, "mode": "index", "skipped": {"empty_caption": 1}}
 
 
 def test_nothing_valid_and_bad_paths_give_one_line_errors(tmp_path):

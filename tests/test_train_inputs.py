@@ -9,6 +9,7 @@ log records carry the time, the gradient norm, training-only samples/s and a rec
 
 import json
 import tarfile
+import time
 import pytest
 from PIL import Image
 
@@ -180,6 +181,38 @@ def test_log_records_time_grad_norm_and_a_resume(tmp_path, monkeypatch):
     # the step after an eval and a checkpoint (at step 2): both timed apart from training
     after = next(r for r in steps if r["step"] == 3)
     assert after["eval_s"] > 0 and after["save_s"] > 0
+
+
+def test_the_wait_for_data_is_logged_apart_and_a_slow_loader_is_named(tmp_path, monkeypatch, capsys):
+    import tinyclip.data
+    common = TINY + ["--batch-size", "8", "--samples-seen", str(8 * 6), "--log-every", "2"]
+    real_step = train.train_step
+
+    def slow_step(*a):  # a step that computes 0.3 s: the loader's share is small
+        time.sleep(0.3)
+        return real_step(*a)
+
+    monkeypatch.setattr(train, "train_step", slow_step)
+    train.main(common + ["--out", str(tmp_path / "fast")])
+    assert "waited for data" not in capsys.readouterr().err
+    monkeypatch.undo()
+    real = tinyclip.data.assemble
+
+    def slow(*a):  # a loader that makes every step wait 0.3 s
+        time.sleep(0.3)
+        return real(*a)
+
+    monkeypatch.setattr(tinyclip.data, "assemble", slow)
+    train.main(common + ["--out", str(tmp_path / "slow")])
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "waited for data" in line]
+    assert len(warnings) == 1 and "raise --workers (now 0)" in warnings[0] and "steps 3-4" in warnings[0]
+    for name, slowed in (("fast", False), ("slow", True)):
+        steps = [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+        assert all(r["data_s"] >= 0 and r["step_s"] > 0 for r in steps)
+        if slowed:  # two steps per record, each waiting 0.3 s for its batch
+            assert all(0.6 <= r["data_s"] < 0.6 + r["step_s"] + 0.5 for r in steps)
+        else:  # two steps per record, each computing for 0.3 s
+            assert all(0.6 <= r["step_s"] and r["data_s"] < r["step_s"] for r in steps)
 
 
 def test_threads_flag_sets_torchs_threads(tmp_path):

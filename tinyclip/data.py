@@ -9,7 +9,7 @@ score` writes: exactly round(0.4 * N) pairs with the highest image-text scores, 
 The quality filter runs first, then the subset.
 
 The training stream. Every source is map-style (tar shards through a header index), so one design
-serves all: global position p, the number of samples all ranks together consumed before it, is in
+serves all of them (the other, for tar shards read in one pass, is StreamBatches: see below): global position p, the number of samples all ranks together consumed before it, is in
 epoch p // N and reads sample perm_epoch[p % N], a permutation seeded by (seed, epoch), so every
 epoch visits every pair once, reshuffled. With G = B * world_size, rank r's batch k holds positions
 start_sample + k*G + r*B + [0, B): its slice of global batch k. DataLoader worker w builds whole
@@ -20,8 +20,15 @@ with start_sample = samples seen continues the same sample sequence, bit-identic
 uninterrupted run's when the global batch is the same. The stream is infinite; epochs follow from
 samples seen, and all ranks get the same number of batches.
 
+Streamed shards (mode "stream": pipe:/http URLs, or local shards on request) cannot be read at a
+position, so StreamBatches has each DataLoader worker read its own slot of tinyclip.stream and build
+whole batches from it; a sample's draws are seeded by its place in that slot's stream, and each batch
+carries its worker's position after it, which the loader keeps (`positions`) and a checkpoint saves.
+A batch is then a function of (seed, world size, workers, position), and a resume is exact at the
+same world size and worker count.
+
 A bad sample is skipped and replaced by a random one drawn with a generator seeded by (seed, p), so
-batches stay full and deterministic. Each batch carries its worker's skip counts under "skipped";
+batches stay full and deterministic (stream mode: skipped, and the next sample of the slot taken). Each batch carries its worker's skip counts under "skipped";
 the loader adds them up in `loader.skipped` (with the problems found while indexing, counted once;
 decode-time problems are counted each time they are met).
 
@@ -45,7 +52,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tinyclip.checkpoint import atomic_write
 from tinyclip.shards import write_shards
-from tinyclip.sources import SkipSample, TarShards, decode_image, no_valid_sample, open_source
+from tinyclip.sources import SkipSample, TarShards, decode_captions, decode_image, no_valid_sample, open_source
+from tinyclip.stream import SlotStream, is_url, shard_samples, shard_urls
 from tinyclip.tokenizer import tokenize
 
 # -----------------------------------------------------------------------------
@@ -178,32 +186,75 @@ class BatchStream(IterableDataset):
         raise ValueError(f"{self.MAX_ATTEMPTS} bad samples in a row in {self.source.name}: {dict(skipped)}")
 
     def make_batch(self, batch: int) -> dict:
-        skipped, indices, images, texts, views = Counter(), [], [], [], []
+        skipped, samples = Counter(), []
         first = self.start_sample + (batch * self.world_size + self.rank) * self.batch_size
         for position in range(first, first + self.batch_size):
             index, image, captions = self.load(position, skipped)
-            indices.append(index)
             rng = random.Random(f"tinyclip-sample:{self.seed}:{position}")  # same for any worker count
-            texts.append(rng.choice(captions))
-            images.append(self.transform(image, rng))  # 3, S, S
-            if self.ssl_transform is not None:  # sample i's two views: rows 2i, 2i + 1, the first drawn first
-                views += [self.ssl_transform(image, rng), self.ssl_transform(image, rng)]
-        out = {"image": torch.stack(images), "text": tokenize(texts, self.context_length)}  # B,3,S,S; B,L
-        if self.ssl_transform is not None:
-            out["views"] = torch.stack(views)  # 2B, 3, S, S: a contiguous split keeps a sample's views together
-        if self.with_keys:
-            out["key"] = [self.source.key(index) for index in indices]
-        out["skipped"] = dict(skipped)
-        return out
+            samples.append((self.source.key(index), image, captions, rng))
+        return {**assemble(samples, self), "skipped": dict(skipped)}
+
+
+def assemble(samples, stream) -> dict:
+    """A batch dict from (key, PIL image, captions, rng) samples: a caption drawn, the image transformed (and
+    SLIP's two views), the captions tokenized, each sample's draws from its own rng in that order."""
+    images, texts, views = [], [], []
+    for _, image, captions, rng in samples:
+        texts.append(rng.choice(captions))
+        images.append(stream.transform(image, rng))  # 3, S, S
+        if stream.ssl_transform is not None:  # sample i's two views: rows 2i, 2i + 1, the first drawn first
+            views += [stream.ssl_transform(image, rng), stream.ssl_transform(image, rng)]
+    out = {"image": torch.stack(images), "text": tokenize(texts, stream.context_length)}  # B,3,S,S; B,L
+    if stream.ssl_transform is not None:
+        out["views"] = torch.stack(views)  # 2B, 3, S, S: a contiguous split keeps a sample's views together
+    if stream.with_keys:
+        out["key"] = [key for key, *_ in samples]
+    return out
+
+
+class StreamBatches(IterableDataset):
+    """Rank `rank`'s batches from streamed tar shards, forever: DataLoader worker w reads slot
+    rank * workers + w of tinyclip.stream and builds whole batches from it; every batch carries its
+    worker's position after it ("position": (worker, state)), from which the worker can start again."""
+
+    def __init__(self, urls, *, transform, batch_size, rank, world_size, workers, seed, context_length,
+                 ssl_transform, with_keys, buffer_size, resampled, retries, positions):
+        self.urls, self.transform, self.ssl_transform, self.with_keys = urls, transform, ssl_transform, with_keys
+        self.batch_size, self.rank, self.world_size, self.workers = batch_size, rank, world_size, max(1, workers)
+        self.seed, self.context_length, self.buffer_size = seed, context_length, buffer_size
+        self.resampled, self.retries, self.positions = resampled, retries, positions or {}
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        skipped = Counter()
+        slot = SlotStream(self.urls, slot=self.rank * self.workers + worker, slots=self.world_size * self.workers,
+                          seed=self.seed, buffer_size=self.buffer_size, resampled=self.resampled,
+                          retries=self.retries, skipped=skipped, state=self.positions.get(worker))
+        stream = iter(slot)
+        while True:
+            samples = []
+            while len(samples) < self.batch_size:
+                draw, key, image, text = next(stream)
+                try:
+                    samples.append((key, decode_image(image), decode_captions(text),
+                                    random.Random(f"tinyclip-sample:{self.seed}:{draw}")))
+                except SkipSample as bad:
+                    skipped[bad.reason] += 1
+            out = {**assemble(samples, self), "skipped": dict(skipped), "position": (worker, slot.state())}
+            skipped.clear()
+            yield out
 
 
 class TrainLoader:
-    """Iterate for batch dicts, forever (every iter() starts again at start_sample: take one iterator
-    per run); `.skipped` adds up the bad samples met so far, by reason."""
+    """Iterate for batch dicts, forever (every iter() starts again where the loader was made: take one iterator
+    per run); `.skipped` adds up the bad samples met so far, by reason; in stream mode `.positions` holds each
+    worker's position after the last batch handed out (what a checkpoint keeps)."""
 
-    def __init__(self, stream: BatchStream, *, workers: int, spec: str):
-        self.stream, self.spec, self.skipped = stream, spec, Counter(stream.source.skipped)
-        self.num_samples = len(stream.indices)
+    def __init__(self, stream, *, workers: int, spec: str, num_samples: int | None, described: dict):
+        self.stream, self.spec, self.num_samples, self.described = stream, spec, num_samples, described
+        self.mode = "stream" if isinstance(stream, StreamBatches) else "index"
+        self.skipped, self.positions = Counter(described["skipped"]), dict(getattr(stream, "positions", {}))
         # Our own generator: DataLoader would otherwise draw its worker seed from the global RNG at
         # each iter(), shifting the FLIP masks a resumed run replays from its checkpoint.
         self.loader = DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=workers > 0,
@@ -213,50 +264,101 @@ class TrainLoader:
     def __iter__(self):
         for batch in self.loader:
             self.skipped.update(batch.pop("skipped"))
+            if "position" in batch:
+                worker, state = batch.pop("position")
+                self.positions[int(worker)] = state
             yield batch
 
     def summary(self) -> dict:
-        """What the run reads, for its start-up line: pairs selected, the source's usable pairs, tar shards
-        found and named but missing (0 for other sources), and the problems found opening it, by reason."""
-        source = self.stream.source
-        tar = isinstance(source, TarShards)
-        return {"source": source.name, "pairs": self.num_samples, "source_pairs": len(source),
-                "shards": len(source.index.shards) if tar else 0,
-                "missing_shards": len(source.missing_shards) if tar else 0, "skipped": dict(+source.skipped)}
+        """What the run reads, for its start-up line: pairs selected (None: unknown, in stream mode without
+        --train-num-samples), the source's usable pairs, tar shards found and named but missing (0 for other
+        sources), and the problems found opening it, by reason."""
+        return {"pairs": self.num_samples, "mode": self.mode, **self.described}
 
-    def epoch_of(self, samples_seen: int) -> int:
-        """The (0-based) epoch that global position `samples_seen` falls in."""
-        return samples_seen // self.num_samples
+    def epoch_of(self, samples_seen: int):
+        """The epoch figure of a log record: in index mode the (0-based) epoch that global position
+        `samples_seen` falls in; in stream mode samples seen / the dataset's size, or "n/a" when unknown."""
+        if self.mode == "index":
+            return samples_seen // self.num_samples
+        return round(samples_seen / self.num_samples, 4) if self.num_samples else "n/a"
 
     def state_dict(self) -> dict:
-        """What a checkpoint needs to check a resume reads the same stream (samples_seen is the trainer's)."""
-        selection = hashlib.sha1(self.stream.indices.tobytes()).hexdigest()[:16]
-        return {"spec": self.spec, "num_samples": self.num_samples, "selection": selection,
-                "seed": self.stream.seed, "global_batch": self.stream.batch_size * self.stream.world_size,
-                "skipped": dict(self.skipped)}
+        """What a checkpoint needs to check a resume reads the same stream (samples_seen is the trainer's;
+        in stream mode train.py adds every rank's worker positions)."""
+        selection = hashlib.sha1(self.stream.indices.tobytes()).hexdigest()[:16] if self.mode == "index" else None
+        slots = [self.stream.world_size, self.stream.workers] if self.mode == "stream" else None
+        return {"spec": self.spec, "mode": self.mode, "num_samples": self.num_samples, "selection": selection,
+                "slots": slots, "seed": self.stream.seed, "skipped": dict(self.skipped),
+                "global_batch": self.stream.batch_size * self.stream.world_size}
 
 
 def make_train_loader(spec: str = "synthetic", *, transform, batch_size: int, rank: int = 0, world_size: int = 1,
                       workers: int = 2, seed: int = 0, context_length: int = 77, dataset_size: int = None,
                       keep_top: float = None, score_file: str = None, ssl_transform=None, start_sample: int = 0,
                       csv_img_key: str = "filepath", csv_caption_key: str = "title", csv_separator: str = None,
-                      with_keys: bool = False) -> TrainLoader:
+                      with_keys: bool = False, mode: str = None, buffer_size: int = 1000, resampled: bool = False,
+                      retries: int = 2, num_samples: int = None, positions: dict = None) -> TrainLoader:
     """The per-rank training loader over the stream above: batch_size is per rank, start_sample the
     global samples already consumed (an exact resume). transform / ssl_transform are tinyclip.augment's
     `t(img, rng) -> [3, S, S]`; with ssl_transform each batch also has SLIP's "views" [2B, 3, S, S],
     sample i's in rows 2i and 2i + 1. with_keys adds each sample's key under "key". csv_separator: None
-    reads it from the extension and the header (tinyclip.sources)."""
+    reads it from the extension and the header (tinyclip.sources).
+    mode "stream" (the default for pipe: and http(s) URLs; "index" otherwise) reads tar shards in one pass
+    (tinyclip.stream) with a shuffle buffer of buffer_size, shards drawn with replacement if resampled, a
+    failed shard read retried `retries` times; num_samples is the dataset's size if known (for epochs), and
+    positions {worker: state} where a resumed rank's workers start (start_sample is then unused)."""
     if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
     if workers < 0 or start_sample < 0 or seed < 0:
         raise ValueError(f"workers, start_sample and seed must be >= 0, got {workers}, {start_sample}, {seed}")
+    mode = mode or ("stream" if is_url(spec) else "index")
+    if mode == "stream":
+        return make_stream_loader(spec, transform=transform, batch_size=batch_size, rank=rank, world_size=world_size,
+                                  workers=workers, seed=seed, context_length=context_length,
+                                  ssl_transform=ssl_transform, with_keys=with_keys, buffer_size=buffer_size,
+                                  resampled=resampled, retries=retries, num_samples=num_samples, positions=positions)
     source = open_source(spec, csv_img_key, csv_caption_key, csv_separator)
     indices = select_indices(source, dataset_size, keep_top, score_file)
     first_valid(source, indices)
     stream = BatchStream(source, indices, transform=transform, batch_size=batch_size, rank=rank,
                          world_size=world_size, seed=seed, start_sample=start_sample, context_length=context_length,
                          ssl_transform=ssl_transform, with_keys=with_keys)
-    return TrainLoader(stream, workers=workers, spec=spec)
+    tar = isinstance(source, TarShards)
+    described = {"source": source.name, "source_pairs": len(source), "skipped": dict(+source.skipped),
+                 "shards": len(source.index.shards) if tar else 0,
+                 "missing_shards": len(source.missing_shards) if tar else 0}
+    return TrainLoader(stream, workers=workers, spec=spec, num_samples=len(indices), described=described)
+
+
+def make_stream_loader(spec, *, workers, world_size, retries, num_samples, **options) -> TrainLoader:
+    """make_train_loader's stream mode: the shards named, checked to give a usable sample before any
+    training (the first few are tried), split over world_size x workers slots (tinyclip.stream)."""
+    urls, missing = shard_urls(spec)
+    slots = world_size * max(1, workers)
+    if len(urls) < slots:
+        raise ValueError(f"{spec} names {len(urls)} shard(s), fewer than the {slots} slots of {world_size} rank(s) x "
+                         f"{max(1, workers)} worker(s) that stream mode reads them in; lower --workers, or use "
+                         f"--data-mode index for local shards")
+    reasons = Counter()
+    for url in urls[:5]:
+        for _, key, image, text in shard_samples(url, 0, reasons, retries=0):  # one try each: a dead host is quick
+            try:
+                decode_image(image), decode_captions(text)
+                break
+            except SkipSample as bad:
+                reasons[bad.reason] += 1
+        else:
+            continue
+        break
+    else:
+        counts = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items())) or "none"
+        raise ValueError(f"no usable sample in the first {min(5, len(urls))} shard(s) of {spec} (expected KEY.jpg "
+                         f"with KEY.txt members); skipped: {counts}")
+    stream = StreamBatches(urls, workers=workers, world_size=world_size, retries=retries, **options)
+    described = {"source": spec, "source_pairs": num_samples, "skipped": {"missing_shard": len(missing)} if missing
+                 else {}, "shards": len(urls), "missing_shards": len(missing), "slots": slots,
+                 "resampled": stream.resampled, "sit_out": 0 if stream.resampled else len(urls) % slots}
+    return TrainLoader(stream, workers=workers, spec=spec, num_samples=num_samples, described=described)
 
 
 # -----------------------------------------------------------------------------
@@ -265,7 +367,7 @@ def make_train_loader(spec: str = "synthetic", *, transform, batch_size: int, ra
 IMAGE_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # kept byte for byte; others become PNG
 
 
-def shard_samples(source, skipped: Counter):
+def samples_to_shard(source, skipped: Counter):
     """(key, image bytes, extension, captions) of every valid sample, for write_shards."""
     for index in range(len(source)):
         try:
@@ -299,7 +401,7 @@ def main(argv=None) -> None:
     except (FileNotFoundError, ValueError) as error:
         parser.exit(2, f"error: {error}\n")
     skipped = Counter()
-    paths = write_shards(shard_samples(source, skipped), args.output, args.shard_size)
+    paths = write_shards(samples_to_shard(source, skipped), args.output, args.shard_size)
     written = len(source) - sum(skipped.values())
     skipped.update(source.skipped)
     print(f"wrote {written} samples in {len(paths)} shards to {args.output}; "

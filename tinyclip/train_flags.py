@@ -22,7 +22,7 @@ DESCRIPTION = """Train CLIP with one of the four strategies of "Scaling (Down) C
 SYNTHETIC_DEFAULTS = dict(image_size=64, context_length=32, text_arch="small", eval_data="synthetic")
 # What a resumed run may change: how it runs and reports, not what it computes. (--accum-steps,
 # --grad-checkpointing and --compile keep the mathematics; their floating-point rounding may differ.)
-FREE_ON_RESUME = {"workers", "threads", "log_every", "eval_every", "eval_data", "eval_label_set", "eval_size",
+FREE_ON_RESUME = {"workers", "data_retries", "threads", "log_every", "eval_every", "eval_data", "eval_label_set", "eval_size",
                   "save_every", "keep_checkpoints", "out", "resume", "accum_steps", "grad_checkpointing", "compile",
                   "local_loss"}
 
@@ -40,8 +40,6 @@ class ConfigError(ValueError):
 OPEN_CLIP_FLAGS = {
     "--val-data": "tinyclip has no validation-loss set: zero-shot runs on --eval-data (an ImageFolder), "
                   "retrieval with eval.py --task retrieval",
-    "--train-num-samples": "tinyclip counts the pairs itself; --dataset-size N trains on a seeded subset of N, "
-                           "--samples-seen or --epochs sets the budget",
     "--zeroshot-frequency": "use --eval-every N, which counts steps, not epochs",
     "--imagenet-val": "use --eval-data DIR (an ImageFolder) for zero-shot during training",
     "--pretrained": "use --init PATH (a tinyclip checkpoint or OpenAI/open_clip weights; nothing is downloaded)",
@@ -129,6 +127,17 @@ def parse_args(argv=None):
     g.add_argument("--csv-caption-key", default="title", help="CSV/TSV column of captions")
     g.add_argument("--csv-separator", help="CSV/TSV separator (default: from the extension and header)")
     g.add_argument("--workers", type=int, default=2, help="data loader processes per rank")
+    g.add_argument("--data-mode", choices=("index", "stream"),
+                   help="tar shards: index (random reads through a header index; exact epochs, subsets, resume at any "
+                        "world size) or stream (one pass per shard; pipe:/http(s) URLs; exact resume at the same world "
+                        "size and --workers); default: stream for URLs, index for local paths")
+    g.add_argument("--shuffle-buffer", type=int, default=1000, help="stream: samples in each worker's shuffle buffer")
+    g.add_argument("--dataset-resampled", action="store_true",
+                   help="stream: draw shards with replacement, forever (open_clip's); the budget is --samples-seen")
+    g.add_argument("--train-num-samples", type=int,
+                   help="stream: the dataset's size in pairs, for --epochs and the epoch figure (open_clip's)")
+    g.add_argument("--data-retries", type=int, default=2,
+                   help="stream: times a failed shard read is tried again before the rest of the shard is skipped")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=128,
@@ -204,6 +213,9 @@ def parse_args(argv=None):
 def resolve_budget(args, pairs: int):
     """The defaults that depend on the data: --epochs as samples seen, then the warmup."""
     if args.epochs is not None:
+        if pairs is None:
+            raise ConfigError("--epochs needs the dataset's size, which stream mode does not know: give "
+                              "--train-num-samples N, or the budget as --samples-seen")
         args.samples_seen = max(1, round(args.epochs * pairs))
         if args.samples_seen < args.batch_size:  # as check_args refuses for --samples-seen
             raise ConfigError(f"--epochs {args.epochs} of {pairs} pairs is {args.samples_seen} samples, less than "
@@ -265,6 +277,22 @@ def check_args(args, world_size: int):
     if local_batch % args.accum_steps:
         raise ConfigError(f"the per-rank batch {local_batch} (= {args.batch_size} / {world_size} ranks) does not "
                           f"split into --accum-steps {args.accum_steps} equal micro-batches")
+    stream = args.data_mode == "stream" or (args.data_mode is None and args.data.startswith(("pipe:", "http")))
+    if stream and not (".tar" in args.data or os.path.isdir(args.data)):
+        raise ConfigError(f"--data-mode stream reads tar shards; --data {args.data} names none")
+    for name, value in (("--dataset-size", args.dataset_size), ("--keep-top", args.keep_top)):
+        if stream and value is not None:
+            raise ConfigError(f"{name} selects exact pairs through the index; use --data-mode index (local shards)")
+    for name, given in (("--dataset-resampled", args.dataset_resampled), ("--train-num-samples",
+                        args.train_num_samples is not None), ("--shuffle-buffer", args.shuffle_buffer != 1000)):
+        if given and not stream:
+            raise ConfigError(f"{name} applies to --data-mode stream; in index mode tinyclip counts the pairs itself "
+                              "and shuffles all of them (--dataset-size N trains on a seeded subset)")
+    for name in ("shuffle_buffer", "train_num_samples"):
+        if (value := getattr(args, name)) is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.data_retries < 0:
+        raise ConfigError(f"--data-retries must not be negative, got {args.data_retries}")
     if args.resume not in (None, "auto"):
         raise ConfigError(f"--resume takes 'auto' (the newest checkpoint in --out), got {args.resume!r}")
     if args.eval_data not in (None, "none", "synthetic") and not os.path.isdir(args.eval_data):
