@@ -9,21 +9,27 @@ pairs by key: the first member of each key and extension in a shard is the one r
 first shard holding a key; a member repeated in a shard (`KEY.jpg` twice) and a key that comes back
 in a later shard are each skipped and counted as "duplicate_key" (a sample written twice counts once).
 
-Reading is *indexed*, not streamed: `build_index` reads every shard's tar headers once (tarfile
-seeks over member data, so one 512-byte read per member) and records where each sample's image and
-text bytes lie. tinyclip.data then treats the shards as a map-style dataset: exact epochs, exact
-resume at any world size or worker count, exact subsets and quality filters. The cost is random
-reads across shards, which suits local disks; copy shards from object storage to local disk first.
+Reading here is *indexed*: `build_index` reads every shard's tar headers once (tarfile seeks over
+member data, so one 512-byte read per member) and records where each sample's image and text bytes
+lie. tinyclip.data then treats the shards as a map-style dataset: exact epochs, exact resume at any
+world size or worker count, exact subsets and quality filters. The cost is random reads across
+shards, which suits local disks; shards in object storage or behind HTTP are streamed instead
+(tinyclip.stream).
+The index is built once and kept beside the shards (`load_or_build_index`: a hidden .npz in the first
+shard's folder, named by the shard list): later runs and the other ranks load it in a fraction of a
+second while every shard keeps its size and mtime, and rebuild it when one changes.
 Nothing here decodes images (tinyclip.sources does).
 """
 
 import glob
+import hashlib
 import io
 import itertools
 import json
 import multiprocessing
 import os
 import re
+import sys
 import tarfile
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -183,6 +189,52 @@ def build_index(paths: list[str], processes: int = None) -> TarIndex:
             seen.add(key)
     where = np.asarray(locations, dtype=np.int64).reshape(-1, 4)
     return TarIndex(list(paths), keys, np.asarray(shard, dtype=np.int32), where[:, :2], where[:, 2:], skipped)
+
+
+INDEX_FORMAT = 1  # bump when the cache file's layout changes: older files are then rebuilt
+
+
+def index_cache_path(paths: list[str]) -> str:
+    """Where the index of exactly these shards is kept: a hidden file in the first shard's folder, named
+    by a hash of the shard list (so another list, e.g. a subset, gets its own file)."""
+    absolute = [os.path.abspath(path) for path in paths]
+    digest = hashlib.sha1("\n".join(absolute).encode("utf-8")).hexdigest()[:16]
+    return os.path.join(os.path.dirname(absolute[0]), f".tinyclip-index-{digest}.npz")
+
+
+def shard_fingerprint(paths: list[str]) -> list[list]:
+    """(absolute path, size, mtime_ns) per shard: rewriting a shard changes it, so its cached index is stale."""
+    stats = [os.stat(path) for path in paths]
+    return [[os.path.abspath(path), stat.st_size, stat.st_mtime_ns] for path, stat in zip(paths, stats)]
+
+
+def load_or_build_index(paths: list[str], processes: int = None) -> TarIndex:
+    """The index of `paths`, read from its cache file when that was built from these very shards (same
+    list, sizes and mtimes), else built and written there atomically; a folder that is not writable
+    only costs the rebuild next time. A damaged or unreadable cache file is rebuilt, never an error."""
+    cache = index_cache_path(paths)
+    fingerprint = shard_fingerprint(paths)  # taken before the scan: a shard changed during it reads as stale
+    try:
+        with np.load(cache, allow_pickle=False) as saved:
+            meta = json.loads(str(saved["meta"]))
+            if meta["format"] == INDEX_FORMAT and meta["fingerprint"] == fingerprint:
+                keys = json.loads(saved["keys"].tobytes().decode("utf-8"))
+                index = TarIndex(list(paths), keys, saved["shard"], saved["image"], saved["text"],
+                                 Counter(meta["skipped"]))
+                if len(keys) == len(index.shard) == len(index.image) == len(index.text):
+                    return index
+    except Exception:  # missing, truncated, garbage, another layout: any of them means rebuild
+        pass
+    index = build_index(paths, processes)
+    meta = json.dumps({"format": INDEX_FORMAT, "fingerprint": fingerprint, "skipped": index.skipped})
+    keys = np.frombuffer(json.dumps(index.keys).encode("utf-8"), np.uint8)  # compact, unlike a U-width array
+    try:
+        with atomic_write(cache) as f:  # ranks writing at once each rename a whole file: the last one stays
+            np.savez(f, meta=np.array(meta), keys=keys, shard=index.shard, image=index.image, text=index.text)
+    except OSError as error:
+        print(f"tinyclip: shard index not cached ({cache}: {error.strerror or error}); built in memory",
+              file=sys.stderr)
+    return index
 
 
 class ShardReader:

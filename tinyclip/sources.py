@@ -229,11 +229,12 @@ class FolderPairs(FileSource):
 
 
 class TarShards(FileSource):
-    """Tar shards as a map-style source, through a header index (see tinyclip.shards)."""
+    """Tar shards as a map-style source, through a header index (see tinyclip.shards): built on the first
+    open and kept beside the shards, so later runs and the other ranks load it instead of rescanning."""
 
     def __init__(self, spec: str):
         existing, self.missing_shards = tar_shards.resolve_shards(spec)
-        self.name, self.index = spec, tar_shards.build_index(existing)
+        self.name, self.index = spec, tar_shards.load_or_build_index(existing)
         self.keys, self.skipped = self.index.keys, Counter(self.index.skipped)
         self.expected = f"KEY.{'|'.join(tar_shards.IMAGE_EXTENSIONS)} with KEY.txt members in the {len(existing)} " \
                         "shard(s) found"

@@ -1,0 +1,118 @@
+"""The tar shard index kept beside the shards (tinyclip.shards.load_or_build_index, used by TarShards).
+
+Checks: the index loaded from the cache file equals the built one field by field (keys, arrays, skips);
+a second open reads the file without scanning a shard; rewriting a shard, or naming another shard list,
+rebuilds, and the new index reflects the new content; a garbage cache file is rebuilt, not an error;
+a folder that cannot be written still gives the index (one line on stderr, no cache file).
+"""
+
+import os
+import shutil
+import tarfile
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from tinyclip import shards
+from tinyclip.sources import open_source
+
+
+def samples(n, first=0):
+    """n (source key, image bytes, extension, captions) samples; the index never decodes the image."""
+    return [(f"s{i}", bytes([i % 256]) * 40, "jpg", [f"caption {i}"]) for i in range(first, first + n)]
+
+
+def cache_files(folder):
+    return [name for name in os.listdir(folder) if name.startswith(".tinyclip-index-")]
+
+
+def no_scan(path):
+    raise AssertionError(f"scanned {path} although its index is cached")
+
+
+def assert_same_index(a, b):
+    assert a.shards == b.shards and a.keys == b.keys and type(a.keys[0]) is str
+    for name in ("shard", "image", "text"):
+        assert getattr(a, name).dtype == getattr(b, name).dtype
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert a.skipped == b.skipped and isinstance(a.skipped, Counter)
+
+
+@pytest.fixture
+def paths(tmp_path):
+    """3 shards of 4, 4 and 2 samples, the last with a repeated key and a member without a caption."""
+    paths = shards.write_shards(samples(10), str(tmp_path / "shards"), shard_size=4)
+    with tarfile.open(paths[-1], "a") as tar:
+        shards._add_member(tar, "000020.jpg", b"again")  # the shard's first key, repeated
+        shards._add_member(tar, "lonely.jpg", b"no caption")
+    return paths
+
+
+def test_loaded_index_equals_built_index(paths):
+    built = shards.build_index(paths, processes=1)
+    assert built.skipped == Counter(duplicate_key=1, missing_caption=1) and len(built.keys) == 10
+    first = shards.load_or_build_index(paths)  # builds and writes the file
+    assert cache_files(os.path.dirname(paths[0])) == [os.path.basename(shards.index_cache_path(paths))]
+    assert_same_index(first, built)
+    assert_same_index(shards.load_or_build_index(paths), built)  # read back from the file
+
+
+def test_second_open_does_not_rescan(paths, monkeypatch):
+    spec = os.path.join(os.path.dirname(paths[0]), "*.tar")
+    keys = open_source(spec).keys
+    monkeypatch.setattr(shards, "scan_shard", no_scan)
+    source = open_source(spec)
+    assert source.keys == keys and source.read(3)[1] == ["caption 3"]
+
+
+def test_changed_shard_or_shard_list_rebuilds(paths, tmp_path, monkeypatch):
+    before = shards.load_or_build_index(paths)
+    replacement = shards.write_shards(samples(10, first=100), str(tmp_path / "other"), shard_size=5)[1]
+    shutil.copyfile(replacement, paths[1])  # shard 1 now holds keys 000010..000014, with longer captions
+    os.utime(paths[1], ns=(1, 1))  # and an mtime unlike the cached one, whatever the clock's resolution
+    after = shards.load_or_build_index(paths)
+    assert after.keys[4:9] == [f"00001{i}" for i in range(5)] and len(after.keys) == len(before.keys) + 1
+    assert (after.text[4:8, 1] == before.text[4:8, 1] + 2).all()  # "caption 105" where "caption 5" was
+    assert_same_index(after, shards.build_index(paths, processes=1))
+    monkeypatch.setattr(shards, "scan_shard", no_scan)
+    assert_same_index(shards.load_or_build_index(paths), after)  # the rewritten file is the new index
+    monkeypatch.undo()
+    subset = shards.load_or_build_index(paths[:2])  # another list: its own file, not the full list's index
+    assert subset.shards == paths[:2] and len(subset.keys) == 9
+    assert len(cache_files(os.path.dirname(paths[0]))) == 2
+
+
+def test_garbage_cache_file_is_rebuilt(paths):
+    built = shards.load_or_build_index(paths)
+    cache = shards.index_cache_path(paths)
+    for garbage in (b"not an npz at all", open(cache, "rb").read()[:300]):  # garbage, then a truncated file
+        with open(cache, "wb") as f:
+            f.write(garbage)
+        assert_same_index(shards.load_or_build_index(paths), built)
+        assert_same_index(shards.load_or_build_index(paths), built)  # and the file was rewritten whole
+
+
+def unwritable_folder_still_indexes(paths, capsys):
+    index = shards.load_or_build_index(paths)
+    assert_same_index(index, shards.build_index(paths, processes=1))
+    assert cache_files(os.path.dirname(paths[0])) == []
+    assert "not cached" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder anyway")
+def test_read_only_folder_still_works(paths, capsys):
+    folder = os.path.dirname(paths[0])
+    os.chmod(folder, 0o555)
+    try:
+        unwritable_folder_still_indexes(paths, capsys)
+    finally:
+        os.chmod(folder, 0o755)
+
+
+def test_failed_cache_write_still_works(paths, capsys, monkeypatch):
+    """The same as a read-only folder, where root ignores permissions: the write fails with EACCES."""
+    def refuse(path, mode="wb"):
+        raise PermissionError(13, "Permission denied", path)
+    monkeypatch.setattr(shards, "atomic_write", refuse)
+    unwritable_folder_still_indexes(paths, capsys)
