@@ -15,17 +15,21 @@ image-text scores its data-quality study filters by. The tasks themselves are ti
 
 Prints one aligned table per task and writes every number to --json (after each task, so a failing
 task keeps the finished ones); `--metric-names clip_benchmark` names them as CLIP_benchmark does.
+Each result carries its "provenance" (the data and image count, templates, class names, resize and
+crop, precision, checkpoint, tinyclip version and commit), printed as a `# ...` line under its table.
 Errors are one line, `eval.py: error: ...`, with exit status 2.
 """
 import argparse
 import functools
 import json
 import os
+import subprocess
 import sys
 import warnings
 
 import torch
 
+import tinyclip
 from tinyclip import evaluation, probe
 from tinyclip.checkpoint import atomic_write, load_checkpoint
 from tinyclip.model import load_openai
@@ -161,8 +165,38 @@ def probe_data(args):
     return args.train_data, args.test_data or args.data[0]
 
 
+@functools.cache
+def code_version():
+    """{"tinyclip": its version, "commit": the git commit this code runs from, or None when unknown
+    (not a checkout, no git): asked once, never an error."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
+                                capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"tinyclip": tinyclip.__version__, "commit": commit or None}
+
+
+def provenance(model, info, args, data, images, **details):
+    """What makes a result comparable with another (mismatched templates and crops are the usual reason
+    numbers differ from a paper's): the data and how many images were used, the task's details, the
+    preprocessing (evaluation.preprocessing, resolved as the task resolved it), precision and code."""
+    synthetic = str(data).split(":")[0] == "synthetic"
+    _, steps = evaluation.preprocessing(model, synthetic, None, info["normalize"], args.crop_ratio)
+    return {"data": str(data), "images": images, **details, **steps, "precision": args.precision,
+            "checkpoint": info["path"], **code_version()}
+
+
+def zeroshot_details(args, data, subset):
+    """The prompt templates (name and count), class-name source and class subset zeroshot uses on data."""
+    name, templates = evaluation.template_set(args.templates, data, args.label_set)
+    class_names = f"synthetic:{args.label_set}" if data == "synthetic" else args.classnames or "folder names"
+    return {"templates": name, "template_count": len(templates), "class_names": class_names,
+            "class_subset": None if subset == "none" else subset}
+
+
 def run_task(task, model, info, args):
-    """{dataset name: metrics} for one task."""
+    """{dataset name: metrics and their "provenance"} for one task ("average" has none)."""
     data = args.data or ["synthetic"]
     names = dataset_names(data)
     encoding = dict(normalize=info["normalize"], device=args.device, precision=args.precision,
@@ -174,26 +208,33 @@ def run_task(task, model, info, args):
         if len(subsets) not in (1, len(data)):
             raise ValueError(f"--class-subset has {len(subsets)} values for {len(data)} --data entries")
         subsets = subsets * len(data) if len(subsets) == 1 else subsets
-        results = {name: evaluation.zeroshot(
-            model, spec, label_set=args.label_set, size=args.size, class_names=args.classnames,
-            templates=args.templates, class_subset=None if subset == "none" else subset, **encoding, **cached)
-            for name, spec, subset in zip(names, data, subsets)}
+        results = {}
+        for name, spec, subset in zip(names, data, subsets):
+            metrics = evaluation.zeroshot(
+                model, spec, label_set=args.label_set, size=args.size, class_names=args.classnames,
+                templates=args.templates, class_subset=None if subset == "none" else subset, **encoding, **cached)
+            results[name] = {**metrics, "provenance": provenance(model, info, args, spec, metrics["n"],
+                                                                 **zeroshot_details(args, spec, subset))}
         if len(results) > 1:  # the paper's robustness number: the unweighted mean top-1
             if "average" in results:
                 raise ValueError("a dataset may not be named 'average'")
             results["average"] = {"top1": sum(result["top1"] for result in results.values()) / len(results)}
         return results
     if task == "retrieval":
-        return {name: evaluation.retrieval(model, spec, size=args.size, image_root=args.image_root, split=args.split,
-                                           **csv, **encoding) for name, spec in zip(names, data)}
+        results = {name: evaluation.retrieval(model, spec, size=args.size, image_root=args.image_root,
+                                              split=args.split, **csv, **encoding) for name, spec in zip(names, data)}
+        return {name: {**metrics, "provenance": provenance(model, info, args, spec, metrics["images"])}
+                for (name, metrics), spec in zip(results.items(), data)}
     if task in ("linear-probe", "fewshot"):
         train, test = probe_data(args)
         run = probe.linear_probe if task == "linear-probe" else functools.partial(probe.fewshot, ks=args.fewshot_k,
                                                                                     seeds=args.seeds)
-        return {dataset_names([test])[0]: run(model, train, test, weight_decay=args.weight_decay,
-                                              label_set=args.label_set, size=args.size, train_size=args.train_size,
-                                              **encoding, **cached)}
-    return {names[0]: evaluation.score(model, data[0], args.out, **csv, **encoding)}
+        metrics = run(model, train, test, weight_decay=args.weight_decay, label_set=args.label_set, size=args.size,
+                      train_size=args.train_size, **encoding, **cached)
+        return {dataset_names([test])[0]: {**metrics, "provenance": provenance(
+            model, info, args, test, metrics["test"], train_data=train, train_images=metrics["train"])}}
+    metrics = evaluation.score(model, data[0], args.out, **csv, **encoding)
+    return {names[0]: {**metrics, "provenance": provenance(model, info, args, data[0], metrics["scored"])}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,9 +251,27 @@ def flatten(metrics, prefix=""):
     return flat
 
 
+def provenance_line(record):
+    """A result's provenance as one `# ...` line, so a pasted table says how its numbers were made."""
+    parts = [f"{record['data']} {record['images']} images"]
+    if "train_data" in record:
+        parts = [f"train {record['train_data']} {record['train_images']} images", "test " + parts[0]]
+    if "templates" in record:
+        parts += [f"{record['template_count']} templates ({record['templates']})",
+                  f"class names: {record['class_names']}"]
+        parts += [f"class subset: {record['class_subset']}"] if record["class_subset"] else []
+    parts += [f"{record['image_size']} px {record['interpolation']}, crop {record['crop_ratio']} "
+              f"(resize {record['resize']})", f"{record['normalize']} mean/std", record["precision"],
+              f"checkpoint {record['checkpoint']}",
+              f"tinyclip {record['tinyclip']} @ {record['commit'][:7] if record['commit'] else 'unknown commit'}"]
+    return "# " + ", ".join(parts)
+
+
 def format_table(task, results):
-    """One row per dataset, one aligned column per metric ('-' where a row has none)."""
-    rows = {name: flatten(metrics) for name, metrics in results.items()}
+    """One row per dataset, one aligned column per metric ('-' where a row has none), then each row's
+    provenance line."""
+    rows = {name: flatten({key: value for key, value in metrics.items() if key != "provenance"})
+            for name, metrics in results.items()}
     columns = list(dict.fromkeys(key for row in rows.values() for key in row))
 
     def cell(value):
@@ -222,8 +281,10 @@ def format_table(task, results):
 
     table = [[task, *columns]] + [[name, *(cell(row.get(c)) for c in columns)] for name, row in rows.items()]
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
-    return "\n".join("  ".join(text.ljust(w) if i == 0 else text.rjust(w) for i, (text, w) in
-                               enumerate(zip(line, widths))) for line in table)
+    lines = ["  ".join(text.ljust(w) if i == 0 else text.rjust(w) for i, (text, w) in enumerate(zip(line, widths)))
+             for line in table]
+    return "\n".join(lines + [provenance_line(metrics["provenance"]) for metrics in results.values()
+                              if "provenance" in metrics])
 
 
 def check_args(args):

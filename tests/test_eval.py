@@ -15,10 +15,16 @@ classes of different sizes skips classes without a test image as CLIP_benchmark 
 `--metric-names clip_benchmark` gives those known answers under CLIP_benchmark's names and retrieval
 directions. Bad input ends eval.py with one `eval.py: error:` line, status 2, before any work where
 the flags alone show it, short for unreadable checkpoint files; --json keeps the tasks that finished.
+Every result carries its provenance (data and image count, templates counted as the model encodes
+them, class names, resize and crop, precision, tinyclip version and `git rev-parse HEAD`), in the JSON
+and as a `# ...` line under the printed table; a missing git gives commit None, not an error.
 """
 import csv
 import dataclasses
 import json
+import os
+import shutil
+import subprocess
 import warnings
 from types import SimpleNamespace
 
@@ -27,12 +33,14 @@ import torch
 from PIL import Image
 
 import eval as eval_cli
+import tinyclip
 from tinyclip import evaluation, probe
 from tinyclip.augment import CLIP_MEAN, CLIP_STD
 from tinyclip.data import read_scores, select_indices
 from tinyclip.evaluation import read_class_names
 from tinyclip.model import create_model
 from tinyclip.sources import open_source
+from tinyclip.synthetic import label_set
 from tinyclip.tokenizer import tokenize
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]  # one BPE token each
@@ -157,7 +165,12 @@ def test_probes_on_synthetic(checkpoint, tmp_path):
     assert (probe["train"], probe["test"], probe["classes"], probe["weight_decay"]) == (84, 30, 7, 0.01)
     assert 0 <= probe["top1"] <= 1
     fewshot = results["fewshot"]["synthetic"]
-    assert set(fewshot) == {"2-shot", "classes"} and len(fewshot["2-shot"]["per_seed"]) == 2
+    assert set(fewshot) == {"2-shot", "train", "test", "classes", "provenance"}
+    assert len(fewshot["2-shot"]["per_seed"]) == 2
+    for result in (probe, fewshot):  # the shots are drawn from the 84 training images, tested on all 30
+        record = result["provenance"]
+        assert (record["train_data"], record["train_images"], record["data"], record["images"]) == \
+            ("synthetic", 84, "synthetic", 30)
     assert len(list((tmp_path / "cache").glob("image-*.pt"))) == 2  # train and test features, shared by both tasks
 
 
@@ -198,6 +211,96 @@ def test_openai_weights_run(tmp_path, capsys):
     results = eval_cli.main(["--openai", str(path), "--task", "zeroshot", "--data", "synthetic", "--size", "16"])
     assert 0 <= results["zeroshot"]["synthetic"]["top1"] <= 1
     assert results["model"]["normalize"] == "clip"
+
+
+# ---------------------------------------------------------------------------------------------
+# Provenance: what makes two results comparable
+
+def git_head():
+    """`git rev-parse HEAD` of the folder eval.py runs from, or None (no git, not a checkout)."""
+    if shutil.which("git") is None:
+        return None
+    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(eval_cli.__file__)),
+                          capture_output=True, text=True, timeout=30)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def test_provenance_of_a_synthetic_zeroshot_run(checkpoint, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    results = eval_cli.main(["--checkpoint", checkpoint, "--task", "zeroshot", "--data", "synthetic", "--size", "24",
+                             "--label-set", "color", "--precision", "bf16", "--crop-ratio", "0.875", "--device", "cpu",
+                             "--json", str(out)])
+    record = json.loads(out.read_text())["zeroshot"]["synthetic"]["provenance"]
+    templates = label_set("color")[1]  # the synthetic colour classes' own prompts
+    assert (record["templates"], record["template_count"]) == ("synthetic:color", len(templates))
+    assert (record["class_names"], record["class_subset"]) == ("synthetic:color", None)
+    assert (record["data"], record["images"]) == ("synthetic", 24)  # --size
+    assert (record["precision"], record["crop_ratio"]) == ("bf16", 0.875)  # the flags
+    assert record["image_size"] == results["model"]["image_size"] == 32  # the checkpoint's
+    assert (record["resize"], record["interpolation"], record["normalize"]) == (36, "bicubic", "clip")  # 32 / 0.875
+    assert (record["checkpoint"], record["tinyclip"]) == (checkpoint, tinyclip.__version__)
+    head = git_head()
+    assert record["commit"] == head  # None where git or the checkout is missing
+    line = (f"# synthetic 24 images, {len(templates)} templates (synthetic:color), class names: synthetic:color, "
+            f"32 px bicubic, crop 0.875 (resize 36), clip mean/std, bf16, checkpoint {checkpoint}, "
+            f"tinyclip {tinyclip.__version__} @ {head[:7] if head else 'unknown commit'}")
+    assert line in capsys.readouterr().out.splitlines()  # pasted output carries it
+
+
+def test_commit_is_the_checkouts_head():
+    head = git_head()
+    if head is None:
+        pytest.skip("git or a git checkout is unavailable")
+    assert eval_cli.code_version()["commit"] == head and len(head) == 40
+
+
+class PromptCountingCLIP(FakeCLIP):
+    """FakeCLIP that counts the class prompts it encodes."""
+
+    def __init__(self):
+        super().__init__()
+        self.prompts = 0
+
+    def encode_text(self, ids):
+        self.prompts += len(ids)
+        return super().encode_text(ids)
+
+
+@pytest.mark.parametrize("templates, expected", [(None, ("imagenet", 80)), ("generic", ("generic", 6))])
+def test_provenance_counts_the_templates_the_model_encoded(templates, expected, tmp_path, fake_cli, capsys):
+    root = make_folder(tmp_path / "data", [("cats", 1), ("dogs", 2), ("birds", 3)], per_class=1)
+    (tmp_path / "names.txt").write_text("bird\ncat\ndog\n")
+    model = PromptCountingCLIP()
+    flags = ["--templates", templates] if templates else []
+    results = fake_cli(model, ["--data", str(root), "--classnames", str(tmp_path / "names.txt"), *flags])
+    record = results["zeroshot"]["data"]["provenance"]
+    assert (record["templates"], record["template_count"]) == expected  # CLIP's 80 ImageNet prompts, our 6
+    assert record["template_count"] * 3 == model.prompts  # one prompt per class and template, each encoded once
+    assert (record["class_names"], record["data"], record["images"]) == (str(tmp_path / "names.txt"), str(root), 3)
+    assert (record["image_size"], record["crop_ratio"], record["resize"]) == (16, 0.875, 18)  # folders' default crop
+    assert f"{expected[1]} templates ({expected[0]}), class names: {tmp_path / 'names.txt'}, 16 px bicubic, " \
+           f"crop 0.875 (resize 18)" in capsys.readouterr().out
+
+
+def test_provenance_of_retrieval_and_score(checkpoint, tmp_path):
+    spec = "synthetic:noise=0.5,size=20"
+    results = eval_cli.main(["--checkpoint", checkpoint, "--task", "retrieval", "--data", "synthetic", "--size", "12"])
+    record = results["retrieval"]["synthetic"]["provenance"]
+    assert (record["images"], record["precision"], record["crop_ratio"]) == (12, "fp32", 1.0)  # synthetic: no crop
+    assert "templates" not in record  # zero-shot's alone
+    results = eval_cli.main(["--checkpoint", checkpoint, "--task", "score", "--data", spec,
+                             "--out", str(tmp_path / "scores.csv")])
+    record = results["score"][spec]["provenance"]
+    assert (record["data"], record["images"]) == (spec, 20)  # every training pair scored
+
+
+def test_commit_is_none_without_git(monkeypatch):
+    monkeypatch.setenv("PATH", "")  # no git executable to be found
+    unknown = eval_cli.code_version.__wrapped__()  # uncached: asks git again
+    assert unknown == {"tinyclip": tinyclip.__version__, "commit": None}
+    steps = {"image_size": 32, "resize": 32, "interpolation": "bicubic", "crop_ratio": 1.0, "normalize": "clip"}
+    record = {"data": "synthetic", "images": 8, **steps, "precision": "fp32", "checkpoint": "c.pt", **unknown}
+    assert eval_cli.provenance_line(record).endswith(f"c.pt, tinyclip {tinyclip.__version__} @ unknown commit")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ The public API is a few names; everything else lives in its own module (see READ
     image_features, text_features, logit_scale = model(images, ids)
 """
 
+__version__ = "0.1.0"  # recorded in every eval result's provenance
+
 from tinyclip.checkpoint import load_checkpoint
 from tinyclip.flops import gflops_per_sample
 from tinyclip.model import CLIP, CLIPConfig, build_model, create_model, list_models, load_openai

@@ -203,6 +203,7 @@ class _Step:
 class ResizeCentreCrop(_Step):
     """Resize the shorter side to `resize` (bicubic), then take the centred size x size square."""
     is_random = False
+    INTERPOLATION = Image.Resampling.BICUBIC  # eval JSONs name it (tinyclip.evaluation.preprocessing)
 
     def __init__(self, resize, size):
         self.resize, self.size = resize, size
@@ -210,7 +211,7 @@ class ResizeCentreCrop(_Step):
     def __call__(self, img, rng=None):
         new_size = resized_shorter_size(*img.size, self.resize)
         if new_size != img.size:
-            img = img.resize(new_size, Image.BICUBIC)
+            img = img.resize(new_size, self.INTERPOLATION)
         return img.crop(centre_crop_box(*img.size, self.size))  # PIL pads with black past the edges
 
 

@@ -26,11 +26,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from tinyclip.augment import eval_transform
+from tinyclip.augment import ResizeCentreCrop, eval_size, eval_transform
 from tinyclip.checkpoint import save_atomic
 from tinyclip.data import write_scores
 from tinyclip.model import autocast
 from tinyclip.sources import CaptionsJSON, ImageFolderDataset, load_batches, open_labelled, open_source
+from tinyclip.synthetic import label_set as synthetic_label_set
 from tinyclip.tokenizer import CLIP_VOCAB_SIZE, tokenize
 
 ASSETS = Path(__file__).parent / "assets"
@@ -151,6 +152,17 @@ def read_templates(templates):
     return list(templates) if isinstance(templates, (list, tuple)) else _lines(templates, TEMPLATE_FILES, "templates")
 
 
+def template_set(templates, data="synthetic", label_set="shape-color"):
+    """(name, templates) that zeroshot uses: the given ones ('imagenet', 'generic', a file: that name; a
+    list: "custom"), else CLIP's 80 ("imagenet") on folders and the label set's on synthetic data
+    ("synthetic:<label set>"). One function for both, so a result's provenance names what it used."""
+    if templates is not None:
+        return "custom" if isinstance(templates, (list, tuple)) else str(templates), read_templates(templates)
+    if data == "synthetic":
+        return f"synthetic:{label_set}", synthetic_label_set(label_set)[1]
+    return "imagenet", read_templates("imagenet")
+
+
 def _check_vocabulary(model):
     """The CLIP tokenizer emits ids up to 49407: a smaller embedding table would index out of range."""
     if model.config.vocab_size < CLIP_VOCAB_SIZE:
@@ -159,13 +171,18 @@ def _check_vocabulary(model):
 
 
 def preprocessing(model, synthetic, image_size, normalize, crop_ratio):
-    """(augment.eval_transform, its description); image_size defaults to the model's, crop_ratio to 1.0
-    on synthetic data (the scenes fill the canvas, as in training), else to 0.875 (the paper's
-    resize-then-centre-crop; eval.py gives OpenAI weights their own preprocessing, 1.0)."""
+    """(augment.eval_transform, what it does: {"image_size", "resize", "interpolation", "crop_ratio",
+    "normalize"}); image_size defaults to the model's, crop_ratio to 1.0 on synthetic data (the scenes
+    fill the canvas, as in training), else to 0.875 (the paper's resize-then-centre-crop; eval.py gives
+    OpenAI weights their own preprocessing, 1.0). The shorter side is resized to `resize`, then the
+    centred image_size square is kept."""
     image_size = image_size or model.visual.image_size
     if crop_ratio is None:
         crop_ratio = 1.0 if synthetic else 0.875
-    return eval_transform(image_size, normalize, crop_ratio), f"eval:{image_size}:{normalize}:{crop_ratio}"
+    steps = {"image_size": image_size, "resize": eval_size(image_size, crop_ratio),
+             "interpolation": ResizeCentreCrop.INTERPOLATION.name.lower(),
+             "crop_ratio": crop_ratio, "normalize": normalize}
+    return eval_transform(image_size, normalize, crop_ratio), steps
 
 
 def image_features(model, dataset, *, image_size=None, normalize="clip", crop_ratio=None, device=None, precision="fp32",
@@ -174,7 +191,8 @@ def image_features(model, dataset, *, image_size=None, normalize="clip", crop_ra
     a file keyed by the checkpoint file (resolved path, size, mtime: re-training in place changes the
     key) and what they come from (the data, a folder's files and labels, transform, precision)."""
     folder = isinstance(dataset, ImageFolderDataset)
-    transform, transform_id = preprocessing(model, not folder, image_size, normalize, crop_ratio)
+    transform, steps = preprocessing(model, not folder, image_size, normalize, crop_ratio)
+    transform_id = "eval:{image_size}:{normalize}:{crop_ratio}".format(**steps)  # the cache keys as before
     description = (f"folder:{os.path.abspath(dataset.root)}" if folder else
                    f"synthetic:{dataset.pairs.split}:{dataset.pairs.size}:{','.join(dataset.classes)}")
     if cache_dir is not None:
@@ -280,7 +298,7 @@ def zeroshot(model, data="synthetic", *, image_size=None, normalize="clip", labe
     names, subset, mapping = dataset.classes, None, None
     if folder is not None:
         names, subset, mapping = _folder_classes(data, folder, class_names, class_subset)
-    templates = read_templates(templates if templates is not None else "imagenet" if folder else dataset.templates)
+    templates = template_set(templates, data, label_set)[1]
     classifier = zeroshot_classifier(model, names, templates, device=device, precision=precision,
                                      batch_size=batch_size)  # D, C
     features = image_features(model, dataset, image_size=image_size, normalize=normalize,

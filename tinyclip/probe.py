@@ -184,8 +184,9 @@ def linear_probe(model, train_data="synthetic", test_data="synthetic", *, weight
 def fewshot(model, train_data="synthetic", test_data="synthetic", *, ks=(5, 10), seeds=(0, 1, 2), weight_decay=None,
             label_set="shape-color", size=1000, train_size=2000, **options):
     """k-shot probes (fewshot_accuracy): {"5-shot": {"mean", "std", "per_seed", "weight_decays"}, ...,
-    "classes"}. Arguments as for linear_probe."""
+    "train" (images the shots are drawn from), "test", "classes"}. Arguments as for linear_probe."""
     train_x, train_y, test_x, test_y, classes = _probe_features(
         model, train_data, test_data, label_set=label_set, size=size, train_size=train_size, **options)
     results = fewshot_accuracy(train_x, train_y, test_x, test_y, classes, ks=ks, seeds=seeds, weight_decay=weight_decay)
-    return {**{f"{k}-shot": value for k, value in results.items()}, "classes": classes}
+    return {**{f"{k}-shot": value for k, value in results.items()}, "train": len(train_y), "test": len(test_y),
+            "classes": classes}
