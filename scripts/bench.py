@@ -13,22 +13,18 @@ It measures training through train.py's documented surface alone: a configuratio
 backward, through the gradient cache with --accum-steps, clipping, update, temperature clamp);
 train_flags.STRATEGIES gives a strategy's masking. Each configuration runs in a fresh subprocess, for a clean
 memory high-water mark. scripts/measure.py holds how it measures (clean windows, memory, the matmul peak) and
-what it measures without train.py (eval, the loss's memory, open_clip, tokenizer, data).
+what it measures without train.py (eval, the loss's memory, tokenizer, data).
 
   --study sweep    (default) --archs x --strategies x --precisions x --batch-sizes; per arch, a step with
                    SigLIP's sigmoid loss and one with LiT's locked image tower timed beside the plain one;
                    eval, tokenizer, data
   --study accum    plain, --accum-steps K in {2, 4, 8}, --grad-checkpointing and both: samples/s, peak
                    memory, the largest global batch within --memory-budget-gb (extrapolated from the
-                   peaks at B and B/2 plus the measured B x B cost of the loss, or --max-batch search)
-  --study targets  the speed targets as ratios of variants timed side by side in one process (windows
-                   in turn, so background load hits each alike); --open-clip adds open_clip's model code
+                   peaks at B and B/2 plus the measured B x B cost of the loss)
 
     python scripts/bench.py --quick
     python scripts/bench.py --archs vit-s-16,vit-b-32 --precisions fp32,bf16 --batch-sizes 32 --markdown b.md
     python scripts/bench.py --study accum --archs vit-ti-16 --batch-sizes 512 --memory-budget-gb 16
-    python scripts/bench.py --study targets --reference-tokenizer /path/to/clip/simple_tokenizer.py \\
-        --open-clip /path/to/open_clip   # e.g. `pip download --no-deps open_clip_torch`, unzipped
 """
 
 import argparse
@@ -50,8 +46,6 @@ import torch  # noqa: E402
 import measure  # noqa: E402
 import train  # noqa: E402
 from measure import LoadMeter, device_now, memory_now, peak_memory_mb  # noqa: E402
-from tinyclip.augment import make_transform  # noqa: E402
-from tinyclip.data import make_train_loader  # noqa: E402
 from tinyclip.flops import gflops_per_sample  # noqa: E402
 from tinyclip import train_flags  # noqa: E402
 
@@ -85,52 +79,35 @@ def build(args, device):
 
 
 def run_train(cfg):
-    """Samples/s and GFLOPs/sample of each variant {"name"[, "precision", "strategy", "flags"]} (by default the
-    configuration itself, "train"), timed in turns; peak memory, of every model built: variants share one,
-    but extra train.py flags (["--loss", "sigmoid"] adds a parameter, ["--lock-image"] freezes a tower) get
-    their own. With cfg["data"]: the step fed by the real loader, then from memory (not in turns: the
-    workers would fill their queues meanwhile for free)."""
+    """Samples/s and GFLOPs/sample of each variant {"name", "flags"} (by default the configuration itself,
+    "train"), timed in turns; peak memory, of every model built: variants share one, but extra train.py flags
+    (["--loss", "sigmoid"] adds a parameter, ["--lock-image"] freezes a tower) get their own."""
     device, meter = device_now(), LoadMeter()
     args = train_args(cfg)
+    _, mask_ratio, _ = train_flags.STRATEGIES[args.strategy](args)
     base = memory_now(device)
     models = {(): build(args, device)}  # (model, optimiser) by a variant's extra flags
     model = models[()][0]  # the configuration's own: the batch's shapes, the parameter count
-    batch, steps, rows = measure.memory_batch(model, args.batch_size, device), {}, {}
-    for v in cfg.get("variants") or [{"name": "train"}]:
-        v = {"precision": args.precision, "strategy": args.strategy, "flags": [], **v}
-        v_args = train_args(cfg, precision=v["precision"], strategy=v["strategy"], flags=v["flags"])
+    batch, steps, gflops = measure.memory_batch(model, args.batch_size, device), {}, {}
+    for v in cfg.get("variants") or [{"name": "train", "flags": []}]:
+        v_args = train_args(cfg, flags=v["flags"])
         if tuple(v["flags"]) not in models:
             models[tuple(v["flags"])] = build(v_args, device)
         v_model, v_optimizer = models[tuple(v["flags"])]
-        _, mask_ratio, _ = train_flags.STRATEGIES[v["strategy"]](v_args)
-        scaler = torch.amp.GradScaler(device.type, enabled=v["precision"] == "fp16")
+        scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
         # one step exactly as train.py's loop runs it (no DDP here: the model is its own raw model)
-        steps[v["name"]] = lambda a=v_args, m=mask_ratio, s=scaler, net=v_model, opt=v_optimizer: train.train_step(
-            net, net, batch, m, opt, s, a)
+        steps[v["name"]] = lambda a=v_args, s=scaler, net=v_model, opt=v_optimizer: train.train_step(
+            net, net, batch, mask_ratio, opt, s, a)
         # a locked image tower counts its forward only (flops.py reads model.image_locked)
-        rows[v["name"]] = {"precision": v["precision"], "strategy": v["strategy"], "gflops": gflops_per_sample(
-            v_model, strategy=v["strategy"], mask_ratio=mask_ratio)["total"]}
-    if "data" in cfg:
-        stream = iter(make_train_loader(cfg["data"], transform=make_transform("none", args.image_size),
-                                        batch_size=args.batch_size, workers=cfg["workers"],
-                                        context_length=args.context_length))
-
-        def fed():
-            for key, value in next(stream).items():
-                batch[key].copy_(value)
-            steps["train"]()
-        rows["loader"] = rows["memory"] = rows.pop("train")
-        timing = {name: measure.timed({name: fn}, args.batch_size, cfg, device, max(2, cfg["steps"]))[name]
-                  for name, fn in (("loader", fed), ("memory", steps["train"]))}
-    else:
-        timing = measure.timed(steps, args.batch_size, cfg, device)
-    return {"variants": {name: {**rows[name], **t} for name, t in timing.items()}, "other_load": meter.others(),
+        gflops[v["name"]] = gflops_per_sample(v_model, strategy=args.strategy, mask_ratio=mask_ratio)["total"]
+    timing = measure.timed(steps, args.batch_size, cfg, device)
+    return {"variants": {name: {"precision": args.precision, "strategy": args.strategy, "gflops": gflops[name], **t}
+                         for name, t in timing.items()}, "other_load": meter.others(),
             "peak_mb": round(peak_memory_mb(device, base), 1),
             "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)}
 
 
-WORKERS = {"train": run_train, "eval": measure.run_eval, "loss_memory": measure.run_loss_memory,
-           "vs_open_clip": measure.run_vs_open_clip}
+WORKERS = {"train": run_train, "eval": measure.run_eval, "loss_memory": measure.run_loss_memory}
 
 
 def in_subprocess(cfg, opts):
@@ -167,33 +144,10 @@ def base_cfg(opts, arch, strategy, precision, batch, **extra):
                 max_other_load=opts.max_other_load, **extra)
 
 
-def peaks(opts, precisions, best=None):
-    """{precision: the dense matmul peak in TFLOP/s} measured now; with `best`, the better of it and this."""
-    now = {p: measure.matmul_peak_tflops(device_now(), p, opts.peak_sizes, max_other_load=opts.max_other_load)
-           for p in precisions}
-    return {p: max(v, (best or {}).get(p, 0.0)) for p, v in now.items()}
-
-
-def add_mfu(rows, peak_tflops):
-    for row in rows:
-        if "samples_per_s" in row:
-            row["tflops"] = row["samples_per_s"] * row["gflops"] / 1e3
-            row["mfu"] = row["tflops"] / peak_tflops[row["precision"]] if peak_tflops.get(row["precision"]) else None
-
-
-def pipeline(opts, report, jpegs, batch, image_size, end_to_end=None):
-    """Tokenizer texts/s, per-worker decode + augment images/s and (returned) the training loader's images/s
-    on `jpegs` fresh JPEGs, by layout (a folder, tar shards indexed and streamed: measure.py); with
-    `end_to_end`, that configuration fed by the loader on the folder."""
-    limit = opts.max_other_load
-    report["tokenizer"] = measure.bench_tokenizer(opts.tokenizer_texts, opts.reference_tokenizer, max_other_load=limit)
-    with tempfile.TemporaryDirectory() as folder:
-        measure.write_jpegs(folder, jpegs)
-        report["data"], rate = measure.bench_data(folder, opts.data_images, batch, image_size, opts.workers,
-                                                  max_other_load=limit)
-        if end_to_end:
-            report["end_to_end"] = in_subprocess({**end_to_end, "data": folder, "workers": opts.workers}, opts)
-    return rate
+def peaks(opts):
+    """{precision: the dense matmul peak in TFLOP/s}, measured now."""
+    return {p: measure.matmul_peak_tflops(device_now(), p, opts.peak_sizes, max_other_load=opts.max_other_load)
+            for p in opts.precisions}
 
 
 # steps that differ from the plain one by train.py flags; each gets its own model (see run_train)
@@ -201,7 +155,7 @@ STEP_VARIANTS = {"plain": [], "sigmoid loss": ["--loss", "sigmoid"], "locked ima
 
 
 def study_sweep(opts, report):
-    report["peak_tflops"], report["train"] = peaks(opts, opts.precisions), []
+    report["peak_tflops"], report["train"] = peaks(opts), []
     for arch, strategy, precision, batch in itertools.product(opts.archs, opts.strategies, opts.precisions,
                                                               opts.batch_sizes):
         cfg = base_cfg(opts, arch, strategy, precision, batch, accum=opts.accum_steps,
@@ -217,20 +171,30 @@ def study_sweep(opts, report):
         report["step_variants"] += [{"arch": arch, "batch": cfg["batch"], "variant": name, **row,
                                      "vs_plain": row["samples_per_s"] / plain if plain else None}
                                     for name, row in timed.items()]
-    report["peak_tflops"] = peaks(opts, opts.precisions, report["peak_tflops"])  # again at the end: the best
-    add_mfu(report["train"], report["peak_tflops"])
+    # the peak again at the end, and the better of the two: background load at one end does not lower it
+    peak = report["peak_tflops"] = {p: max(v, report["peak_tflops"][p]) for p, v in peaks(opts).items()}
+    for row in report["train"]:  # MFU: the achieved rate over the peak measured in the same run
+        if "samples_per_s" in row:
+            row["tflops"] = row["samples_per_s"] * row["gflops"] / 1e3
+            row["mfu"] = row["tflops"] / peak[row["precision"]] if peak.get(row["precision"]) else None
     report["eval"] = [{"arch": arch, "precision": precision, "batch": opts.eval_batch, **in_subprocess(
         {**base_cfg(opts, arch, "clip", precision, opts.eval_batch), "kind": "eval", "warmup": 1, "steps": 1}, opts)}
         for arch, precision in itertools.product(opts.archs, opts.precisions)]
+    # tokenizer texts/s; decode + augment images/s per worker and the training loader's images/s, by layout
+    # (a folder, tar shards indexed and streamed: measure.py), on fresh JPEGs
+    report["tokenizer"] = measure.bench_tokenizer(opts.tokenizer_texts, max_other_load=opts.max_other_load)
+    with tempfile.TemporaryDirectory() as folder:
+        measure.write_jpegs(folder, opts.data_images)
+        report["data"], rates = measure.bench_data(folder, opts.data_images, 32, 224, opts.workers,
+                                                   max_other_load=opts.max_other_load)
     report["loader"] = {"workers": opts.workers, "batch": 32, "image_size": 224, "preset": "none",
-                        "images_per_s": pipeline(opts, report, opts.data_images, 32, 224)}
+                        "images_per_s": rates}
 
 
 def study_accum(opts, report):
     """Memory and speed of accumulation / checkpointing, and the largest batch within the budget:
-    extrapolated from the peaks at B and B/2 plus the loss's measured B x B cost, or bisected."""
+    extrapolated from the peaks at B and B/2 plus the loss's measured B x B cost."""
     arch, precision, batch = opts.archs[0], opts.precisions[0], opts.batch_sizes[0]
-    budget_mb = opts.memory_budget_gb * 1024
     loss = in_subprocess(dict(kind="loss_memory", batch=opts.loss_probe_batch, embed_dim=512), opts)
     loss_mb_per_b2 = loss["peak_mb"] / opts.loss_probe_batch ** 2  # the B x B logits and their gradients
     a = report["accum"] = {"arch": arch, "precision": precision, "batch": batch, "image_size": opts.image_size,
@@ -239,15 +203,12 @@ def study_accum(opts, report):
     for name, k, ckpt in [("plain", 1, False), *((f"accum K={k}", k, False) for k in (2, 4, 8)),
                           ("grad-ckpt", 1, True), ("accum K=8 + grad-ckpt", 8, True)]:
         cfg = base_cfg(opts, arch, "clip", precision, batch, accum=k, grad_checkpointing=ckpt)
-        probe = lambda b: train_row(cfg, opts, batch=b, warmup=1, windows=1, steps=1).get("peak_mb")  # two steps
-        full, half = train_row(cfg, opts), probe(batch // 2)
+        full = train_row(cfg, opts)
+        half = train_row(cfg, opts, batch=batch // 2, warmup=1, windows=1, steps=1).get("peak_mb")  # two steps
         row = {"variant": name, "accum": k, "grad_checkpointing": ckpt, **full, "peak_mb_half_batch": half}
         if "peak_mb" in full and half is not None:
-            row["max_batch"] = max_batch_extrapolated(batch, full["peak_mb"], half, loss_mb_per_b2, budget_mb, k)
-            row["max_batch_method"] = "extrapolated"
-            if opts.max_batch == "search":
-                row["max_batch"] = max_batch_search(probe, budget_mb, k, row["max_batch"] or batch)
-                row["max_batch_method"] = "searched"
+            row["max_batch"] = max_batch_extrapolated(batch, full["peak_mb"], half, loss_mb_per_b2,
+                                                      opts.memory_budget_gb * 1024, k)
         a["rows"].append(row)
 
 
@@ -262,42 +223,6 @@ def max_batch_extrapolated(batch, peak_full, peak_half, loss_per_b2, budget_mb, 
     b = (-slope + (slope ** 2 + 4 * loss_per_b2 * (budget_mb - fixed)) ** 0.5) / (2 * loss_per_b2) \
         if loss_per_b2 > 0 else (budget_mb - fixed) / slope
     return int(b // k * k)
-
-
-def max_batch_search(peak_mb, budget_mb, k, guess):
-    """Largest multiple of k whose measured peak_mb(batch) (None: it failed) is within budget_mb:
-    doubling from `guess`, then bisection to 1/16 (resolution enough)."""
-    fits = lambda b: (peak := peak_mb(b)) is not None and peak <= budget_mb
-    low, high = k, max(k, guess // k * k)
-    while fits(high):
-        low, high = high, high * 2
-    while high - low > max(k, low // 16):
-        mid = (low + high) // 2 // k * k
-        low, high = (mid, high) if fits(mid) else (low, mid)
-    return low
-
-
-def study_targets(opts, report):
-    """The speed targets, each a ratio of variants timed side by side in one process."""
-    t = report["targets"] = {}
-    common = base_cfg(opts, "vit-b-32", "clip", "fp32", opts.batch_sizes[0])
-    bf16 = [{"name": p, "precision": p, "strategy": "clip"} for p in ("fp32", "bf16")]  # (1) fp32 MFU, (3) bf16
-    flip = [{"name": s, "precision": "fp32", "strategy": s} for s in ("clip", "flip")]  # (2) FLIP / CLIP
-    runs = {"vit-b-32": dict(arch="vit-b-32", variants=bf16), "vit-s-16": dict(arch="vit-s-16", variants=bf16),
-            "vit-b-16": dict(arch="vit-b-16", variants=flip)}
-    if (opts.text_arch, opts.context_length) != ("vit-b", 16):  # and with the paper's text tower
-        runs["vit-b-16 paper text"] = dict(arch="vit-b-16", variants=flip, text_arch="vit-b", context_length=16)
-    for key, run in runs.items():  # the matmul peak just before and after each run: the best of both
-        before = peaks(opts, {v["precision"] for v in run["variants"]})
-        t[key] = in_subprocess({**common, **run}, opts)
-        t[key]["peaks"] = peaks(opts, before, before)
-        add_mfu(t[key].get("variants", {}).values(), t[key]["peaks"])
-    for arch in ("vit-b-32", "vit-s-16") if opts.open_clip else ():  # (4) the same in open_clip's model code
-        t[f"open_clip {arch}"] = in_subprocess({**common, "kind": "vs_open_clip", "arch": arch,
-                                               "precisions": ["fp32", "bf16"], "open_clip": opts.open_clip}, opts)
-    # (5) the tokenizer; (6) the loader against what training consumes, and training fed by it
-    t["loader_images_per_s"] = pipeline(opts, t, max(opts.data_images, 2 * common["batch"]), common["batch"],
-                                        opts.image_size, end_to_end={**common, "arch": "vit-s-16"})["folder"]
 
 
 # --- reporting ------------------------------------------------------------------------------------
@@ -330,8 +255,8 @@ TABLES = {  # report key: its columns
 }
 ACCUM_COLUMNS = [("variant", "variant"), ("K", "accum"), ("grad ckpt", "grad_checkpointing"),
                  ("samples/s", "samples_per_s", 2), ("peak MB", "peak_mb", 0),
-                 ("peak MB at B/2", "peak_mb_half_batch", 0), ("max batch", "max_batch"),
-                 ("how", lambda r: r.get("max_batch_method", r.get("error", "-")))]
+                 ("peak MB at B/2", "peak_mb_half_batch", 0),
+                 ("max batch", lambda r: r.get("error") or fmt(r.get("max_batch")))]
 
 
 def markdown(report):
@@ -353,48 +278,9 @@ def markdown(report):
         a = report["accum"]
         out.append(f"Accumulation / checkpointing: {a['arch']} {a['precision']} {a['image_size']} px, text "
                    f"{a['text_arch'] or 'default'} x {a['context_length']} tokens, global batch {a['batch']}; "
-                   f"max batch within {a['budget_gb']} GB\n\n" + table(a["rows"], ACCUM_COLUMNS))
-    if "targets" in report:
-        out.append(targets_markdown(report["targets"], o["windows"]))
+                   f"max batch within {a['budget_gb']} GB, extrapolated from the peaks at B and B/2\n\n"
+                   + table(a["rows"], ACCUM_COLUMNS))
     return "\n\n".join(out) + "\n"
-
-
-def targets_markdown(t, windows):
-    """The targets as ratios; 'clean windows' counts the timed windows free of other processes' load."""
-    x = lambda a, b: f"{a['samples_per_s'] / b['samples_per_s']:.2f}x"
-    clean = lambda *vs: "/".join(str(v.get("clean_windows", "-")) for v in vs) + f" of {windows}"
-    v, rows = {key: r["variants"] for key, r in t.items() if isinstance(r, dict) and "variants" in r}, []
-    for arch in (a for a in ("vit-b-32", "vit-s-16") if a in v):
-        (f, b), peak = (v[arch]["fp32"], v[arch]["bf16"]), t[arch]["peaks"]
-        rows += [(f"(1) fp32 MFU, {arch}", f"{100 * f['mfu']:.1f}% ({f['tflops']:.3f} of {peak['fp32']:.3f} TFLOP/s)",
-                  ">= 80%", clean(f)),
-                 (f"(3) bf16 / fp32 samples/s, {arch}", f"{x(b, f)} (bf16 MFU {100 * b['mfu']:.1f}% of "
-                  f"{peak['bf16']:.3f})", "report", clean(f, b))]
-    for key, text in (("vit-b-16", "text as run"), ("vit-b-16 paper text", "paper's text tower: vit-b, 16 tokens")):
-        if key in v:
-            c, f = v[key]["clip"], v[key]["flip"]
-            rows.append((f"(2) FLIP 0.5 / CLIP samples/s, vit-b-16, {text}",
-                         f"{x(f, c)} (FLOPs ratio {c['gflops'] / f['gflops']:.2f}x)", ">= 1.9x", clean(c, f)))
-    for arch, p in itertools.product(("vit-b-32", "vit-s-16"), ("fp32", "bf16")):
-        if f"tinyclip {p}" in v.get(f"open_clip {arch}", {}):
-            o, ref = v[f"open_clip {arch}"][f"tinyclip {p}"], v[f"open_clip {arch}"][f"open_clip {p}"]
-            rows.append((f"(4) tinyclip / open_clip training samples/s, {arch}, {p}", f"{x(o, ref)} "
-                         f"({o['samples_per_s']:.2f} vs {ref['samples_per_s']:.2f})", ">= 1x", clean(o, ref)))
-    tok = {r["tokenizer"]: r for r in t.get("tokenizer", [])}
-    if "openai reference" in tok:
-        o, ref = tok["tinyclip"], tok["openai reference"]
-        rows.append(("(5) tokenizer / OpenAI's, texts/s",
-                     f"cold {o['cold_texts_per_s'] / ref['cold_texts_per_s']:.2f}x, warm "
-                     f"{o['warm_texts_per_s'] / ref['warm_texts_per_s']:.2f}x (same ids: {ref.get('same_ids')})",
-                     "report", "-"))
-    if "end_to_end" in v:
-        loader, memory, images = v["end_to_end"]["loader"], v["end_to_end"]["memory"], t["loader_images_per_s"]
-        rows.append(("(6) loader images/s / training samples/s, vit-s-16",
-                     f"{images:.1f} / {memory['samples_per_s']:.2f} = {images / memory['samples_per_s']:.1f}x; "
-                     f"training fed by the loader runs at {x(loader, memory)} of in-memory", ">= 1x",
-                     clean(loader, memory)))
-    headers = ("target", "measured", "goal", "clean windows")
-    return table(rows, [(h, lambda r, i=i: r[i]) for i, h in enumerate(headers)])
 
 
 # --- command line ---------------------------------------------------------------------------------
@@ -402,7 +288,7 @@ def targets_markdown(t, windows):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     csv = lambda cast: (lambda s: [cast(v) for v in s.split(",") if v])
-    p.add_argument("--study", default="sweep", choices=("sweep", "accum", "targets"), help="what to measure")
+    p.add_argument("--study", default="sweep", choices=("sweep", "accum"), help="what to measure")
     p.add_argument("--quick", action="store_true", help="a small sweep that finishes in minutes on 2 CPU cores")
     p.add_argument("--archs", type=csv(str), default=["vit-s-16", "vit-b-32"], help="comma-separated presets")
     p.add_argument("--strategies", type=csv(str), default=["clip", "flip"], help="clip, flip, slip, clip-aug")
@@ -421,13 +307,9 @@ def parse_args(argv=None):
     p.add_argument("--steps-per-window", type=int, default=2, help="training steps per timed window")
     p.add_argument("--eval-batch", type=int, default=64, help="batch for eval images/s")
     p.add_argument("--tokenizer-texts", type=int, default=5000, help="captions to tokenize")
-    p.add_argument("--reference-tokenizer", default=None, help="path to OpenAI's clip/simple_tokenizer.py")
-    p.add_argument("--open-clip", default=None, help="targets: an open_clip package folder to time side by side")
     p.add_argument("--data-images", type=int, default=64, help="images per augmentation preset")
     p.add_argument("--workers", type=int, default=2, help="loader workers (train.py's default: 2)")
     p.add_argument("--memory-budget-gb", type=float, default=16.0, help="accum: memory budget for the max batch")
-    p.add_argument("--max-batch", default="extrapolate", choices=("extrapolate", "search"),
-                   help="accum: extrapolate from two measured batch sizes, or bisect with real runs (slow)")
     p.add_argument("--loss-probe-batch", type=int, default=8192, help="accum: batch for the loss-memory probe")
     p.add_argument("--max-other-load", type=float, default=0.1,
                    help="re-run a timed window if other processes used more than this fraction of the CPUs")
@@ -467,7 +349,7 @@ def main(argv=None):
                           "loadavg": os.getloadavg()},
               "options": {k: v for k, v in vars(opts).items() if k != "worker"}}
     start, meter = time.perf_counter(), LoadMeter()
-    {"sweep": study_sweep, "accum": study_accum, "targets": study_targets}[opts.study](opts, report)
+    {"sweep": study_sweep, "accum": study_accum}[opts.study](opts, report)
     report["seconds"], report["machine"]["other_load"] = round(time.perf_counter() - start, 1), meter.others()
     print(text := markdown(report))
     for path, content in ((opts.markdown, text), (opts.json, json.dumps(report, indent=1, default=str))):

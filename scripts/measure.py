@@ -1,6 +1,6 @@
 """How scripts/bench.py measures (timed windows free of other processes' load, memory high-water marks, the
 machine's dense matmul peak: the denominator of MFU), and what it measures without train.py: eval encoding,
-the loss's memory, open_clip's model code, the tokenizer, the data pipeline.
+the loss's memory, the tokenizer, the data pipeline.
 
 A shared machine is the norm (CI runners, laptops, a colleague's job), so every timed window records the CPU
 share other processes took during it (LoadMeter, from /proc); a window over the limit is thrown away and,
@@ -8,7 +8,6 @@ after waiting for the machine to quieten, run again. Functions timed together ta
 so background load hits each alike and a ratio between them is free of its drift.
 """
 import contextlib
-import importlib.util
 import os
 import platform
 import random
@@ -16,7 +15,6 @@ import resource
 import statistics
 import sys
 import time
-import types
 from collections import Counter
 from pathlib import Path
 
@@ -51,14 +49,13 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def timed(fns: dict, units_per_call, cfg, device, calls=None, unit="samples_per_s") -> dict:
+def timed(fns: dict, units_per_call, cfg, device, unit="samples_per_s") -> dict:
     """{name: summarise(its windows)} of named functions timed in turns, the rate (units per second) named `unit`.
 
-    After cfg["warmup"] calls of each, every round times one window of `calls` (default cfg["steps"]) calls of
-    each function, until each has cfg["windows"] windows during which other processes took at most
-    cfg["max_other_load"] of the CPUs, or 3 x windows rounds have run. A loaded round makes the next wait
-    for the machine to quieten."""
-    limit, windows, calls = cfg.get("max_other_load"), cfg["windows"], calls or cfg["steps"]
+    After cfg["warmup"] calls of each, every round times one window of cfg["steps"] calls of each function,
+    until each has cfg["windows"] windows during which other processes took at most cfg["max_other_load"] of
+    the CPUs, or 3 x windows rounds have run. A loaded round makes the next wait for the machine to quieten."""
+    limit, windows, calls = cfg.get("max_other_load"), cfg["windows"], cfg["steps"]
     for fn in fns.values():
         for _ in range(cfg["warmup"]):
             fn()
@@ -210,7 +207,7 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
-# --- what is measured without train.py: a batch in memory, encoding, the loss's memory, open_clip's model ---
+# --- what is measured without train.py: a batch in memory, encoding, the loss's memory -------------------
 
 def memory_batch(model, B, device):
     """A batch shaped like the loader's: images, SOT text EOT 0... ids, and for a model with SLIP's head
@@ -248,85 +245,26 @@ def run_loss_memory(cfg):
     return {"peak_mb": peak_memory_mb(device, base)}
 
 
-def run_vs_open_clip(cfg):
-    """Target (4): tinyclip's model code against open_clip's: the same architecture (parameter counts checked
-    equal), batch and step (forward, tinyclip's clip_loss, backward, torch AdamW), timed in turns.
-
-    open_clip's model.py is imported alone (its package __init__ needs torchvision for the transforms);
-    without torchvision, model.py's one use of it (FrozenBatchNorm2d, for ResNets) gets a placeholder."""
-    if importlib.util.find_spec("torchvision") is None:
-        for name in ("torchvision", "torchvision.ops", "torchvision.ops.misc"):
-            sys.modules[name] = types.ModuleType(name)
-        sys.modules["torchvision.ops.misc"].FrozenBatchNorm2d = None
-    sys.modules["open_clip"] = types.ModuleType("open_clip")
-    sys.modules["open_clip"].__path__ = [cfg["open_clip"]]
-    device, meter, open_clip = device_now(), LoadMeter(), importlib.import_module("open_clip.model")
-    torch.manual_seed(0)
-    ours = create_model(cfg["arch"], image_size=cfg["image_size"], context_length=cfg["context_length"],
-                        text_arch=cfg.get("text_arch"))
-    c, v = ours.config, ours.config.vision
-    models = {"tinyclip": ours, "open_clip": open_clip.CLIP(c.embed_dim, quick_gelu=c.quick_gelu, vision_cfg=dict(
-        image_size=c.image_size, layers=v["layers"], width=v["width"], head_width=v["width"] // v["heads"],
-        patch_size=v["patch_size"]), text_cfg=dict(context_length=c.context_length, vocab_size=c.vocab_size,
-                                                   width=c.text_width, heads=c.text_heads, layers=c.text_layers))}
-    counts = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
-    if counts["tinyclip"] != counts["open_clip"]:
-        raise ValueError(f"not the same architecture: parameters {counts}")
-    batch, steps = memory_batch(ours, cfg["batch"], device), {}
-    for name, model in models.items():
-        optimizer = torch.optim.AdamW(model.to(device).train().parameters(), lr=1e-5)
-        for precision in cfg["precisions"]:
-            def step(model=model, optimizer=optimizer, precision=precision):
-                optimizer.zero_grad(set_to_none=True)
-                with autocast(device, precision):
-                    image_features, text_features, logit_scale = model(batch["image"], batch["text"])[:3]
-                clip_loss(image_features, text_features, logit_scale)["loss"].backward()
-                optimizer.step()
-            steps[f"{name} {precision}"] = step
-    timing = timed(steps, cfg["batch"], cfg, device)
-    return {"params": counts["tinyclip"], "other_load": meter.others(), "variants": timing}
-
-
 # --- tokenizer and data pipeline ------------------------------------------------------------------
 
-def reference_tokenize(tokenizer, texts, context_length=77):
-    """clip.tokenize's rules on OpenAI's SimpleTokenizer (clip.py itself imports torchvision)."""
-    sot, eot = tokenizer.encoder["<|startoftext|>"], tokenizer.encoder["<|endoftext|>"]
-    result = torch.zeros(len(texts), context_length, dtype=torch.long)
-    for i, text in enumerate(texts):
-        ids = [sot] + tokenizer.encode(text) + [eot]
-        ids = ids[:context_length - 1] + [eot] if len(ids) > context_length else ids
-        result[i, :len(ids)] = torch.tensor(ids)
-    return result
-
-
-def bench_tokenizer(n, reference_path=None, rounds=3, max_other_load=None):
+def bench_tokenizer(n, rounds=3, max_other_load=None):
     """texts/s on n distinct captions (CLIP's 80 ImageNet templates x the 1000 class names, shuffled), cold (a
-    fresh tokenizer: every word segmented once) and warm (word cache full); the median of `rounds` rounds,
-    each timing every tokenizer in turn, OpenAI's reference (reference_tokenize) too when given."""
+    fresh tokenizer: every word segmented once) and warm (word cache full), the median of `rounds` rounds:
+    one table row."""
     names, templates = ((ROOT / "tinyclip" / "assets" / f).read_text().splitlines()
                         for f in ("imagenet_classnames.txt", "imagenet_templates.txt"))
     texts = [t.replace("{}", c) for c in names for t in templates if "{}" in t]
     random.Random(0).shuffle(texts)
-    texts, candidates = texts[:n], {"tinyclip": (Tokenizer, lambda tok, t: tok.tokenize(t, 77))}
-    if reference_path:
-        spec = importlib.util.spec_from_file_location("openai_simple_tokenizer", reference_path)
-        spec.loader.exec_module(module := importlib.util.module_from_spec(spec))
-        candidates["openai reference"] = (module.SimpleTokenizer, reference_tokenize)
-    rates, ids = {name: {"cold": [], "warm": []} for name in candidates}, {}
+    texts, rates = texts[:n], {"cold": [], "warm": []}
     for _ in range(rounds):
         wait_for_quiet(max_other_load)
-        for name, (make, tokenize) in candidates.items():
-            tok = make()
-            for kind in ("cold", "warm"):
-                start = time.perf_counter()
-                ids[name] = tokenize(tok, texts)
-                rates[name][kind].append(len(texts) / (time.perf_counter() - start))
-    rows = [{"tokenizer": name, "texts": len(texts), "cold_texts_per_s": statistics.median(r["cold"]),
-             "warm_texts_per_s": statistics.median(r["warm"])} for name, r in rates.items()]
-    if reference_path:
-        rows[-1]["same_ids"] = bool(torch.equal(ids["tinyclip"], ids["openai reference"]))
-    return rows
+        tokenizer = Tokenizer()
+        for kind in ("cold", "warm"):
+            start = time.perf_counter()
+            tokenizer.tokenize(texts, 77)
+            rates[kind].append(len(texts) / (time.perf_counter() - start))
+    return [{"tokenizer": "tinyclip", "texts": len(texts), "cold_texts_per_s": statistics.median(rates["cold"]),
+             "warm_texts_per_s": statistics.median(rates["warm"])}]
 
 
 def write_jpegs(folder, count, size=(341, 256)):

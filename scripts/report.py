@@ -70,14 +70,6 @@ def judge(points, grid, scale):
                               swin=first("swin"), mixer=first("mixer"))
 
 
-def write_tables(rows, points, out: Path):
-    with open(out / "runs.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "runs.json").write_text(json.dumps({"runs": rows, "points": points}, indent=1))
-
-
 def points_table(points, study) -> str:
     chosen = sorted((p for p in points if p["study"] == study),
                     key=lambda p: (findings.regime_order(p["regime"]), p["setting"] if study in ("architecture", "strategy", "beyond") else "",
@@ -91,9 +83,18 @@ def points_table(points, study) -> str:
     return "\n".join(lines)
 
 
-def write_summary(out: Path, scale, grid, scores, *, command, checks, points, figures, notes, studies):
-    """summary.md: how it was run, the settings, the recommendations' and findings' verdicts with their
-    numbers, the filter's precision (micro scale), a table and the figures per study, and what was not covered."""
+def write_outputs(out: Path, runs, ids, results, costs, *, grid, scale, scores, studies, command, notes) -> dict:
+    """Everything reproduce.py makes of its runs' results: runs.csv and runs.json, the figures, and summary.md
+    (how it was run, the settings, the recommendations' and findings' verdicts with their numbers, the filter's
+    precision at micro scale, a table and the figures per study, what was not covered); the verdicts printed."""
+    rows = rows_for(runs, ids, results, costs)
+    points = [p for p in aggregate(rows) if p["zeroshot"] is not None or p["probe"] is not None]
+    with open(out / "runs.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "runs.json").write_text(json.dumps({"runs": rows, "points": points}, indent=1))
+    figures, checks = draw_figures(points, out, len(grid.seeds)), judge(points, grid, scale)
     micro = scale.base_arch.endswith("-micro")
     recs = [c for c in checks if c.study == "recommendations" and c.verdict != findings.NOT_TESTED]
     text = [f"# Scaling (Down) CLIP at {'micro' if micro else 'real'} scale: does it reproduce?", "",
@@ -118,6 +119,10 @@ def write_summary(out: Path, scale, grid, scores, *, command, checks, points, fi
         text += [f"![{f.stem}]({f.name})" for f in figures if f.stem.startswith(study)] + [""]
     text += ["## Not covered", ""] + [f"- {n}" for n in notes]
     (out / "summary.md").write_text("\n".join(text) + "\n")
+    for check in checks:
+        print(f"  {check.key:4s} {check.verdict:12s} {check.claim[:90]}")
+    print(f"wrote {out / 'summary.md'}, {out / 'runs.csv'}, {len(figures)} figures")
+    return {"rows": rows, "points": points, "findings": checks, "out": out}
 
 
 # --- the summary's settings ------------------------------------------------------------------------
@@ -287,7 +292,7 @@ def marker(draw, x, y, index, r=4):
         draw.ellipse([x - r, y - r, x + r, y + r], fill=color)
 
 
-def line_chart(series, *, title, x_label, y_label, size=(420, 310), legend=False) -> Image.Image:
+def line_chart(series, *, title, x_label, y_label, size=(420, 310)) -> Image.Image:
     """One panel: every Series as a line with markers and ±y_err bars on a log x axis. Points with x <= 0 or
     a None y are left out; an empty chart still gets its axes and a 'no data' note, so a grid has no holes."""
     (width, height), small = size, font(11)
@@ -299,7 +304,7 @@ def line_chart(series, *, title, x_label, y_label, size=(420, 310), legend=False
     if not xs:
         draw.rectangle(plot, outline=INK)
         draw.text(((plot[0] + plot[2]) // 2, (plot[1] + plot[3]) // 2), "no data", fill=INK, font=small, anchor="mm")
-        return figure([image], columns=1, legend=series) if legend else image
+        return image
     pad = 10 ** (0.06 * max(math.log10(max(xs) / min(xs)), 0.5))  # widen a little so markers sit inside
     x_lo, x_hi = min(xs) / pad, max(xs) * pad
     spans = [(y - e, y + e) for pts in drawn for _, y, e in pts]
@@ -332,26 +337,26 @@ def line_chart(series, *, title, x_label, y_label, size=(420, 310), legend=False
                 for cap in (y - e, y + e):
                     draw.line([(px(x) - 3, py(cap)), (px(x) + 3, py(cap))], fill=color)
             marker(draw, px(x), py(y), index)
-    return figure([image], columns=1, legend=series) if legend else image
+    return image
 
 
-def figure(panels, *, columns: int, title: str = None, legend=None) -> Image.Image:
-    """Panels (same size) on a grid, with an optional title above and a shared legend below whose entries
-    (marker, line, label) run left to right, wrapping to new rows."""
+def figure(panels, *, columns: int, title: str, legend) -> Image.Image:
+    """Panels (same size) on a grid, with a title above and a shared legend below whose entries (marker, line,
+    label) run left to right, wrapping to new rows."""
     (w, h), fnt, rows, x = panels[0].size, font(12), [[]], 10
-    for index, s in enumerate(legend or ()):
+    for index, s in enumerate(legend):
         entry = fnt.getbbox(s.label)[2] + 40
         if rows[-1] and x + entry > w * columns - 10:
             rows, x = rows + [[]], 10
         rows[-1].append((index, s.label, x))
         x += entry
-    head, body = 30 if title else 0, h * math.ceil(len(panels) / columns)
-    out = Image.new("RGB", (w * columns, head + body + (8 + 20 * len(rows) if legend else 0)), BACKGROUND)
+    head, body = 30, h * math.ceil(len(panels) / columns)
+    out = Image.new("RGB", (w * columns, head + body + 8 + 20 * len(rows)), BACKGROUND)
     draw = ImageDraw.Draw(out)
-    draw.text((out.width // 2, 8), title or "", fill=INK, font=font(15), anchor="ma")
+    draw.text((out.width // 2, 8), title, fill=INK, font=font(15), anchor="ma")
     for i, panel in enumerate(panels):
         out.paste(panel, ((i % columns) * w, head + (i // columns) * h))
-    for r, row in enumerate(rows if legend else ()):
+    for r, row in enumerate(rows):
         y = head + body + 14 + 20 * r
         for index, label, x in row:
             draw.line([(x, y), (x + 24, y)], fill=PALETTE[index % len(PALETTE)], width=2)

@@ -43,123 +43,9 @@ import eval as evaluate  # noqa: E402
 import report  # noqa: E402
 import train  # noqa: E402
 from report import STUDIES  # noqa: E402
+from settings import MICRO, PAPER, PRESETS, SMOKE, Grid, Scale  # noqa: E402
 from tinyclip import train_flags  # noqa: E402
 from tinyclip.sources import open_source  # noqa: E402
-
-STRATEGIES = ("clip", "slip", "flip", "clip-aug:crop-flip", "clip-aug:randaug", "clip-aug:stacked-randaug")
-
-# --- settings -------------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Scale:
-    """How every run trains and is evaluated, whatever the study."""
-    base_arch: str  # the image tower of the data and strategy studies (the paper's ViT-B/32)
-    text_arch: str  # one text tower for every run, as in the paper
-    image_size: int
-    context_length: int
-    embed_dim: int | None
-    batch_size: int  # global; FLIP doubles it, as the paper does
-    lr: float
-    wd: float | None  # None: train.py's default
-    optimizer: str
-    warmup: int | None  # None: train.py's default (2000 steps, capped at 10% of the run)
-    normalize: str
-    precision: str
-    workers: int
-    save_every: int
-    slip_head: tuple | None = None  # (hidden, out) of a scaled-down SLIP projector; None: train.py's 4096/256
-    eval_size: int = 1000  # synthetic: held-out images for zero-shot and retrieval
-    probe_train: int = 1000  # synthetic: training images of the linear probe (about 20 per class)
-    label_set: str = "shape-color"  # synthetic zero-shot classes (49)
-
-
-# The paper's settings (PAPER.md "Setup"): Adafactor, lr 1e-3, wd 1e-4, batch 16k, 16 tokens, ViT-B text
-# tower, [-1, 1] pixels, 224 px. Warmup is not stated: LiT's 10k steps. bf16 is our choice for GPUs.
-# train.py's adafactor is big_vision's, whose --wd is decoupled (multiplied by the schedule, not by the lr)
-# as the paper's 1e-4 at lr 1e-3 is, so `--optimizer adafactor --wd 0.0001` runs what the paper ran.
-PAPER = Scale(base_arch="vit-b-32", text_arch="vit-b", image_size=224, context_length=16, embed_dim=None,
-              batch_size=16384, lr=1e-3, wd=1e-4, optimizer="adafactor", warmup=10_000, normalize="pm1",
-              precision="bf16", workers=8, save_every=1000)
-# Micro scale for a 2-core CPU: the paper's lr, context length and pixel range; train.py's AdamW defaults
-# otherwise; 32-px images, the tiny `test` text tower (32 wide, 2 layers), batch 64 (CPU steps are dear);
-# SLIP's 4096/256 projector scaled by our 32-wide embedding / its 512: 256 hidden, 16 out (--ssl-mlp-dim,
-# --ssl-emb-dim), because a 4096-wide head would cost the CPU 4x more than the towers it trains.
-MICRO = Scale(base_arch="vit-s-micro", text_arch="test", image_size=32, context_length=16, embed_dim=32,
-              batch_size=64, lr=1e-3, wd=None, optimizer="adamw", warmup=None, normalize="pm1", precision="fp32",
-              workers=0, save_every=10**9, slip_head=(256, 16))
-SMOKE = dataclasses.replace(MICRO, batch_size=32, eval_size=100, probe_train=500)
-
-
-@dataclasses.dataclass(frozen=True)
-class Grid:
-    """Which runs each study makes (dataset sizes in pairs, epochs, kept fractions, towers, strategies).
-    Micro sizes are multiples of 128 so that every strategy (FLIP's batch is doubled) sees exactly the
-    samples its row says; train.py runs samples_seen // batch steps."""
-    seeds: tuple
-    quantity_sizes: tuple
-    quantity_epochs: tuple
-    quality_pool: int | None  # pairs in the noisy pool (None: all of --data)
-    quality_fractions: tuple
-    quality_samples: int  # the equal-samples-seen budget
-    arch_list: tuple
-    arch_sizes: tuple
-    arch_epochs: int
-    strategy_single_sizes: tuple  # one epoch each
-    strategy_single_list: tuple
-    strategy_multi_sizes: tuple
-    strategy_multi_epochs: int
-    strategy_multi_list: tuple = STRATEGIES
-    quality_noise: float = 0.4  # synthetic pool: fraction of pairs with a wrong caption
-    scorer_data: str = "synthetic:noise=0.1,seed=1"  # a disjoint, cleaner pool (an off-the-shelf CLIP's role)
-    scorer_samples: int = 16_384
-    # the study beyond the paper, on one subset of beyond_size pairs: sigmoid vs softmax loss at each of
-    # loss_batches (the last budget); CLIPA's main stage at `reduced` (image size, context length) then
-    # tune_fraction of the budget at full size, vs full size at equal FLOPs; LiT's locked image tower (from a
-    # CLIP trained on lit_init_samples of the disjoint lit_init_data) vs both towers from scratch
-    beyond_size: int = 128
-    beyond_samples: tuple = (128,)
-    loss_batches: tuple = (16, 32)
-    reduced: tuple = (16, 8)
-    tune_fraction: float = 0.125
-    lit_init_data: str = "synthetic:seed=1"
-    lit_init_samples: int = 128
-
-
-PRESETS = {
-    "smoke": Grid(seeds=(0,), quantity_sizes=(128,), quantity_epochs=(1, 2), quality_pool=320,
-                  quality_fractions=(0.4, 1.0), quality_samples=320, arch_list=("vit-ti-micro", "vit-s-micro"),
-                  arch_sizes=(128,), arch_epochs=1, strategy_single_sizes=(128,), strategy_single_list=("clip", "flip"),
-                  strategy_multi_sizes=(128,), strategy_multi_epochs=2, strategy_multi_list=("clip", "slip"),
-                  scorer_samples=256),
-    "quick": Grid(seeds=(0, 1), quantity_sizes=(1024, 3072, 9216), quantity_epochs=(1, 2, 4), quality_pool=5120,
-                  quality_fractions=(0.2, 0.4, 0.6, 0.8, 1.0), quality_samples=10_240,
-                  arch_list=("vit-ti-micro", "vit-s-micro", "vit-b-micro", "rn-test"), arch_sizes=(1024, 3072, 9216),
-                  arch_epochs=2, strategy_single_sizes=(3072, 9216),
-                  strategy_single_list=("clip", "slip", "flip", "clip-aug:stacked-randaug"),
-                  strategy_multi_sizes=(1024, 3072), strategy_multi_epochs=4,
-                  beyond_size=9216, beyond_samples=(3072, 9216), loss_batches=(16, 32, 64, 128), lit_init_samples=9216),
-    "full": Grid(seeds=(0, 1, 2), quantity_sizes=(1024, 3072, 9216, 27648), quantity_epochs=(1, 2, 4, 8, 16),
-                 quality_pool=20_480, quality_fractions=(0.2, 0.4, 0.6, 0.8, 1.0), quality_samples=40_960,
-                 arch_list=("vit-ti-micro", "vit-s-micro", "vit-b-micro", "rn-test", "convnext-test", "swin-test",
-                            "mixer-test"), arch_sizes=(1024, 3072, 9216, 27648), arch_epochs=4,
-                 strategy_single_sizes=(3072, 9216, 27648), strategy_single_list=STRATEGIES,
-                 strategy_multi_sizes=(1024, 3072, 9216), strategy_multi_epochs=16, scorer_samples=65_536,
-                 beyond_size=27648, beyond_samples=(3072, 9216, 27648), loss_batches=(16, 32, 64, 128, 256),
-                 lit_init_samples=27648),
-    # The paper's grid (PAPER.md): subsets of 25M-400M pairs for 2-32 epochs; quality at one epoch and at
-    # 3.4B samples; architectures (epochs not stated: 2 here); strategies at one epoch and at 30 epochs.
-    "paper": Grid(seeds=(0,), quantity_sizes=(25_000_000, 50_000_000, 100_000_000, 200_000_000, 400_000_000),
-                  quantity_epochs=(2, 4, 8, 16, 32), quality_pool=None, quality_fractions=(0.2, 0.4, 0.6, 0.8, 1.0),
-                  quality_samples=3_400_000_000,
-                  arch_list=("vit-ti-16", "vit-s-16", "vit-b-32", "vit-b-16", "vit-l-16", "rn50", "convnext-t",
-                             "swin-t", "mixer-b-32"), arch_sizes=(25_000_000, 100_000_000, 400_000_000), arch_epochs=2,
-                  strategy_single_sizes=(100_000_000, 400_000_000, 3_400_000_000), strategy_single_list=STRATEGIES,
-                  strategy_multi_sizes=(10_000_000, 25_000_000, 50_000_000, 100_000_000), strategy_multi_epochs=30,
-                  # beyond the paper: SigLIP's batch sizes below 16k, CLIPA's 112 px (1/4 of the tokens) and
-                  # 8 tokens; LiT's image tower is given (--lit-init), trained on other data
-                  beyond_size=400_000_000, beyond_samples=(400_000_000, 1_600_000_000),
-                  loss_batches=(1024, 4096, 16384), reduced=(112, 8)),
-}
 
 # --- the plan: one Run per (study, setting, seed) ----------------------------------------------------------
 
@@ -297,10 +183,10 @@ def train_id(argv: list) -> str:
     return "-".join(p for p in parts if p) + "-" + digest
 
 
-def eval_argvs(ckpt: Path, run_dir: Path, scale: Scale, args) -> list:
-    """eval.py's argument lists: zero-shot, retrieval and linear probe on the synthetic held-out split in one
-    call, or one call per real set given (each optional)."""
-    common = ["--checkpoint", str(ckpt), "--precision", scale.precision]
+def eval_argvs(run_dir: Path, scale: Scale, args) -> list:
+    """eval.py's argument lists for the checkpoint in run_dir: zero-shot, retrieval and linear probe on the
+    synthetic held-out split in one call, or one call per real set given (each optional)."""
+    common = ["--checkpoint", str(run_dir / "ckpt.pt"), "--precision", scale.precision]
     json_for = lambda task: ["--json", str(run_dir / f"eval-{task}.json")]
     if args.data == "synthetic":
         return [common + ["--task", "zeroshot", "retrieval", "linear-probe", "--data", "synthetic", "--label-set",
@@ -449,16 +335,20 @@ def main(argv=None):
         "cost": float("inf"), "launcher": [] if synthetic else ["torchrun", f"--nproc_per_node={args.gpus}"], **kw}
     jobs, scores, pool_size, notes = {}, None, None, list(report.NOT_COVERED)
 
+    def training(prefix, argv_t):
+        """A training's folder (named by its arguments, so the same training is run once) and its full argv."""
+        run_dir = out / "runs" / (prefix + train_id(argv_t))
+        return run_dir, argv_t + ["--out", str(run_dir), "--resume", "auto"]
+    # a CLIP of the base tower on data of its own: the quality study's scorer, the tower LiT locks
+    base_clip = lambda data, samples: train_argv(Run("", "", "", 0, scale.base_arch, "clip", data, None, samples), scale)
+
     # the scorer of the quality study: trained here on synthetic data, given (--scores/--scorer) on real data
     if "quality" in studies and synthetic:
         pool_size = grid.quality_pool
-        argv_s = train_argv(Run("scorer", "scorer", "", 0, scale.base_arch, "clip", grid.scorer_data, None,
-                                grid.scorer_samples), scale)
-        scorer_dir = out / "runs" / ("scorer-" + train_id(argv_s))
+        scorer_dir, argv_s = training("scorer-", base_clip(grid.scorer_data, grid.scorer_samples))
         scores = scorer_dir / "scores.csv"
-        jobs["scorer"] = job(scorer_dir, argv_s + ["--out", str(scorer_dir), "--resume", "auto"],
-                             [["--checkpoint", str(scorer_dir / "ckpt.pt"), "--task", "score", "--data",
-                               quality_pool_spec(grid, args.data), "--out", str(scores)]])
+        jobs["scorer"] = job(scorer_dir, argv_s, [["--checkpoint", str(scorer_dir / "ckpt.pt"), "--task", "score",
+                                                   "--data", quality_pool_spec(grid, args.data), "--out", str(scores)]])
     elif "quality" in studies and (args.scores or args.scorer):
         try:
             pool_size = len(open_source(args.data))
@@ -474,12 +364,9 @@ def main(argv=None):
     # LiT's image tower: a CLIP trained here on a disjoint split of the built-in data, or given
     lit_init = Path(args.lit_init) if args.lit_init else None
     if "beyond" in studies and synthetic and not lit_init:
-        argv_l = train_argv(Run("lit-init", "", "", 0, scale.base_arch, "clip", grid.lit_init_data, None,
-                                grid.lit_init_samples), scale)
-        init_dir = out / "runs" / ("lit-init-" + train_id(argv_l))
+        init_dir, argv_l = training("lit-init-", base_clip(grid.lit_init_data, grid.lit_init_samples))
         lit_init = init_dir / "ckpt.pt"
-        jobs["lit-init"] = job(init_dir, argv_l + ["--out", str(init_dir), "--resume", "auto"],
-                               eval_argvs(lit_init, init_dir, scale, args))
+        jobs["lit-init"] = job(init_dir, argv_l, eval_argvs(init_dir, scale, args))
     elif "beyond" in studies and not lit_init:
         notes.append("The beyond study's LiT runs: give --lit-init, a checkpoint trained on other data.")
 
@@ -488,15 +375,13 @@ def main(argv=None):
         costs = [cost(r, scale) for r in runs]
     except train_flags.ConfigError as error:
         sys.exit(f"reproduce.py: error: --preset {preset} on --data {args.data}: {error}")
-    for run in runs:
-        argv_t = train_argv(run, scale, scores)
-        ids.append(train_id(argv_t))
-        run_dir = out / "runs" / ids[-1]
-        jobs.setdefault(ids[-1], job(run_dir, argv_t + ["--out", str(run_dir), "--resume", "auto"],
-                                     eval_argvs(run_dir / "ckpt.pt", run_dir, scale, args),
+    for run, run_cost in zip(runs, costs):
+        run_dir, argv_t = training("", train_argv(run, scale, scores))
+        ids.append(run_dir.name)
+        jobs.setdefault(ids[-1], job(run_dir, argv_t, eval_argvs(run_dir, scale, args),
                                      after="scorer" if run.keep_top is not None else "lit-init" if run.init else None,
                                      drop_checkpoint=synthetic and not args.keep_checkpoints,
-                                     cost=costs[len(ids) - 1]["total_compute_gflops"]))
+                                     cost=run_cost["total_compute_gflops"]))
     trained = sum(int(j["train"][j["train"].index("--samples-seen") + 1]) for k, j in jobs.items()
                   if k not in ("scorer", "lit-init"))
     print(f"{preset}: studies {', '.join(studies)}; {len(runs)} rows, {len(jobs)} trainings, {trained:,} samples to "
@@ -521,26 +406,17 @@ def main(argv=None):
         wall = json.loads(timing_file.read_text())["wall_s"] + (wall if ran else 0.0)
     timing_file.write_text(json.dumps({"wall_s": round(wall, 1)}))
     results.pop("scorer", None)
-    rows = report.rows_for(runs, ids, results, costs)
-    points = [p for p in report.aggregate(rows) if p["zeroshot"] is not None or p["probe"] is not None]
-    report.write_tables(rows, points, out)
-    figures = report.draw_figures(points, out, len(grid.seeds))
-    checks = report.judge(points, grid, scale)
     failed = [r for r in results.values() if "error" in r]
     busy, cpu = (sum(r.get(k) or 0 for r in results.values()) for k in ("wall_s", "cpu_s"))
     timing = (f"{len(results)} trainings ({len(failed)} failed), plus the scorer where the quality study ran, took "
               f"{wall / 60:.1f} min of wall time: {busy / 60:.1f} min of run time over {parallel} parallel jobs of "
               f"{args.threads} torch thread(s), {cpu / 60:.1f} min of CPU time ({os.cpu_count()} CPUs, torch "
               f"{torch.__version__}; other work on the machine stretches wall time, not CPU time).")
-    command = "python scripts/reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    report.write_summary(out, scale, grid, scores, command=f"`{command}` (preset `{preset}`). {timing}",
-                         checks=checks, points=points, figures=figures, studies=studies,
-                         notes=notes + [f"Failed run {r['run_id']}: {r['error']}" for r in failed])
     print(timing)
-    for check in checks:
-        print(f"  {check.key:4s} {check.verdict:12s} {check.claim[:90]}")
-    print(f"wrote {out / 'summary.md'}, {out / 'runs.csv'}, {len(figures)} figures")
-    return {"rows": rows, "points": points, "findings": checks, "out": out}
+    command = "python scripts/reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    return report.write_outputs(out, runs, ids, results, costs, grid=grid, scale=scale, scores=scores, studies=studies,
+                                command=f"`{command}` (preset `{preset}`). {timing}",
+                                notes=notes + [f"Failed run {r['run_id']}: {r['error']}" for r in failed])
 
 
 if __name__ == "__main__":
