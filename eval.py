@@ -35,6 +35,8 @@ from tinyclip.checkpoint import atomic_write, load_checkpoint
 from tinyclip.model import load_openai
 
 TASKS = ("zeroshot", "retrieval", "linear-probe", "fewshot", "score")
+# the metric that counts the images behind a task's result, its provenance's "images"
+IMAGE_COUNT = {"zeroshot": "n", "retrieval": "images", "linear-probe": "test", "fewshot": "test", "score": "scored"}
 # --metric-names clip_benchmark: LAION's CLIP_benchmark's names; its zeroshot_retrieval.py calls text->image
 # "image_retrieval" (images are retrieved) and image->text "text_retrieval"
 CLIP_BENCHMARK_NAMES = {"zeroshot": {"top1": "acc1", "top5": "acc5"},
@@ -119,16 +121,9 @@ def build_parser():
 # ---------------------------------------------------------------------------------------------
 # Model and tasks
 
-def load_failure(path, what, error, hint):
-    """ValueError: one short line naming the file, why it did not load, and the flag to try instead."""
-    cause = error.__context__ or error  # read_checkpoint re-raises torch's error inside a ValueError
-    text = f"{type(cause).__name__}: {cause}"
-    reason = next((short for phrase, short in LOAD_FAILURES.items() if phrase in text), text.split(". ")[0][:100])
-    return ValueError(f"{path} is not {what} ({reason}); {hint}")
-
-
 def load_model(args):
-    """(model on args.device in eval mode, {path, normalize, arch, image_size}); ValueError when unreadable."""
+    """(model on args.device in eval mode, {path, normalize, arch, image_size}); ValueError when unreadable,
+    in one short line naming the file, why it did not load (LOAD_FAILURES) and the flag to try instead."""
     path = args.checkpoint or args.openai
     what, hint = (("a readable tinyclip checkpoint", "OpenAI/open_clip weights: use --openai") if args.checkpoint
                   else ("readable OpenAI/open_clip weights", "tinyclip checkpoints: use --checkpoint"))
@@ -139,7 +134,10 @@ def load_model(args):
     except FileNotFoundError:
         raise
     except Exception as error:
-        raise load_failure(path, what, error, hint) from None
+        cause = error.__context__ or error  # read_checkpoint re-raises torch's error inside a ValueError
+        text = f"{type(cause).__name__}: {cause}"
+        reason = next((short for phrase, short in LOAD_FAILURES.items() if phrase in text), text.split(". ")[0][:100])
+        raise ValueError(f"{path} is not {what} ({reason}); {hint}") from None
     if args.openai and args.crop_ratio is None:
         args.crop_ratio = 1.0  # OpenAI's preprocessing: resize the shorter side to S, centre crop S
     normalize = (ckpt.get("args") or {}).get("normalize", "clip")
@@ -167,38 +165,19 @@ def probe_data(args):
 
 @functools.cache
 def code_version():
-    """{"tinyclip": its version, "commit": the git commit this code runs from, or None when unknown
-    (not a checkout, no git): asked once, never an error."""
+    """{"tinyclip": its version, "commit": the git commit this code runs from, None when unknown (not a
+    checkout, no git)}: asked once, never an error."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
-                                capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+                                capture_output=True, text=True, timeout=5, check=True).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"tinyclip": tinyclip.__version__, "commit": commit or None}
-
-
-def provenance(model, info, args, data, images, **details):
-    """What makes a result comparable with another (mismatched templates and crops are the usual reason
-    numbers differ from a paper's): the data and how many images were used, the task's details, the
-    preprocessing (evaluation.preprocessing, resolved as the task resolved it), precision and code."""
-    synthetic = str(data).split(":")[0] == "synthetic"
-    _, steps = evaluation.preprocessing(model, synthetic, None, info["normalize"], args.crop_ratio)
-    return {"data": str(data), "images": images, **details, **steps, "precision": args.precision,
-            "checkpoint": info["path"], **code_version()}
-
-
-def zeroshot_details(args, data, subset):
-    """The prompt templates (name and count), class-name source and class subset zeroshot uses on data."""
-    name, templates = evaluation.template_set(args.templates, data, args.label_set)
-    class_names = f"synthetic:{args.label_set}" if data == "synthetic" else args.classnames or "folder names"
-    return {"templates": name, "template_count": len(templates), "class_names": class_names,
-            "class_subset": None if subset == "none" else subset}
+    return {"tinyclip": tinyclip.__version__, "commit": commit}
 
 
 def run_task(task, model, info, args):
-    """{dataset name: metrics and their "provenance"} for one task ("average" has none)."""
+    """{dataset name: its metrics and their "provenance"} for one task (zeroshot's "average" has none)."""
     data = args.data or ["synthetic"]
-    names = dataset_names(data)
     encoding = dict(normalize=info["normalize"], device=args.device, precision=args.precision,
                     batch_size=args.batch_size, workers=args.workers, crop_ratio=args.crop_ratio)
     cached = dict(cache_dir=args.cache, checkpoint=info["path"])  # the image-feature tasks' cache
@@ -207,34 +186,41 @@ def run_task(task, model, info, args):
         subsets = args.class_subset or ["none"]
         if len(subsets) not in (1, len(data)):
             raise ValueError(f"--class-subset has {len(subsets)} values for {len(data)} --data entries")
-        subsets = subsets * len(data) if len(subsets) == 1 else subsets
-        results = {}
-        for name, spec, subset in zip(names, data, subsets):
-            metrics = evaluation.zeroshot(
-                model, spec, label_set=args.label_set, size=args.size, class_names=args.classnames,
-                templates=args.templates, class_subset=None if subset == "none" else subset, **encoding, **cached)
-            results[name] = {**metrics, "provenance": provenance(model, info, args, spec, metrics["n"],
-                                                                 **zeroshot_details(args, spec, subset))}
-        if len(results) > 1:  # the paper's robustness number: the unweighted mean top-1
-            if "average" in results:
-                raise ValueError("a dataset may not be named 'average'")
-            results["average"] = {"top1": sum(result["top1"] for result in results.values()) / len(results)}
-        return results
-    if task == "retrieval":
-        results = {name: evaluation.retrieval(model, spec, size=args.size, image_root=args.image_root,
-                                              split=args.split, **csv, **encoding) for name, spec in zip(names, data)}
-        return {name: {**metrics, "provenance": provenance(model, info, args, spec, metrics["images"])}
-                for (name, metrics), spec in zip(results.items(), data)}
-    if task in ("linear-probe", "fewshot"):
+        runs = []  # (data, metrics, what the provenance adds for the task)
+        for spec, subset in zip(data, subsets * len(data) if len(subsets) == 1 else subsets):
+            subset = None if subset == "none" else subset
+            metrics = evaluation.zeroshot(model, spec, label_set=args.label_set, size=args.size, class_subset=subset,
+                                          class_names=args.classnames, templates=args.templates, **encoding, **cached)
+            templates, prompts = evaluation.template_set(args.templates, spec, args.label_set)  # as zeroshot chose
+            class_names = f"synthetic:{args.label_set}" if spec == "synthetic" else args.classnames or "folder names"
+            runs.append((spec, metrics, {"templates": templates, "template_count": len(prompts),
+                                         "class_names": class_names, "class_subset": subset}))
+    elif task == "retrieval":
+        runs = [(spec, evaluation.retrieval(model, spec, size=args.size, image_root=args.image_root, split=args.split,
+                                            **csv, **encoding), {}) for spec in data]
+    elif task == "score":
+        runs = [(data[0], evaluation.score(model, data[0], args.out, **csv, **encoding), {})]
+    else:
         train, test = probe_data(args)
         run = probe.linear_probe if task == "linear-probe" else functools.partial(probe.fewshot, ks=args.fewshot_k,
                                                                                     seeds=args.seeds)
         metrics = run(model, train, test, weight_decay=args.weight_decay, label_set=args.label_set, size=args.size,
                       train_size=args.train_size, **encoding, **cached)
-        return {dataset_names([test])[0]: {**metrics, "provenance": provenance(
-            model, info, args, test, metrics["test"], train_data=train, train_images=metrics["train"])}}
-    metrics = evaluation.score(model, data[0], args.out, **csv, **encoding)
-    return {names[0]: {**metrics, "provenance": provenance(model, info, args, data[0], metrics["scored"])}}
+        runs = [(test, metrics, {"train_data": train, "train_images": metrics["train"]})]
+    # the provenance: what makes a result comparable with another (mismatched templates and crops are the usual
+    # reason numbers differ from a paper's), with the preprocessing resolved as the task resolved it
+    results = {}
+    for name, (spec, metrics, details) in zip(dataset_names([spec for spec, _, _ in runs]), runs):
+        synthetic = str(spec).split(":")[0] == "synthetic"
+        _, steps = evaluation.preprocessing(model, synthetic, None, info["normalize"], args.crop_ratio)
+        results[name] = {**metrics, "provenance": {"data": str(spec), "images": metrics[IMAGE_COUNT[task]], **details,
+                                                   **steps, "precision": args.precision, "checkpoint": info["path"],
+                                                   **code_version()}}
+    if task == "zeroshot" and len(results) > 1:  # the paper's robustness number: the unweighted mean top-1
+        if "average" in results:
+            raise ValueError("a dataset may not be named 'average'")
+        results["average"] = {"top1": sum(result["top1"] for result in results.values()) / len(results)}
+    return results
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,18 +239,15 @@ def flatten(metrics, prefix=""):
 
 def provenance_line(record):
     """A result's provenance as one `# ...` line, so a pasted table says how its numbers were made."""
-    parts = [f"{record['data']} {record['images']} images"]
+    parts = ["{data} {images} images"]
     if "train_data" in record:
-        parts = [f"train {record['train_data']} {record['train_images']} images", "test " + parts[0]]
+        parts = ["train {train_data} {train_images} images", "test {data} {images} images"]
     if "templates" in record:
-        parts += [f"{record['template_count']} templates ({record['templates']})",
-                  f"class names: {record['class_names']}"]
-        parts += [f"class subset: {record['class_subset']}"] if record["class_subset"] else []
-    parts += [f"{record['image_size']} px {record['interpolation']}, crop {record['crop_ratio']} "
-              f"(resize {record['resize']})", f"{record['normalize']} mean/std", record["precision"],
-              f"checkpoint {record['checkpoint']}",
-              f"tinyclip {record['tinyclip']} @ {record['commit'][:7] if record['commit'] else 'unknown commit'}"]
-    return "# " + ", ".join(parts)
+        parts += ["{template_count} templates ({templates})", "class names: {class_names}"]
+        parts += ["class subset: {class_subset}"] if record["class_subset"] else []
+    parts += ["{image_size} px {interpolation}, crop {crop_ratio} (resize {resize})", "{normalize} mean/std",
+              "{precision}", "checkpoint {checkpoint}", "tinyclip {tinyclip} @ {commit}"]
+    return "# " + ", ".join(parts).format(**{**record, "commit": (record["commit"] or "")[:7] or "unknown commit"})
 
 
 def format_table(task, results):
@@ -275,9 +258,7 @@ def format_table(task, results):
     columns = list(dict.fromkeys(key for row in rows.values() for key in row))
 
     def cell(value):
-        if value is None:
-            return "-"
-        return f"{value:.4f}" if isinstance(value, float) else str(value)
+        return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
     table = [[task, *columns]] + [[name, *(cell(row.get(c)) for c in columns)] for name, row in rows.items()]
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]

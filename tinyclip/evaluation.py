@@ -147,20 +147,16 @@ def read_class_names(class_names, folders: list[str]):
     return [mapping[folder] for folder in folders]
 
 
-def read_templates(templates):
-    """A list -> itself; 'imagenet' (CLIP's 80), 'generic' (6 of ours) or a file, one per line."""
-    return list(templates) if isinstance(templates, (list, tuple)) else _lines(templates, TEMPLATE_FILES, "templates")
-
-
 def template_set(templates, data="synthetic", label_set="shape-color"):
-    """(name, templates) that zeroshot uses: the given ones ('imagenet', 'generic', a file: that name; a
-    list: "custom"), else CLIP's 80 ("imagenet") on folders and the label set's on synthetic data
-    ("synthetic:<label set>"). One function for both, so a result's provenance names what it used."""
-    if templates is not None:
-        return "custom" if isinstance(templates, (list, tuple)) else str(templates), read_templates(templates)
-    if data == "synthetic":
+    """(name, templates) that zeroshot uses: a list ("custom"), 'imagenet' (CLIP's 80), 'generic' (6 of ours) or
+    a file, one per line (that name); None: CLIP's 80 ("imagenet") on folders, the label set's on synthetic data
+    ("synthetic:<label set>"). One function for zeroshot and eval.py, so a result's provenance names what it used."""
+    if isinstance(templates, (list, tuple)):
+        return "custom", list(templates)
+    if templates is None and data == "synthetic":
         return f"synthetic:{label_set}", synthetic_label_set(label_set)[1]
-    return "imagenet", read_templates("imagenet")
+    name = str(templates or "imagenet")
+    return name, _lines(name, TEMPLATE_FILES, "templates")
 
 
 def _check_vocabulary(model):
@@ -277,9 +273,8 @@ def mapped_correct(logits, labels, class_to_indices):
     return correct_set[labels.long(), scores.argmax(dim=1)]
 
 
-def zeroshot(model, data="synthetic", *, image_size=None, normalize="clip", label_set="shape-color", size=1000,
-             class_names=None, templates=None, class_subset=None, device=None, precision="fp32", batch_size=256,
-             workers=0, crop_ratio=None, cache_dir=None, checkpoint=None):
+def zeroshot(model, data="synthetic", *, label_set="shape-color", size=1000, class_names=None, templates=None,
+             class_subset=None, device=None, precision="fp32", batch_size=256, **options):
     """Zero-shot accuracy: {"top1", "top5", "mean_per_class_recall", "n", "classes"} (+ "skipped").
 
     data: "synthetic" (val split, `size` images, `label_set`'s names and templates) or an ImageFolder
@@ -288,7 +283,8 @@ def zeroshot(model, data="synthetic", *, image_size=None, normalize="clip", labe
     file or a list. Integer-named folders (ImageNet-V2's "0".."999") are indices into class_names.
     class_subset (folders only): "imagenet-a", "imagenet-r" or a .txt of class indices (the sorted
     folders are that subset, in order), or an ObjectNet-style .json {folder: [model class indices]}
-    (mapped_correct; top5 is None; unmapped folders left out). cache_dir: see image_features."""
+    (mapped_correct; top5 is None; unmapped folders left out). options: image_features' (see the top),
+    and cache_dir and checkpoint for its feature cache."""
     _check_vocabulary(model)
     if data == "synthetic" and (class_names is not None or class_subset is not None):
         raise ValueError("class names and class subsets apply to ImageFolder data; synthetic classes come "
@@ -301,9 +297,7 @@ def zeroshot(model, data="synthetic", *, image_size=None, normalize="clip", labe
     templates = template_set(templates, data, label_set)[1]
     classifier = zeroshot_classifier(model, names, templates, device=device, precision=precision,
                                      batch_size=batch_size)  # D, C
-    features = image_features(model, dataset, image_size=image_size, normalize=normalize,
-                              crop_ratio=crop_ratio, device=device, precision=precision, batch_size=batch_size,
-                              workers=workers, cache_dir=cache_dir, checkpoint=checkpoint)
+    features = image_features(model, dataset, device=device, precision=precision, batch_size=batch_size, **options)
     logits, labels = zeroshot_logits(features["image"], classifier), features["labels"]  # N, C; N
     if mapping is not None:
         correct, classes = mapped_correct(logits, labels, list(mapping.values())), len(mapping)  # N
@@ -324,6 +318,7 @@ def _folder_classes(data, folder, class_names, class_subset):
     are class indices, label = int(name), and every class competes; a mapping drops the images of
     unmapped folders and numbers the rest in mapping order."""
     folders, subset, mapping, used = folder.classes, None, None, []
+    numbered = all(name.isdigit() for name in folders)
     if str(class_subset).endswith(".json"):
         mapping = _read_mapping(class_subset, folders)
         kept = {folders.index(name): j for j, name in enumerate(mapping)}
@@ -334,12 +329,12 @@ def _folder_classes(data, folder, class_names, class_subset):
         if len(subset) != len(folders):
             raise ValueError(f"class subset {class_subset} has {len(subset)} classes but {data} has "
                              f"{len(folders)} class folders")
-    elif all(name.isdigit() for name in folders):
+    elif numbered:
         folder.samples = [(path, int(folders[label])) for path, label in folder.samples]
         used = [int(name) for name in folders]
-    names = read_class_names(class_names, sorted(folders, key=int) if used and not subset and not mapping else folders)
+    names = read_class_names(class_names, sorted(folders, key=int) if numbered and class_subset is None else folders)
     if names is None:
-        if all(name.isdigit() for name in folders):
+        if numbered:
             raise ValueError(f"the class folders of {data} are class indices: give class names (e.g. 'imagenet')")
         names = [name.replace("_", " ") for name in folders]
     if not used and len(names) != len(folders):

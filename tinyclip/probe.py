@@ -107,10 +107,8 @@ def probe_accuracy(train_feats, train_labels, test_feats, test_labels, num_class
     """Train a probe on the train split, report {"top1": test accuracy, "weight_decay": chosen decay}."""
     probe = train_linear_probe(train_feats, train_labels, num_classes, weight_decay=weight_decay,
                                weight_decays=weight_decays, max_iter=max_iter, seed=seed)
-    device = probe.mean.device
-    with torch.no_grad():
-        logits = probe(test_feats.to(device))  # N_test, C
-    top1 = topk_accuracy(logits, test_labels.to(device), ks=(1,))["top1"]
+    logits = probe(test_feats.to(probe.mean.device))  # N_test, C; the fitted probe needs no grad: no graph
+    top1 = topk_accuracy(logits, test_labels.to(logits.device), ks=(1,))["top1"]
     return {"top1": top1, "weight_decay": probe.weight_decay}
 
 
@@ -155,8 +153,11 @@ def fewshot_accuracy(train_feats, train_labels, test_feats, test_labels, num_cla
 # --------------------------------------------------------------------------------------------
 # The tasks: a model and datasets in, metrics out
 
-def _probe_features(model, train_data, test_data, *, label_set, size, train_size, device=None, **options):
-    """(train features, train labels, test features, test labels, number of classes), on the device."""
+def _probe_features(model, train_data, test_data, *, label_set="shape-color", size=1000, train_size=2000, device=None,
+                    **options):
+    """(train features, train labels, test features, test labels) on the device, and the counts every probe
+    reports: {"train", "test", "classes"}. options: image_features' (encoding, and cache_dir and checkpoint
+    for its feature cache)."""
     device, splits = device or next(model.parameters()).device, []
     for data, split, n in ((train_data, "train", train_size), (test_data, "val", size)):
         dataset = open_labelled(data, split, label_set=label_set, size=n)
@@ -167,26 +168,21 @@ def _probe_features(model, train_data, test_data, *, label_set, size, train_size
         differ = next((f"{a!r} vs {b!r}" for a, b in zip(train_classes, test_classes) if a != b), "")
         raise ValueError(f"a probe needs the same classes in train and test data: {train_data} has "
                          f"{len(train_classes)}, {test_data} has {len(test_classes)} {differ}".rstrip())
-    return train_x, train_y, test_x, test_y, len(train_classes)
+    return train_x, train_y, test_x, test_y, {"train": len(train_y), "test": len(test_y), "classes": len(train_classes)}
 
 
-def linear_probe(model, train_data="synthetic", test_data="synthetic", *, weight_decay=None, label_set="shape-color",
-                 size=1000, train_size=2000, **options):
+def linear_probe(model, train_data="synthetic", test_data="synthetic", *, weight_decay=None, **data):
     """The linear probe of a model's frozen image features: {"top1", "weight_decay", "train", "test",
-    "classes"}; weight_decay=None chooses the decay (see the top). options: image_features' (encoding and
-    cache_dir, checkpoint for its feature cache)."""
-    train_x, train_y, test_x, test_y, classes = _probe_features(
-        model, train_data, test_data, label_set=label_set, size=size, train_size=train_size, **options)
-    result = probe_accuracy(train_x, train_y, test_x, test_y, num_classes=classes, weight_decay=weight_decay)
-    return {**result, "train": len(train_y), "test": len(test_y), "classes": classes}
+    "classes"}; weight_decay=None chooses the decay (see the top). data: label_set, size, train_size (see
+    the top) and image_features' options (see _probe_features)."""
+    *features, counts = _probe_features(model, train_data, test_data, **data)
+    return {**probe_accuracy(*features, counts["classes"], weight_decay=weight_decay), **counts}
 
 
 def fewshot(model, train_data="synthetic", test_data="synthetic", *, ks=(5, 10), seeds=(0, 1, 2), weight_decay=None,
-            label_set="shape-color", size=1000, train_size=2000, **options):
+            **data):
     """k-shot probes (fewshot_accuracy): {"5-shot": {"mean", "std", "per_seed", "weight_decays"}, ...,
     "train" (images the shots are drawn from), "test", "classes"}. Arguments as for linear_probe."""
-    train_x, train_y, test_x, test_y, classes = _probe_features(
-        model, train_data, test_data, label_set=label_set, size=size, train_size=train_size, **options)
-    results = fewshot_accuracy(train_x, train_y, test_x, test_y, classes, ks=ks, seeds=seeds, weight_decay=weight_decay)
-    return {**{f"{k}-shot": value for k, value in results.items()}, "train": len(train_y), "test": len(test_y),
-            "classes": classes}
+    *features, counts = _probe_features(model, train_data, test_data, **data)
+    results = fewshot_accuracy(*features, counts["classes"], ks=ks, seeds=seeds, weight_decay=weight_decay)
+    return {**{f"{k}-shot": value for k, value in results.items()}, **counts}

@@ -53,17 +53,14 @@ def expand_braces(pattern: str) -> list[str]:
         if "}" in pattern:
             raise ValueError("a '}' has no '{' before it")
         return [pattern]
-    depth, end, commas = 0, None, []
-    for i in range(start, len(pattern)):
-        ch = pattern[i]
-        depth += ch == "{"
-        depth -= ch == "}"
-        if ch == "," and depth == 1:
-            commas.append(i)
+    depth, commas = 0, []
+    for end in range(start, len(pattern)):  # to the '}' that closes the first '{'
+        depth += {"{": 1, "}": -1}.get(pattern[end], 0)
+        if pattern[end] == "," and depth == 1:
+            commas.append(end)
         if depth == 0:
-            end = i
             break
-    if end is None:
+    else:
         raise ValueError("a '{' is never closed by a '}'")
     head, body, tail = pattern[:start], pattern[start + 1:end], pattern[end + 1:]
     if commas:
@@ -74,7 +71,7 @@ def expand_braces(pattern: str) -> list[str]:
         if match is None:
             raise ValueError(f"'{{{body}}}' is neither a list like {{a,b}} nor a range like {{00000..00099}}")
         first, last = match.groups()
-        padded = (len(first) > 1 and first.startswith("0")) or (len(last) > 1 and last.startswith("0"))
+        padded = any(len(bound) > 1 and bound.startswith("0") for bound in (first, last))
         width = max(len(first), len(last)) if padded else 0
         a, b = int(first), int(last)
         step = 1 if b >= a else -1
@@ -202,18 +199,14 @@ def index_cache_path(paths: list[str]) -> str:
     return os.path.join(os.path.dirname(absolute[0]), f".tinyclip-index-{digest}.npz")
 
 
-def shard_fingerprint(paths: list[str]) -> list[list]:
-    """(absolute path, size, mtime_ns) per shard: rewriting a shard changes it, so its cached index is stale."""
-    stats = [os.stat(path) for path in paths]
-    return [[os.path.abspath(path), stat.st_size, stat.st_mtime_ns] for path, stat in zip(paths, stats)]
-
-
-def load_or_build_index(paths: list[str], processes: int = None) -> TarIndex:
+def load_or_build_index(paths: list[str]) -> TarIndex:
     """The index of `paths`, read from its cache file when that was built from these very shards (same
     list, sizes and mtimes), else built and written there atomically; a folder that is not writable
     only costs the rebuild next time. A damaged or unreadable cache file is rebuilt, never an error."""
     cache = index_cache_path(paths)
-    fingerprint = shard_fingerprint(paths)  # taken before the scan: a shard changed during it reads as stale
+    # (absolute path, size, mtime) per shard, taken before the scan: a shard changed during it reads as stale
+    fingerprint = [[os.path.abspath(path), stat.st_size, stat.st_mtime_ns] for path, stat in
+                   zip(paths, map(os.stat, paths))]
     try:
         with np.load(cache, allow_pickle=False) as saved:
             meta = json.loads(str(saved["meta"]))
@@ -225,7 +218,7 @@ def load_or_build_index(paths: list[str], processes: int = None) -> TarIndex:
                     return index
     except Exception:  # missing, truncated, garbage, another layout: any of them means rebuild
         pass
-    index = build_index(paths, processes)
+    index = build_index(paths)
     meta = json.dumps({"format": INDEX_FORMAT, "fingerprint": fingerprint, "skipped": index.skipped})
     keys = np.frombuffer(json.dumps(index.keys).encode("utf-8"), np.uint8)  # compact, unlike a U-width array
     try:

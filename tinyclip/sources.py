@@ -27,6 +27,7 @@ run and never goes unnoticed: every kind of bad image, caption, file or tar memb
 """
 
 import csv
+import functools
 import io
 import json
 import os
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image, ImageOps
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from tinyclip import shards as tar_shards
 from tinyclip.synthetic import SyntheticClassification, SyntheticPairs
@@ -77,15 +78,9 @@ def check_caption(caption: str) -> str:
 
 
 def decode_captions(data: bytes) -> list[str]:
-    """Captions of a .txt: one per non-empty line."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SkipSample("bad_caption_encoding") from None
-    captions = [line.strip() for line in text.splitlines() if line.strip()]
-    if not captions:
-        raise SkipSample("empty_caption")
-    return captions
+    """Captions of a .txt: one per non-empty line (check_caption's SkipSample when none is, or not UTF-8)."""
+    text = check_caption(data.decode("utf-8", errors="surrogateescape"))
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def no_valid_sample(source, skipped: Counter) -> ValueError:
@@ -229,8 +224,7 @@ class FolderPairs(FileSource):
 
 
 class TarShards(FileSource):
-    """Tar shards as a map-style source, through a header index (see tinyclip.shards): built on the first
-    open and kept beside the shards, so later runs and the other ranks load it instead of rescanning."""
+    """Tar shards as a map-style source, through their header index (tinyclip.shards), kept beside them."""
 
     def __init__(self, spec: str):
         existing, self.missing_shards = tar_shards.resolve_shards(spec)
@@ -342,38 +336,28 @@ def open_labelled(data: str, split: str, *, label_set: str, size: int):
     return ImageFolderDataset(str(data))
 
 
-class _Loaded(Dataset):
-    """(index, transform(image), target) of load(index), or (index, None, the reason it was skipped):
-    an exception would end the DataLoader."""
-
-    def __init__(self, load, count: int, transform):
-        self.load, self.count, self.transform = load, count, transform
-
-    def __len__(self):
-        return self.count
-
-    def __getitem__(self, index):
+def _load_readable(load, transform, indices):
+    """(batch of the samples at `indices` that load, or None, Counter of the others' SkipSample reasons):
+    the DataLoader's collate_fn, so loading runs in its workers, where an exception would end it."""
+    loaded, reasons = [], Counter()
+    for index in indices:
         try:
-            image, target = self.load(index)
+            image, target = load(index)
         except SkipSample as bad:
-            return index, None, bad.reason
-        return index, self.transform(image), target
-
-
-def _collate_readable(items):
-    readable = [item for item in items if item[1] is not None]
-    reasons = Counter(reason for _, image, reason in items if image is None)
-    if not readable:
+            reasons[bad.reason] += 1
+            continue
+        loaded.append((index, transform(image), target))
+    if not loaded:
         return None, reasons
-    indices, images, targets = zip(*readable)
+    indices, images, targets = zip(*loaded)
     return {"index": list(indices), "image": torch.stack(images), "target": list(targets)}, reasons
 
 
 def load_batches(load, count: int, transform, *, skipped: Counter, batch_size: int = 256, workers: int = 0):
     """Yield {"index": [B], "image": [B, 3, S, S], "target": [B]} for indices 0..count-1 in order, from
     `load(i) -> (PIL image, target)`; samples that raise SkipSample are left out, counted in `skipped`."""
-    loader = DataLoader(_Loaded(load, count, transform), batch_size=batch_size, num_workers=workers,
-                        collate_fn=_collate_readable)
+    loader = DataLoader(range(count), batch_size=batch_size, num_workers=workers,
+                        collate_fn=functools.partial(_load_readable, load, transform))
     for batch, reasons in loader:
         skipped.update(reasons)
         if batch is not None:
