@@ -18,8 +18,10 @@ The loss is exact under data parallelism (tinyclip/losses.py) and under gradient
 mid-epoch: a resumed run equals an uninterrupted one bit for bit.
 
 The file reads top to bottom: the model and its optimiser, the schedule, one training step (train_step,
-which scripts/bench.py times), then train(): the checks, the model, the optimiser and a resumed run's
-state, the loop, the end. The flags, their defaults and checks are tinyclip/train_flags.py.
+which scripts/bench.py times), then the run: the processes, main(), and train() in sections: the checks,
+the data, the model, the optimiser and a resumed run's state, checkpoints and the log, the loop, the end.
+The flags, their defaults and checks (with what --init and a resumed checkpoint must match) are
+tinyclip/train_flags.py; the data, its start-up line included, is tinyclip/data.py.
 """
 
 import contextlib
@@ -29,12 +31,10 @@ import dataclasses
 import json
 import math
 import os
-import random
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -46,9 +46,9 @@ from tinyclip.data import make_train_loader
 from tinyclip.evaluation import zeroshot
 from tinyclip.flops import gflops_per_sample
 from tinyclip.gradcache import gradient_cache_step
-from tinyclip.model import LOG_MAX_LOGIT_SCALE, autocast, build_model, create_model, read_weights
+from tinyclip.model import LOG_MAX_LOGIT_SCALE, autocast, build_model, create_model
 from tinyclip.optim import Adafactor
-from tinyclip.train_flags import (STRATEGIES, ConfigError, check_args, check_resumable, parse_args,
+from tinyclip.train_flags import (STRATEGIES, ConfigError, check_args, check_resumable, parse_args, read_init,
                                   resolve_budget)
 
 
@@ -80,24 +80,11 @@ def make_model(args, quick_gelu: bool = False) -> nn.Module:
     return model.lock_image() if args.lock_image else model
 
 
-def read_init(args, shapes: nn.Module) -> dict:
-    """The starting weights of --init, {"weights", "quick_gelu"}, checked against the model the flags describe
-    (`shapes`, on the meta device): every weight of it, or of its image tower for --init-towers image, must be
-    there with its shape; the first that is not is named."""
-    try:
-        weights, quick_gelu = read_weights(args.init)
-    except Exception as e:  # a truncated zip, a pickle with code in it, not a torch file at all...
-        raise ConfigError(f"--init {args.init}: not a checkpoint or weights file ({type(e).__name__})") from None
-    wanted = {k: v.shape for k, v in shapes.state_dict().items() if args.init_towers != "image" or
-              k.startswith("visual.")}
-    weights = {k: v for k, v in weights.items() if k in wanted or args.init_towers != "image"}
-    for key in sorted(wanted.keys() | weights.keys()):
-        if key not in weights or key not in wanted or weights[key].shape != wanted[key]:
-            found = tuple(weights[key].shape) if key in weights else "nothing"
-            needed = tuple(wanted[key]) if key in wanted else "nothing (no such weight)"
-            raise ConfigError(f"--init {args.init} does not fit --arch {args.arch} and the model flags: {key} is "
-                              f"{found} there, the model needs {needed}")
-    return {"weights": weights, "quick_gelu": quick_gelu}
+def stage_sizes(args, image_size: int) -> dict:
+    """Each stage's (image size, context length): the main budget's (image_size: the model's, from --image-size
+    or the preset), then the tuning stage's (the --tune-* sizes, else the main budget's)."""
+    return {"main": (image_size, args.context_length),
+            "tune": (args.tune_image_size or image_size, args.tune_context_length or args.context_length)}
 
 
 def stage_gflops(args) -> dict:
@@ -106,13 +93,10 @@ def stage_gflops(args) -> dict:
     image tower counts its forward only. Counted on the meta device, free for any model size."""
     with torch.device("meta"):
         model = make_model(args)
-    _, mask_ratio, _ = STRATEGIES[args.strategy](args)
-    image_size, context_length = model.visual.image_size, args.context_length
-    main = gflops_per_sample(model, strategy=args.strategy, mask_ratio=mask_ratio, image_size=image_size,
-                             context_length=context_length)["total"]
-    tune = gflops_per_sample(model, strategy=args.strategy, mask_ratio=0.0, image_size=args.tune_image_size or
-                             image_size, context_length=args.tune_context_length or context_length)["total"]
-    return {"main": main, "tune": tune}
+    mask_ratios = {"main": STRATEGIES[args.strategy](args)[1], "tune": 0.0}
+    return {stage: gflops_per_sample(model, strategy=args.strategy, mask_ratio=mask_ratios[stage], image_size=size,
+                                     context_length=length)["total"]
+            for stage, (size, length) in stage_sizes(args, model.visual.image_size).items()}
 
 
 def make_optimizer(args, model: nn.Module):
@@ -245,15 +229,13 @@ def main(argv=None):
 
 
 def train(args, rank: int, world_size: int, device: torch.device):
-    # --- checks: the model the flags describe, the run folder and the data, before anything is built
+    # --- checks: the model the flags describe and the run folder, before anything is built
     started = time.time()
     augment, mask_ratio, ssl = STRATEGIES[args.strategy](args)
     with torch.device("meta"):  # no memory, no time: the shapes, and whether the flags fit together
         shapes = make_model(args)
     init = read_init(args, shapes) if args.init else None
-    # each stage's (image size, context length): the main budget's, then the tuning stage's
-    sizes = {"main": (shapes.visual.image_size, args.context_length)}
-    sizes["tune"] = (args.tune_image_size or sizes["main"][0], args.tune_context_length or args.context_length)
+    sizes = stage_sizes(args, shapes.visual.image_size)
     out = Path(args.out)
     if rank == 0:
         ckpt_io.remove_stale_temp_files(out)  # what a write killed mid-way left behind
@@ -262,11 +244,9 @@ def train(args, rank: int, world_size: int, device: torch.device):
         raise ConfigError(f"{out} already holds a run ({path.name}); pass --resume auto or another --out")
     step = ckpt["step"] if ckpt is not None else 0
 
-    # stream mode: where each of this rank's loader workers stands (a resumed run's from its checkpoint)
-    saved_positions = ckpt["data_state"].get("positions", []) if ckpt is not None else []
-    positions = saved_positions[rank] if rank < len(saved_positions) else {}  # another world size: refused below
-
-    def make_loader(stage: str, start_step: int):  # the pairs in order from a step on, at a stage's sizes
+    # --- the data, checked against a resumed run's, and the budget it sets
+    def make_loader(stage: str, start_step: int, positions: dict):
+        """The pairs in order from a step on, at a stage's sizes (stream mode: each worker from its position)."""
         image_size, context_length = sizes[stage]
         return make_train_loader(
             args.data, transform=make_transform(augment, image_size, args.normalize),
@@ -278,31 +258,25 @@ def train(args, rank: int, world_size: int, device: torch.device):
             buffer_size=args.shuffle_buffer, resampled=args.dataset_resampled, retries=args.data_retries,
             num_samples=args.train_num_samples, positions=positions)
 
+    # stream mode: where each of this rank's loader workers stands (a resumed run's from its checkpoint)
+    saved_positions = ckpt["data_state"].get("positions", []) if ckpt is not None else []
+    positions = saved_positions[rank] if rank < len(saved_positions) else {}  # another world size: refused below
     try:  # rank 0 first: it builds a tar index the other ranks then read from beside the shards
         if rank > 0:
             dist.barrier()
-        loader = make_loader("main", step)
+        loader = make_loader("main", step, positions)
     except ValueError as e:  # the data's own problems (no valid sample, a missing column, ...): one line
         raise ConfigError(str(e)) from None
     finally:
         if rank == 0 and world_size > 1:
             dist.barrier()
-    data = loader.summary()
-    resolve_budget(args, data["pairs"])
-    main_steps = max(1, args.samples_seen // args.batch_size)
+    main_steps = resolve_budget(args, loader.num_samples)
     total_steps = main_steps + args.tune_steps
     resized = sizes["tune"][0] != sizes["main"][0]  # CLIPA: the tuning stage at another image size
     if step > main_steps and sizes["tune"] != sizes["main"]:  # a run resumed inside the tuning stage
-        loader = make_loader("tune", step)
+        loader = make_loader("tune", step, positions)
     if ckpt is not None:
-        check_resumable(ckpt, args, path)
-        saved, now = ckpt["data_state"], loader.state_dict()
-        if (saved["num_samples"], saved["selection"]) != (now["num_samples"], now["selection"]):
-            raise ConfigError(f"--data {args.data} now selects {loader.num_samples} pairs, not the "
-                              f"{saved['num_samples']} the run in {out} trained on; use another --out")
-        if saved.get("slots") != now["slots"]:  # stream mode: positions are per (rank, worker)
-            raise ConfigError(f"the run in {out} streamed its data over {saved['slots'][0]} rank(s) x "
-                              f"{saved['slots'][1]} --workers; stream mode resumes exactly only on the same")
+        check_resumable(ckpt, args, path, loader.state_dict())
 
     # --- model
     torch.manual_seed(args.seed)
@@ -312,7 +286,7 @@ def train(args, rank: int, world_size: int, device: torch.device):
     if resized and step > main_steps:  # a resumed tuning stage: the checkpoint holds the resized embedding
         raw_model.resize_image(sizes["tune"][0])
     flops = stage_gflops(args)  # GFLOPs per sample of each stage
-    seed_rank_stream(args.seed, rank, 0)  # each rank its own FLIP masks, as FLIP's per-device keys
+    ckpt_io.seed_rank_stream(args.seed, rank, 0)  # each rank its own FLIP masks, as FLIP's per-device keys
 
     # --- optimiser, and the state of a resumed run
     optimizer = make_optimizer(args, raw_model)
@@ -324,17 +298,16 @@ def train(args, rank: int, world_size: int, device: torch.device):
         if len(ckpt["rng"]) == world_size:  # each rank continues its own random stream
             ckpt_io.set_rng_state(ckpt["rng"][rank])
         else:  # the data order and the optimiser carry over exactly; the per-rank streams start afresh
-            seed_rank_stream(args.seed, rank, step)
+            ckpt_io.seed_rank_stream(args.seed, rank, step)
     if args.compile:
         raw_model.compile()  # in place, before DDP wraps it (as nanoGPT): DDP's no_sync stays reachable
 
     def wrap(raw_model):  # what runs the forward: DDP's wrapper on several processes
-        if world_size == 1:
-            return raw_model
-        return nn.parallel.DistributedDataParallel(raw_model, device_ids=[device.index] if device.type == "cuda"
-                                                   else None)
+        device_ids = [device.index] if device.type == "cuda" else None
+        return raw_model if world_size == 1 else nn.parallel.DistributedDataParallel(raw_model, device_ids=device_ids)
     model = wrap(raw_model)
 
+    # --- checkpoints, the log, evaluation; the start-up lines
     def save(path):
         # Every rank's RNG state is kept so each rank resumes its own stream of FLIP masks.
         rngs, positions = [ckpt_io.rng_state()], [loader.positions]  # stream mode: each rank's workers' places
@@ -380,7 +353,10 @@ def train(args, rank: int, world_size: int, device: torch.device):
         if args.init:
             print(f"starting from {args.init} ({'the image tower' if args.init_towers == 'image' else 'every weight'}"
                   f"{', image tower locked' if args.lock_image else ''})")
-        report_data(data, total_steps * args.batch_size)
+        line, warning = loader.describe(total_steps * args.batch_size)
+        print(line)
+        if warning:
+            print(f"train.py: warning: {warning}", file=sys.stderr)
         if ckpt is not None:
             moved = f"; world size {len(ckpt['rng'])} -> {world_size}: FLIP masks drawn afresh" \
                 if len(ckpt["rng"]) != world_size else ""
@@ -395,8 +371,7 @@ def train(args, rank: int, world_size: int, device: torch.device):
     while step < total_steps:
         if step == main_steps and sizes["tune"] != sizes["main"]:  # CLIPA: the tuning stage's sizes from here on
             carried.update(loader.skipped)
-            positions = loader.positions  # stream mode: the tuning stage reads on from where the main one stopped
-            loader = make_loader("tune", step)
+            loader = make_loader("tune", step, loader.positions)  # stream mode: reading on from where the main stopped
             data_iter = iter(loader)
             if resized:  # the interpolated embedding is a new parameter to the optimiser, and to DDP's buckets
                 raw_model.resize_image(sizes["tune"][0])
@@ -466,38 +441,6 @@ def train(args, rank: int, world_size: int, device: torch.device):
               f"{skipped}; {out / 'ckpt.pt'}")
         log_file.close()
     return result
-
-
-def seed_rank_stream(seed: int, rank: int, step: int):
-    """Seed this rank's random stream (torch's, for FLIP's masks, and Python's) from (seed, rank, step),
-    mixed by numpy's SeedSequence: a plain seed + rank would make rank 0 replay the very numbers the
-    model's initialisation drew, and the masks would follow the initial weights."""
-    value = int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0])
-    torch.manual_seed(value)
-    random.seed(value)
-
-
-def report_data(data: dict, samples: int):
-    """The start-up line about the data (what it is, how many pairs, shards found and missing, epochs), and
-    a warning line when more than 1% of the shards are missing or samples were skipped."""
-    shards = f" | {data['shards']} shards" + (f", {data['missing_shards']} missing" if data["missing_shards"] else "") \
-        if data["shards"] or data["missing_shards"] else ""
-    kept = f" (of {data['source_pairs']})" if data["source_pairs"] != data["pairs"] else ""
-    pairs = f"{data['pairs']} pairs{kept}" if data["pairs"] else "pairs not counted (--train-num-samples)"
-    epochs = f"{samples / data['pairs']:.3g} epochs" if data["pairs"] else "epochs n/a"
-    if data["mode"] == "stream":  # how the shards split over the (rank, worker) slots that stream them
-        shards += f" streamed over {data['slots']} slots, " + ("drawn with replacement" if data["resampled"] else
-                                                               f"{data['shards'] // data['slots']} each per epoch")
-        shards += f" ({data['sit_out']} sit out each epoch, a different few each time)" if data.get("sit_out") else ""
-    print(f"data: {data['source']} | {pairs}{shards} | {samples} samples = {epochs}")
-    named = data["shards"] + data["missing_shards"]
-    skipped = {reason: n for reason, n in data["skipped"].items() if reason != "missing_shard"}
-    missing = named and data["missing_shards"] > 0.01 * named
-    if missing or skipped:
-        parts = ([f"{data['missing_shards']} of {named} shards missing"] if missing else []) + \
-            [f"{n} {reason}" for reason, n in sorted(skipped.items())]
-        print(f"train.py: warning: {data['source']}: " + ", ".join(parts) + " (skipped, counted in log.jsonl)",
-              file=sys.stderr)
 
 
 if __name__ == "__main__":

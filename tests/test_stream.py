@@ -6,7 +6,6 @@ fails half-way, an HTTP server on 127.0.0.1 that errors on some shards and cuts 
 
 import gzip
 import http.server
-import io
 import json
 import os
 import signal
@@ -28,7 +27,7 @@ from tinyclip.data import make_train_loader
 from tinyclip.shards import build_index
 from tinyclip.stream import SlotStream, shard_samples, shard_urls
 
-from test_data import jpeg_bytes, write_shard, write_shards
+from test_data import add_member, jpeg_bytes, write_shard, write_shards
 from test_train import TINY, _cli
 
 NONE_8 = make_transform("none", 8)
@@ -68,9 +67,7 @@ def test_a_stream_groups_members_as_the_index_does(tmp_path):
                            ("sub/b.jpg", jpeg_bytes(3)), ("sub/b.txt", b"cap b"), ("sub/b.json", b"{}"),
                            ("c.txt", b"no image"), ("d.png", jpeg_bytes(4)), ("e.jpg", jpeg_bytes(5)),
                            ("e.txt", b"cap e")]:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+            add_member(tar, name, data)
     streamed, skipped = Counter(), Counter()
     samples = [(key, image, text) for _, key, image, text in shard_samples(str(shard), 0, streamed, 0)]
     index = build_index([str(shard)])

@@ -29,6 +29,8 @@ from tinyclip.checkpoint import read_checkpoint
 from tinyclip.flops import gflops_per_sample
 from tinyclip.model import CLIP
 
+from test_data import write_pairs_csv
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--arch", "vit-test", "--text-arch", "test", "--image-size", "32", "--context-length", "16",
         "--workers", "0", "--eval-data", "none", "--log-every", "1"]
@@ -280,18 +282,6 @@ def test_resume_may_change_how_the_run_reports(tmp_path, monkeypatch):
                        "5", "--save-every", "3"])
     assert not list(out.rglob(".*.tmp*"))
     assert all(torch.equal(a, b) for a, b in zip(_weights(full).values(), _weights(out).values()))
-
-
-def write_pairs_csv(folder, n):
-    from tinyclip.synthetic import SyntheticPairs
-    folder.mkdir(exist_ok=True)
-    pairs, rows = SyntheticPairs(size=n, image_size=32), ["filepath,title"]
-    for i in range(n):
-        image, caption = pairs.pair(i)
-        image.save(folder / f"{i}.png")
-        rows.append(f"{i}.png,{caption}")
-    (folder / "pairs.csv").write_text("\n".join(rows) + "\n")
-    return str(folder / "pairs.csv")
 
 
 def test_resume_refuses_data_that_changed(capsys, tmp_path, monkeypatch):

@@ -4,9 +4,9 @@ A checkpoint is a dict
     {"model", "config", "optimizer", "scaler", "step", "samples_seen", "args", "rng", "data_state"}:
 "config" is the model's CLIPConfig as a plain dict (SLIP's head included), so `load_checkpoint(path)`
 rebuilds the model from the file alone; "args" are the run's settings and "data_state" what its data
-selected, which a resume must match (train.py); "rng" holds every rank's random state. A crash mid-write
-never leaves a half-written file under a checkpoint's name (atomic_write); `torch.load(weights_only=True)`
-cannot run code.
+selected, which a resume must match (train.py); "rng" holds every rank's random state (each rank's stream
+seeded apart: seed_rank_stream). A crash mid-write never leaves a half-written file under a checkpoint's
+name (atomic_write); `torch.load(weights_only=True)` cannot run code.
 """
 
 import contextlib
@@ -16,6 +16,7 @@ import re
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from tinyclip.model import build_model
@@ -66,6 +67,22 @@ def save_atomic(obj, path) -> None:
         torch.save(obj, f)
 
 
+def step_checkpoint_path(out_dir, step: int) -> Path:
+    return Path(out_dir) / "checkpoints" / f"step_{step:08d}.pt"
+
+
+def prune_checkpoints(out_dir, keep: int) -> None:
+    """Delete all but the newest `keep` step checkpoints (keep <= 0 keeps them all)."""
+    if keep <= 0:
+        return
+    for path in list_step_checkpoints(out_dir)[:-keep]:
+        path.unlink(missing_ok=True)
+
+
+# -----------------------------------------------------------------------------
+# the random state a checkpoint carries: each rank's, seeded, saved and restored
+
+
 def rng_state() -> dict:
     """Every RNG a training step draws from (FLIP masks, dropout, SLIP's head init...)."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
@@ -82,16 +99,13 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def step_checkpoint_path(out_dir, step: int) -> Path:
-    return Path(out_dir) / "checkpoints" / f"step_{step:08d}.pt"
-
-
-def prune_checkpoints(out_dir, keep: int) -> None:
-    """Delete all but the newest `keep` step checkpoints (keep <= 0 keeps them all)."""
-    if keep <= 0:
-        return
-    for path in list_step_checkpoints(out_dir)[:-keep]:
-        path.unlink(missing_ok=True)
+def seed_rank_stream(seed: int, rank: int, step: int) -> None:
+    """Seed this rank's random stream (torch's, for FLIP's masks, and Python's) from (seed, rank, step),
+    mixed by numpy's SeedSequence: a plain seed + rank would make rank 0 replay the very numbers the
+    model's initialisation drew, and the masks would follow the initial weights."""
+    value = int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0])
+    torch.manual_seed(value)
+    random.seed(value)
 
 
 # -----------------------------------------------------------------------------

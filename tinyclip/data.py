@@ -8,8 +8,8 @@ lies inside every larger one), and quality, `keep_top=0.4` with the `key,score` 
 score` writes: exactly round(0.4 * N) pairs with the highest image-text scores, ties broken by key.
 The quality filter runs first, then the subset.
 
-The training stream. Every source is map-style (tar shards through a header index), so one design
-serves all of them (the other, for tar shards read in one pass, is StreamBatches: see below): global position p, the number of samples all ranks together consumed before it, is in
+The training stream, index mode (BatchStream). Every source is map-style (tar shards through a header
+index): global position p, the number of samples all ranks together consumed before it, is in
 epoch p // N and reads sample perm_epoch[p % N], a permutation seeded by (seed, epoch), so every
 epoch visits every pair once, reshuffled. With G = B * world_size, rank r's batch k holds positions
 start_sample + k*G + r*B + [0, B): its slice of global batch k. DataLoader worker w builds whole
@@ -20,17 +20,18 @@ with start_sample = samples seen continues the same sample sequence, bit-identic
 uninterrupted run's when the global batch is the same. The stream is infinite; epochs follow from
 samples seen, and all ranks get the same number of batches.
 
-Streamed shards (mode "stream": pipe:/http URLs, or local shards on request) cannot be read at a
-position, so StreamBatches has each DataLoader worker read its own slot of tinyclip.stream and build
+Stream mode (StreamBatches: pipe:/http URLs, or local shards on request). Shards read in one pass cannot
+be read at a position, so each DataLoader worker reads its own slot of tinyclip.stream and builds
 whole batches from it; a sample's draws are seeded by its place in that slot's stream, and each batch
 carries its worker's position after it, which the loader keeps (`positions`) and a checkpoint saves.
 A batch is then a function of (seed, world size, workers, position), and a resume is exact at the
 same world size and worker count.
 
 A bad sample is skipped and replaced by a random one drawn with a generator seeded by (seed, p), so
-batches stay full and deterministic (stream mode: skipped, and the next sample of the slot taken). Each batch carries its worker's skip counts under "skipped";
-the loader adds them up in `loader.skipped` (with the problems found while indexing, counted once;
-decode-time problems are counted each time they are met).
+batches stay full and deterministic (stream mode: skipped, and the slot's next sample taken). Each
+batch carries its worker's skip counts under "skipped"; the loader adds them up in `loader.skipped`
+(with the problems found while indexing, counted once; decode-time problems are counted each time
+they are met).
 
 Converter: python -m tinyclip.data shard --input pairs.csv|folder|shards --output out/ --shard-size 1000
 (here, not in tinyclip.shards, because it reads any source: sources.py imports shards.py, not back).
@@ -246,6 +247,22 @@ class StreamBatches(IterableDataset):
             yield out
 
 
+def first_streamed(spec: str, urls: list) -> None:
+    """Raise a one-line ValueError unless one of the first few shards streams a usable sample: a wrong
+    pattern or a dead host is found before training, not by every worker at its first batch."""
+    reasons = Counter()
+    for url in urls[:5]:
+        for _, key, image, text in shard_samples(url, 0, reasons, retries=0):  # one try each: a dead host is quick
+            try:
+                decode_image(image), decode_captions(text)
+                return
+            except SkipSample as bad:
+                reasons[bad.reason] += 1
+    counts = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items())) or "none"
+    raise ValueError(f"no usable sample in the first {min(5, len(urls))} shard(s) of {spec} (expected KEY.jpg "
+                     f"with KEY.txt members); skipped: {counts}")
+
+
 class TrainLoader:
     """Iterate for batch dicts, forever (every iter() starts again where the loader was made: take one iterator
     per run); `.skipped` adds up the bad samples met so far, by reason; in stream mode `.positions` holds each
@@ -270,10 +287,32 @@ class TrainLoader:
             yield batch
 
     def summary(self) -> dict:
-        """What the run reads, for its start-up line: pairs selected (None: unknown, in stream mode without
-        --train-num-samples), the source's usable pairs, tar shards found and named but missing (0 for other
-        sources), and the problems found opening it, by reason."""
+        """What the run reads: pairs selected (None: unknown, in stream mode without --train-num-samples), the
+        source's usable pairs, tar shards found and named but missing (0 for other sources), the problems found
+        opening it, by reason, and in stream mode how the shards split over the (rank, worker) slots."""
         return {"pairs": self.num_samples, "mode": self.mode, **self.described}
+
+    def describe(self, samples: int) -> tuple[str, str | None]:
+        """The start-up line about the data of a run of `samples` samples (what it is, how many pairs, shards
+        found and missing, epochs), and a warning (None if there is none) when more than 1% of the shards are
+        missing or samples were skipped while opening the data."""
+        data = self.summary()
+        missing = f", {data['missing_shards']} missing" if data["missing_shards"] else ""
+        shards = f" | {data['shards']} shards{missing}" if data["shards"] or data["missing_shards"] else ""
+        kept = f" (of {data['source_pairs']})" if data["source_pairs"] != data["pairs"] else ""
+        pairs = f"{data['pairs']} pairs{kept}" if data["pairs"] else "pairs not counted (--train-num-samples)"
+        epochs = f"{samples / data['pairs']:.3g} epochs" if data["pairs"] else "epochs n/a"
+        if self.mode == "stream":  # how the shards split over the (rank, worker) slots that stream them
+            per_slot = f"{data['shards'] // data['slots']} each per epoch"
+            split = "drawn with replacement" if data["resampled"] else per_slot
+            shards += f" streamed over {data['slots']} slots, {split}"
+            shards += f" ({data['sit_out']} sit out each epoch, a different few each time)" if data["sit_out"] else ""
+        named = data["shards"] + data["missing_shards"]
+        problems = ([f"{data['missing_shards']} of {named} shards missing"]
+                    if named and data["missing_shards"] > 0.01 * named else [])
+        problems += [f"{n} {reason}" for reason, n in sorted(data["skipped"].items()) if reason != "missing_shard"]
+        warning = f"{data['source']}: {', '.join(problems)} (skipped, counted in log.jsonl)" if problems else None
+        return f"data: {data['source']} | {pairs}{shards} | {samples} samples = {epochs}", warning
 
     def epoch_of(self, samples_seen: int):
         """The epoch figure of a log record: in index mode the (0-based) epoch that global position
@@ -311,54 +350,31 @@ def make_train_loader(spec: str = "synthetic", *, transform, batch_size: int, ra
         raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
     if workers < 0 or start_sample < 0 or seed < 0:
         raise ValueError(f"workers, start_sample and seed must be >= 0, got {workers}, {start_sample}, {seed}")
-    mode = mode or ("stream" if is_url(spec) else "index")
-    if mode == "stream":
-        return make_stream_loader(spec, transform=transform, batch_size=batch_size, rank=rank, world_size=world_size,
-                                  workers=workers, seed=seed, context_length=context_length,
-                                  ssl_transform=ssl_transform, with_keys=with_keys, buffer_size=buffer_size,
-                                  resampled=resampled, retries=retries, num_samples=num_samples, positions=positions)
+    batches = dict(transform=transform, ssl_transform=ssl_transform, batch_size=batch_size, rank=rank,
+                   world_size=world_size, seed=seed, context_length=context_length, with_keys=with_keys)
+    if (mode or ("stream" if is_url(spec) else "index")) == "stream":
+        urls, missing = shard_urls(spec)
+        slots = world_size * max(1, workers)
+        if len(urls) < slots:
+            raise ValueError(f"{spec} names {len(urls)} shard(s), fewer than the {slots} slots of {world_size} "
+                             f"rank(s) x {max(1, workers)} worker(s) that stream mode reads them in; lower --workers, "
+                             f"or use --data-mode index for local shards")
+        first_streamed(spec, urls)
+        stream = StreamBatches(urls, workers=workers, buffer_size=buffer_size, resampled=resampled, retries=retries,
+                               positions=positions, **batches)
+        described = {"source": spec, "source_pairs": num_samples, "skipped": {"missing_shard": len(missing)}
+                     if missing else {}, "shards": len(urls), "missing_shards": len(missing), "slots": slots,
+                     "resampled": resampled, "sit_out": 0 if resampled else len(urls) % slots}
+        return TrainLoader(stream, workers=workers, spec=spec, num_samples=num_samples, described=described)
     source = open_source(spec, csv_img_key, csv_caption_key, csv_separator)
     indices = select_indices(source, dataset_size, keep_top, score_file)
     first_valid(source, indices)
-    stream = BatchStream(source, indices, transform=transform, batch_size=batch_size, rank=rank,
-                         world_size=world_size, seed=seed, start_sample=start_sample, context_length=context_length,
-                         ssl_transform=ssl_transform, with_keys=with_keys)
     tar = isinstance(source, TarShards)
     described = {"source": source.name, "source_pairs": len(source), "skipped": dict(+source.skipped),
                  "shards": len(source.index.shards) if tar else 0,
                  "missing_shards": len(source.missing_shards) if tar else 0}
-    return TrainLoader(stream, workers=workers, spec=spec, num_samples=len(indices), described=described)
-
-
-def make_stream_loader(spec, *, workers, world_size, retries, num_samples, **options) -> TrainLoader:
-    """make_train_loader's stream mode: the shards named, checked to give a usable sample before any
-    training (the first few are tried), split over world_size x workers slots (tinyclip.stream)."""
-    urls, missing = shard_urls(spec)
-    slots = world_size * max(1, workers)
-    if len(urls) < slots:
-        raise ValueError(f"{spec} names {len(urls)} shard(s), fewer than the {slots} slots of {world_size} rank(s) x "
-                         f"{max(1, workers)} worker(s) that stream mode reads them in; lower --workers, or use "
-                         f"--data-mode index for local shards")
-    reasons = Counter()
-    for url in urls[:5]:
-        for _, key, image, text in shard_samples(url, 0, reasons, retries=0):  # one try each: a dead host is quick
-            try:
-                decode_image(image), decode_captions(text)
-                break
-            except SkipSample as bad:
-                reasons[bad.reason] += 1
-        else:
-            continue
-        break
-    else:
-        counts = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items())) or "none"
-        raise ValueError(f"no usable sample in the first {min(5, len(urls))} shard(s) of {spec} (expected KEY.jpg "
-                         f"with KEY.txt members); skipped: {counts}")
-    stream = StreamBatches(urls, workers=workers, world_size=world_size, retries=retries, **options)
-    described = {"source": spec, "source_pairs": num_samples, "skipped": {"missing_shard": len(missing)} if missing
-                 else {}, "shards": len(urls), "missing_shards": len(missing), "slots": slots,
-                 "resampled": stream.resampled, "sit_out": 0 if stream.resampled else len(urls) % slots}
-    return TrainLoader(stream, workers=workers, spec=spec, num_samples=num_samples, described=described)
+    return TrainLoader(BatchStream(source, indices, start_sample=start_sample, **batches), workers=workers, spec=spec,
+                       num_samples=len(indices), described=described)
 
 
 # -----------------------------------------------------------------------------

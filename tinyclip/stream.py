@@ -143,7 +143,7 @@ def shard_samples(url: str, start: int, skipped: Counter, retries: int):
     Unusable groups are counted in `skipped` as tinyclip.shards counts them; a failed read is retried from
     where it stopped (the groups before are passed over, not counted again) up to `retries` times."""
     done, seen = start, set()
-    for attempt in range(retries + 1):
+    for _ in range(retries + 1):
         try:
             with contextlib.closing(key_groups(url)) as groups:
                 for ordinal, (key, parts) in enumerate(groups):
@@ -179,18 +179,15 @@ class SlotStream:
         self.buffer_size, self.resampled, self.retries, self.skipped = max(1, buffer_size), resampled, retries, skipped
         state = state or {"epoch": 0, "shard": 0, "group": 0, "yielded": 0, "buffer": []}
         self.epoch, self.shard, self.group, self.yielded = (state[k] for k in ("epoch", "shard", "group", "yielded"))
+        self.per_epoch = None if resampled else len(urls) // slots  # the slot's shards in each epoch
         self.buffer = self.reread(state["buffer"]) if state["buffer"] else []
-
-    def shards_per_epoch(self) -> int | None:
-        return None if self.resampled else len(self.urls) // self.slots
 
     def url(self, ordinal: int) -> str:
         """The slot's shard number `ordinal` of the current epoch."""
         if self.resampled:
             return self.urls[np.random.default_rng([self.seed, self.slot, ordinal]).integers(len(self.urls))]
-        per_slot = self.shards_per_epoch()
         order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.urls))
-        return self.urls[order[self.slot * per_slot + ordinal]]
+        return self.urls[order[self.slot * self.per_epoch + ordinal]]
 
     def state(self) -> dict:
         return {"epoch": self.epoch, "shard": self.shard, "group": self.group, "yielded": self.yielded,
@@ -211,20 +208,22 @@ class SlotStream:
                              f"buffered samples are gone): the data changed since the checkpoint")
         return [found[tuple(i)] for i in ids]
 
-    def take(self, index: int):
-        """Hand out the buffer's sample at `index`, as (draw, key, image bytes, text bytes)."""
-        self.yielded += 1
-        _, key, image, text = self.buffer[index]
-        return f"{self.epoch}:{self.slot}:{self.yielded - 1}", key, image, text
-
-    def draw(self) -> int:
+    def hand_out(self, item=None):
+        """A sample drawn from the buffer, as (draw, key, image bytes, text bytes); `item` takes its place, or
+        with none (the epoch's end) the buffer shrinks by one. The draw is seeded by the samples given out."""
         rng = random.Random(f"tinyclip-buffer:{self.seed}:{self.epoch}:{self.slot}:{self.yielded}")
-        return rng.randrange(len(self.buffer))
+        index = rng.randrange(len(self.buffer))
+        _, key, image, text = self.buffer[index]
+        self.buffer[index] = item or self.buffer[-1]
+        if item is None:
+            self.buffer.pop()
+        draw, self.yielded = f"{self.epoch}:{self.slot}:{self.yielded}", self.yielded + 1
+        return draw, key, image, text
 
     def __iter__(self):
         barren = 0  # shards in a row that gave no usable sample
         while True:
-            while self.resampled or self.shard < self.shards_per_epoch():
+            while self.resampled or self.shard < self.per_epoch:
                 if barren >= self.MAX_BARREN:
                     raise ValueError(f"{barren} shards in a row gave no usable sample (slot {self.slot}; skipped "
                                      f"{dict(self.skipped)}): is the storage reachable?")
@@ -235,16 +234,9 @@ class SlotStream:
                     item = ((self.shard, group), key, image, text)
                     if len(self.buffer) < self.buffer_size:
                         self.buffer.append(item)
-                        continue
-                    index = self.draw()
-                    out = self.take(index)
-                    self.buffer[index] = item
-                    yield out
+                    else:
+                        yield self.hand_out(item)
                 self.shard, self.group = self.shard + 1, 0
             while self.buffer:  # the epoch's end: the buffer empties in a seeded order
-                index = self.draw()
-                out = self.take(index)
-                self.buffer[index] = self.buffer[-1]
-                self.buffer.pop()
-                yield out
+                yield self.hand_out()
             self.epoch, self.shard, self.group, self.yielded = self.epoch + 1, 0, 0, 0

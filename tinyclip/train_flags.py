@@ -1,15 +1,18 @@
 """train.py's command line: every flag with its help, the strategies and what each changes, open_clip's
-names for the same things, the defaults that follow from the data, and the checks that find every bad
-flag or combination before anything is read or built (and what a resumed run must match).
+names for the same things, the defaults that follow from the data, the checks that find every bad
+flag or combination before anything is read or built, and what the files a run reads must match (the
+weights of --init, a resumed run's checkpoint).
 
 A bad flag raises ConfigError, which train.py reports as one line, `train.py: error: ...`, exit 2.
 """
 
 import argparse
 import os
+from pathlib import Path
 
 from tinyclip.augment import AUGMENT_PRESETS
-from tinyclip.model import TEXT_TOWERS, list_models
+from tinyclip.model import TEXT_TOWERS, list_models, read_weights
+from tinyclip.stream import is_url
 from tinyclip.synthetic import LABEL_SETS
 
 DESCRIPTION = """Train CLIP with one of the four strategies of "Scaling (Down) CLIP" (Li, Xie, Cubuk 2024).
@@ -22,13 +25,18 @@ DESCRIPTION = """Train CLIP with one of the four strategies of "Scaling (Down) C
 SYNTHETIC_DEFAULTS = dict(image_size=64, context_length=32, text_arch="small", eval_data="synthetic")
 # What a resumed run may change: how it runs and reports, not what it computes. (--accum-steps,
 # --grad-checkpointing and --compile keep the mathematics; their floating-point rounding may differ.)
-FREE_ON_RESUME = {"workers", "data_retries", "threads", "log_every", "eval_every", "eval_data", "eval_label_set", "eval_size",
-                  "save_every", "keep_checkpoints", "out", "resume", "accum_steps", "grad_checkpointing", "compile",
-                  "local_loss"}
+FREE_ON_RESUME = {"workers", "data_retries", "threads", "log_every", "eval_every", "eval_data", "eval_label_set",
+                  "eval_size", "save_every", "keep_checkpoints", "out", "resume", "accum_steps", "grad_checkpointing",
+                  "compile", "local_loss"}
 
 
 class ConfigError(ValueError):
     """A bad flag, combination or run folder: reported as one line, before any work is done."""
+
+
+def flag(name: str) -> str:
+    """The flag a user types for an argument's name: tune_image_size -> --tune-image-size."""
+    return "--" + name.replace("_", "-")
 
 
 # -----------------------------------------------------------------------------
@@ -182,13 +190,13 @@ def parse_args(argv=None):
                    "split on synthetic data)")
     g.add_argument("--eval-label-set", default="shape-color", help="label set of the synthetic held-out split")
     g.add_argument("--eval-size", type=int, default=1000, help="images of the synthetic held-out split to score")
-    for flag in OPEN_CLIP_FLAGS:
-        p.add_argument(flag, nargs="?", const="", default=None, help=argparse.SUPPRESS)
+    for theirs in OPEN_CLIP_FLAGS:
+        p.add_argument(theirs, nargs="?", const="", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
-    for flag, advice in OPEN_CLIP_FLAGS.items():
-        if getattr(args, flag.lstrip("-").replace("-", "_")) is not None:
-            raise ConfigError(f"{flag} is open_clip's; {advice}")
+    for theirs, advice in OPEN_CLIP_FLAGS.items():
+        if getattr(args, theirs.lstrip("-").replace("-", "_")) is not None:
+            raise ConfigError(f"{theirs} is open_clip's; {advice}")
     if args.data.split(":")[0] == "synthetic":
         for name, value in SYNTHETIC_DEFAULTS.items():
             if getattr(args, name) is None:
@@ -206,12 +214,13 @@ def parse_args(argv=None):
             if getattr(args, name) is None:
                 setattr(args, name, default)
             elif args.strategy != strategy:
-                raise ConfigError(f"--{name.replace('_', '-')} is {strategy}'s; --strategy is {args.strategy}")
+                raise ConfigError(f"{flag(name)} is {strategy}'s; --strategy is {args.strategy}")
     return args
 
 
-def resolve_budget(args, pairs: int):
-    """The defaults that depend on the data: --epochs as samples seen, then the warmup."""
+def resolve_budget(args, pairs: int) -> int:
+    """The defaults that depend on the data: --epochs as samples seen, then the warmup; returns the main
+    budget's steps."""
     if args.epochs is not None:
         if pairs is None:
             raise ConfigError("--epochs needs the dataset's size, which stream mode does not know: give "
@@ -222,27 +231,33 @@ def resolve_budget(args, pairs: int):
                               f"one --batch-size {args.batch_size}")
     elif args.samples_seen is None:
         args.samples_seen = 30_000
+    main_steps = max(1, args.samples_seen // args.batch_size)
     if args.warmup is None:
-        args.warmup = min(2000, max(1, args.samples_seen // args.batch_size) // 10)
+        args.warmup = min(2000, main_steps // 10)
+    return main_steps
+
+
+LEAST = {0: "must not be negative", 1: "must be at least 1", 2: "must hold at least the start and end tokens (2)"}
+
+
+def check_at_least(args, least: int, names) -> None:
+    """Each of the flags `names` that is set is at least `least` (LEAST says what that bound means)."""
+    for name in names:
+        if (value := getattr(args, name)) is not None and value < least:
+            raise ConfigError(f"{flag(name)} {LEAST[least]}, got {value}")
 
 
 def check_args(args, world_size: int):
     """Every flag's range and combination, before anything is read or built."""
-    for name in ("batch_size", "accum_steps", "samples_seen", "log_every", "save_every", "eval_size", "dataset_size",
-                 "image_size", "embed_dim", "threads", "tune_image_size"):
-        if (value := getattr(args, name)) is not None and value < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    for name in ("lr", "wd", "warmup", "grad_clip", "workers", "tune_steps", "tune_lr", "keep_checkpoints",
-                 "eval_every", "epochs"):
-        if (value := getattr(args, name)) is not None and value < 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must not be negative, got {value}")
+    check_at_least(args, 1, ("batch_size", "accum_steps", "samples_seen", "log_every", "save_every", "eval_size",
+                             "dataset_size", "image_size", "embed_dim", "threads", "tune_image_size"))
+    check_at_least(args, 0, ("lr", "wd", "warmup", "grad_clip", "workers", "tune_steps", "tune_lr",
+                             "keep_checkpoints", "eval_every", "epochs"))
     for what, value, valid in (("strategy", args.strategy, STRATEGIES), ("arch", args.arch, list_models()),
                                ("--text-arch", args.text_arch, TEXT_TOWERS)):
         if value is not None and value not in valid:
             raise ConfigError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
-    for name in ("context_length", "tune_context_length"):
-        if (value := getattr(args, name)) is not None and value < 2:
-            raise ConfigError(f"--{name.replace('_', '-')} must hold at least the start and end tokens (2), got {value}")
+    check_at_least(args, 2, ("context_length", "tune_context_length"))
     if args.augment is not None and args.strategy != "clip-aug":
         raise ConfigError(f"--augment applies to --strategy clip-aug, not {args.strategy}")
     if args.augment is not None and args.augment not in AUGMENT_PRESETS:
@@ -251,7 +266,7 @@ def check_args(args, world_size: int):
         raise ConfigError(f"--mask-ratio must be in (0, 1), got {args.mask_ratio}")
     for name in ("tune_image_size", "tune_context_length"):
         if getattr(args, name) is not None and not args.tune_steps:
-            raise ConfigError(f"--{name.replace('_', '-')} sets the tuning stage's size; give --tune-steps N too")
+            raise ConfigError(f"{flag(name)} sets the tuning stage's size; give --tune-steps N too")
     if not 0 <= args.label_smoothing < 1:
         raise ConfigError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
     if args.label_smoothing and args.loss == "sigmoid":
@@ -277,7 +292,7 @@ def check_args(args, world_size: int):
     if local_batch % args.accum_steps:
         raise ConfigError(f"the per-rank batch {local_batch} (= {args.batch_size} / {world_size} ranks) does not "
                           f"split into --accum-steps {args.accum_steps} equal micro-batches")
-    stream = args.data_mode == "stream" or (args.data_mode is None and args.data.startswith(("pipe:", "http")))
+    stream = args.data_mode == "stream" or (args.data_mode is None and is_url(args.data))
     if stream and not (".tar" in args.data or os.path.isdir(args.data)):
         raise ConfigError(f"--data-mode stream reads tar shards; --data {args.data} names none")
     for name, value in (("--dataset-size", args.dataset_size), ("--keep-top", args.keep_top)):
@@ -288,11 +303,8 @@ def check_args(args, world_size: int):
         if given and not stream:
             raise ConfigError(f"{name} applies to --data-mode stream; in index mode tinyclip counts the pairs itself "
                               "and shuffles all of them (--dataset-size N trains on a seeded subset)")
-    for name in ("shuffle_buffer", "train_num_samples"):
-        if (value := getattr(args, name)) is not None and value < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if args.data_retries < 0:
-        raise ConfigError(f"--data-retries must not be negative, got {args.data_retries}")
+    check_at_least(args, 1, ("shuffle_buffer", "train_num_samples"))
+    check_at_least(args, 0, ("data_retries",))
     if args.resume not in (None, "auto"):
         raise ConfigError(f"--resume takes 'auto' (the newest checkpoint in --out), got {args.resume!r}")
     if args.eval_data not in (None, "none", "synthetic") and not os.path.isdir(args.eval_data):
@@ -314,12 +326,45 @@ STRATEGIES = {
 }
 
 
-def check_resumable(ckpt: dict, args, path):
+# -----------------------------------------------------------------------------
+# what the files a run reads must match
+
+
+def read_init(args, shapes) -> dict:
+    """The starting weights of --init, {"weights", "quick_gelu"}, checked against the model the flags describe
+    (`shapes`, on the meta device): every weight of it, or of its image tower for --init-towers image, must be
+    there with its shape; the first that is not is named."""
+    try:
+        weights, quick_gelu = read_weights(args.init)
+    except Exception as e:  # a truncated zip, a pickle with code in it, not a torch file at all...
+        raise ConfigError(f"--init {args.init}: not a checkpoint or weights file ({type(e).__name__})") from None
+    wanted = {k: v.shape for k, v in shapes.state_dict().items() if args.init_towers != "image" or
+              k.startswith("visual.")}
+    weights = {k: v for k, v in weights.items() if k in wanted or args.init_towers != "image"}
+    for key in sorted(wanted.keys() | weights.keys()):
+        if key not in weights or key not in wanted or weights[key].shape != wanted[key]:
+            found = tuple(weights[key].shape) if key in weights else "nothing"
+            needed = tuple(wanted[key]) if key in wanted else "nothing (no such weight)"
+            raise ConfigError(f"--init {args.init} does not fit --arch {args.arch} and the model flags: {key} is "
+                              f"{found} there, the model needs {needed}")
+    return {"weights": weights, "quick_gelu": quick_gelu}
+
+
+def check_resumable(ckpt: dict, args, path, data_state: dict):
     """A checkpoint of another run is refused, naming the first setting that differs and both values
-    (a flag the user gave before one whose default follows from it, such as --lr before --tune-lr)."""
+    (a flag the user gave before one whose default follows from it, such as --lr before --tune-lr);
+    so is one whose data the loader's `data_state` no longer matches: other pairs, or in stream mode
+    other (rank, worker) slots, which its saved positions belong to."""
     derived = {"warmup", "tune_lr", "wd", "beta2", "samples_seen", *SYNTHETIC_DEFAULTS}
     for name, value in sorted(vars(args).items(), key=lambda item: item[0] in derived):
         saved = ckpt["args"].get(name, "(not set)")
         if name not in FREE_ON_RESUME and saved != value:
-            raise ConfigError(f"{path} is from a run with --{name.replace('_', '-')} {saved}, not {value}; "
+            raise ConfigError(f"{path} is from a run with {flag(name)} {saved}, not {value}; "
                               "resume with the same setting, or use another --out")
+    saved, out = ckpt["data_state"], Path(args.out)
+    if (saved["num_samples"], saved["selection"]) != (data_state["num_samples"], data_state["selection"]):
+        raise ConfigError(f"--data {args.data} now selects {data_state['num_samples']} pairs, not the "
+                          f"{saved['num_samples']} the run in {out} trained on; use another --out")
+    if saved.get("slots") != data_state["slots"]:
+        raise ConfigError(f"the run in {out} streamed its data over {saved['slots'][0]} rank(s) x "
+                          f"{saved['slots'][1]} --workers; stream mode resumes exactly only on the same")
