@@ -372,6 +372,7 @@ def train(args, rank: int, world_size: int, device: torch.device):
         if step == main_steps and sizes["tune"] != sizes["main"]:  # CLIPA: the tuning stage's sizes from here on
             carried.update(loader.skipped)
             loader = make_loader("tune", step, loader.positions)  # stream mode: reading on from where the main stopped
+            carried.subtract(loader.skipped)  # what opening the data found is counted once, not once per stage
             data_iter = iter(loader)
             if resized:  # the interpolated embedding is a new parameter to the optimiser, and to DDP's buckets
                 raw_model.resize_image(sizes["tune"][0])

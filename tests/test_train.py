@@ -29,7 +29,7 @@ from tinyclip.checkpoint import read_checkpoint
 from tinyclip.flops import gflops_per_sample
 from tinyclip.model import CLIP
 
-from test_data import write_pairs_csv
+from test_data import write_pairs_csv, write_shards
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--arch", "vit-test", "--text-arch", "test", "--image-size", "32", "--context-length", "16",
@@ -470,3 +470,12 @@ def test_slip_trains_its_clip_view_on_slips_random_crop():
     assert all(torch.equal(v, views["clip"][0]) for v in views["clip"])
     assert len({v[0].sum().item() for v in views["slip"]}) > 1  # random crops: the red share varies
     assert all(v[0, :, 0].mean() > 0.9 and v[2, :, -1].mean() > 0.9 for v in views["slip"])  # never mirrored
+
+
+def test_a_tuning_stage_at_other_sizes_counts_the_datas_problems_once(tmp_path):
+    # the loader is opened again for the tuning stage's sizes: a shard missing from the start is one problem
+    spec = write_shards(tmp_path / "shards", 40, per_shard=10) + "::" + str(tmp_path / "shards" / "00099.tar")
+    out = run_main(tmp_path, *CLIPA, "--data", spec)
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert {r["stage"] for r in records} == {"main", "tune"}
+    assert all(r["skipped"] == {"missing_shard": 1} for r in records)
