@@ -1,9 +1,10 @@
 """Compute per training sample, the x-axis of "Scaling (Down) CLIP" (Li et al. 2024:
 total compute = GFLOPs per sample x samples seen).
 
-FLOPs are measured, not estimated: the model runs once under torch.utils.flop_counter's
-FlopCounterMode on the meta device (tensors with shapes but no data), so even ViT-L costs nothing
-and needs no memory. FlopCounterMode counts matrix multiplies, convolutions and attention, with
+FLOPs are measured, not estimated: the model is rebuilt from its config on the meta device (tensors
+with shapes but no data; no weight is copied) and runs once under torch.utils.flop_counter's
+FlopCounterMode, so even ViT-L costs nothing and needs no memory (and on meta, attention is counted:
+on CPU its fused kernels are invisible to FlopCounterMode). FlopCounterMode counts matrix multiplies, convolutions and attention, with
 one multiply-add = 2 FLOPs; normalisations, activations, pooling and the softmax are not counted
 (they are a few percent at most). Published model sizes ("4.4 GFLOPs" for ViT-B/32) usually count
 multiply-adds; gmacs_per_sample gives those.
@@ -41,10 +42,7 @@ def gflops_per_sample(model: CLIP, strategy: str = "clip", mask_ratio: float = 0
     """GFLOPs per sample of `model` (a CLIP) under a training strategy (see above), as {"image",
     "text", "total"}. train=True counts forward + backward (about 3x the forward), train=False the
     forward only. mask_ratio applies to "flip" only; "slip" needs a model with SLIP's head. image_size,
-    context_length: the inputs' sizes (default: the model's; a stage of reduced tokens feeds fewer).
-
-    The model is rebuilt from its config on the meta device (no weight is copied): on CPU, fused
-    attention kernels are invisible to FlopCounterMode; on meta, attention is counted."""
+    context_length: the inputs' sizes (default: the model's; a stage of reduced tokens feeds fewer)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
     ratio = mask_ratio if strategy == "flip" else 0.0  # encode_image refuses one outside [0, 1)

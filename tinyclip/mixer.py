@@ -56,8 +56,7 @@ class MlpMixer(ImageTower):
                  token_mlp_dim: int, channel_mlp_dim: int):
         super().__init__()
         if image_size % patch_size:
-            raise ValueError(f"mixer needs image_size divisible by its patch {patch_size}; "
-                             f"got {image_size}")
+            raise ValueError(f"mixer needs image_size divisible by its patch {patch_size}; got {image_size}")
         self.image_size, self.patch_size, self.width = image_size, patch_size, width
         self.num_tokens = (image_size // patch_size) ** 2
         self.stem = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size)

@@ -2,10 +2,9 @@
 Transferable Visual Models From Natural Language Supervision").
 
 Both towers map their input to the same `embed_dim`-wide space; training pulls matching image and
-text features together (losses.py). Here: the registry (VISION_TOWERS, TEXT_TOWERS, PRESETS: a new
-tower is one file, one VISION_TOWERS entry and one preset row); SLIP's projection head, part of the
-model when the config asks for it; CLIPConfig, CLIP, create_model, build_model; and load_openai for
-OpenAI (TorchScript or state_dict) and open_clip checkpoints of these shapes.
+text features together (losses.py). A new image tower is one file, one VISION_TOWERS entry and one
+preset row. SLIP's projection head is part of the model when the config asks for it; load_openai
+reads OpenAI (TorchScript or state_dict) and open_clip checkpoints of these shapes.
 """
 
 import copy
@@ -132,8 +131,6 @@ class CLIPConfig:
 
 
 LOSSES = ("softmax", "sigmoid")
-
-
 OVERRIDES = ("image_size", "embed_dim", "text_arch", "context_length", "vocab_size", "quick_gelu",
              "ssl_mlp_dim", "ssl_emb_dim", "ssl_norm", "loss")
 
@@ -242,14 +239,12 @@ class CLIP(TextTransformer):
         """[B, 3, S, S] -> [B, E] (or the tower's own feature [B, W] with project=False: what SLIP's head reads)."""
         S = self.visual.image_size
         if images.dim() != 4 or images.shape[1] != 3 or images.shape[2:] != (S, S):
-            raise ValueError(f"images must be [batch, 3, {S}, {S}] for this model, "
-                             f"got shape {tuple(images.shape)}")
+            raise ValueError(f"images must be [batch, 3, {S}, {S}] for this model, got shape {tuple(images.shape)}")
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         if mask_ratio > 0 and not self.visual.supports_masking:
             raise ValueError(f"FLIP masking (mask_ratio={mask_ratio}) needs a ViT image tower; "
-                             f"{self.config.arch} is a {self.config.vision.get('kind')} tower "
-                             f"with no tokens to drop")
+                             f"{self.config.arch} is a {self.config.vision.get('kind')} tower with no tokens to drop")
         images = images.to(self.logit_scale.dtype)  # a model held in bf16/fp16 takes its own dtype
         x = self.visual(images, mask_ratio=mask_ratio, project=project)  # B, E (or B, W)
         return F.normalize(x, dim=-1) if normalize else x
@@ -257,11 +252,9 @@ class CLIP(TextTransformer):
     def forward(self, images: torch.Tensor, ids: torch.Tensor, mask_ratio: float = 0.0, views=None):
         """-> (unit image features [B, E], unit text features [B, E], logit scale (a scalar)); with SLIP's
         views [2B, 3, S, S] (rows 2i, 2i+1: the two views of sample i) also their tower features [2B, W]."""
-        image_features = self.encode_image(images, mask_ratio=mask_ratio, normalize=True)
-        text_features = self.encode_text(ids, normalize=True)
-        if views is None:
-            return image_features, text_features, self.logit_scale.exp()
-        return image_features, text_features, self.logit_scale.exp(), self.encode_image(views, project=False)
+        outputs = (self.encode_image(images, mask_ratio=mask_ratio, normalize=True),
+                   self.encode_text(ids, normalize=True), self.logit_scale.exp())
+        return outputs if views is None else (*outputs, self.encode_image(views, project=False))
 
     def loss(self, image_features, text_features, logit_scale, view_features=None, ssl_scale: float = 1.0,
              label_smoothing: float = 0.0) -> dict:
@@ -280,7 +273,7 @@ class CLIP(TextTransformer):
 
     def set_grad_checkpointing(self, enable: bool = True):
         """Recompute activations in the backward pass, in both towers (saves memory)."""
-        super().set_grad_checkpointing(enable)
+        self.grad_checkpointing = enable  # the text tower's, which encode_text reads
         self.visual.set_grad_checkpointing(enable)
 
     def resize_image(self, image_size: int):
@@ -325,8 +318,7 @@ def build_model(config) -> CLIP:
 
 
 def create_model(arch: str, **overrides) -> CLIP:
-    """A fresh CLIP from a preset name (see list_models()), e.g. create_model("vit-b-32", text_arch="vit-b").
-    Overrides: any of OVERRIDES (image_size, embed_dim, text_arch, context_length, ssl_mlp_dim, ...)."""
+    """A fresh CLIP from a preset name and any OVERRIDES (see make_config): create_model("vit-b", loss="sigmoid")."""
     return build_model(make_config(arch, **overrides))
 
 
@@ -334,9 +326,12 @@ def create_model(arch: str, **overrides) -> CLIP:
 # OpenAI / open_clip checkpoints
 
 
+OPENAI_BUFFERS = ("input_resolution", "context_length", "vocab_size", "attn_mask")  # OpenAI's buffers, not weights
+
+
 def read_state_dict(path) -> dict:
-    """A state_dict from a TorchScript archive (OpenAI's release format) or a torch.save file
-    (plain, or open_clip's {"state_dict": ...}), with any DDP "module." prefix removed."""
+    """The dict in a TorchScript archive (OpenAI's release format) or a torch.save file (a state_dict,
+    open_clip's {"state_dict": ...} or a tinyclip checkpoint), without DDP's "module." prefix or OPENAI_BUFFERS."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {path}")
@@ -354,10 +349,8 @@ def read_state_dict(path) -> dict:
         state_dict = state_dict["state_dict"]
     if not isinstance(state_dict, dict):
         raise ValueError(f"{path} holds a {type(state_dict).__name__}, not a state_dict")
-    return {k.removeprefix("module."): v for k, v in state_dict.items()}
-
-
-OPENAI_BUFFERS = ("input_resolution", "context_length", "vocab_size", "attn_mask")  # buffers, not parameters
+    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    return {k: v for k, v in state_dict.items() if k not in OPENAI_BUFFERS}
 
 
 def read_weights(path) -> tuple:
@@ -366,38 +359,12 @@ def read_weights(path) -> tuple:
     state_dict = read_state_dict(path)
     if isinstance(state_dict.get("model"), dict) and isinstance(state_dict.get("config"), dict):  # tinyclip's
         return state_dict["model"], bool(state_dict["config"].get("quick_gelu", False))
-    return {k: v for k, v in state_dict.items() if k not in OPENAI_BUFFERS}, True
+    return state_dict, True
 
 
 def count_blocks(state_dict: dict, prefix: str) -> int:
     """Number of distinct N in keys '<prefix>N.<...>'."""
     return len({k.removeprefix(prefix).split(".")[0] for k in state_dict if k.startswith(prefix)})
-
-
-def config_from_openai_state_dict(sd: dict) -> CLIPConfig:
-    """Infer the architecture from weight shapes (as OpenAI's build_model does; heads = width/64)."""
-    if "visual.proj" in sd:
-        width, _, patch, _ = sd["visual.conv1.weight"].shape
-        grid = math.isqrt(sd["visual.positional_embedding"].shape[0] - 1)
-        layers = count_blocks(sd, "visual.transformer.resblocks.")
-        vision = dict(kind="vit", width=width, layers=layers, heads=width // 64, patch_size=patch)
-        image_size = patch * grid
-    elif "visual.attnpool.positional_embedding" in sd:
-        stages = [count_blocks(sd, f"visual.layer{i}.") for i in (1, 2, 3, 4)]
-        vision = dict(kind="resnet", layers=stages, width=sd["visual.layer1.0.conv1.weight"].shape[0])
-        image_size = 32 * math.isqrt(sd["visual.attnpool.positional_embedding"].shape[0] - 1)
-    else:
-        raise ValueError("not an OpenAI CLIP state_dict: found neither visual.proj (ViT) nor "
-                         "visual.attnpool.positional_embedding (ResNet)")
-    text_width = sd["ln_final.weight"].shape[0]
-    text = dict(text_width=text_width, text_layers=count_blocks(sd, "transformer.resblocks."),
-                text_heads=text_width // 64)
-    arch = next((n for n, row in PRESETS.items() if row["vision"] == vision), "openai-custom")
-    text_arch = next((n for n, v in TEXT_TOWERS.items() if v == text), "custom")
-    return CLIPConfig(arch=arch, vision=vision, image_size=image_size,
-                      embed_dim=sd["text_projection"].shape[1], text_arch=text_arch, **text,
-                      context_length=sd["positional_embedding"].shape[0],
-                      vocab_size=sd["token_embedding.weight"].shape[0], quick_gelu=True)
 
 
 def load_openai(path, image_size: int | None = None, quick_gelu: bool = True) -> CLIP:
@@ -407,19 +374,35 @@ def load_openai(path, image_size: int | None = None, quick_gelu: bool = True) ->
     image_size: build for another resolution; positional embeddings are resized bicubically.
     quick_gelu: OpenAI's weights need QuickGELU (the default). The activation cannot be read from
     the weights: open_clip models trained without it (e.g. its LAION ViT-B-32) need False."""
-    state_dict = read_state_dict(path)
-    for key in OPENAI_BUFFERS:
-        state_dict.pop(key, None)
-    config = config_from_openai_state_dict(state_dict)
-    config.quick_gelu = quick_gelu
-    if image_size is not None and image_size != config.image_size:
-        vit = config.vision["kind"] == "vit"
-        key = "visual.positional_embedding" if vit else "visual.attnpool.positional_embedding"
-        stride = config.vision["patch_size"] if vit else 32
-        if image_size % stride:
-            raise ValueError(f"image_size {image_size} is not a multiple of the tower's stride {stride}")
-        state_dict[key] = resize_positional_embedding(state_dict[key], image_size // stride)
-        config.image_size = image_size
-    model = build_model(config)
-    model.load_state_dict(state_dict, strict=True)  # copies into float32 parameters
+    sd = read_state_dict(path)
+    # the architecture from weight shapes, as OpenAI's build_model infers it (heads = width / 64)
+    if "visual.proj" in sd:
+        width, _, stride, _ = sd["visual.conv1.weight"].shape
+        layers = count_blocks(sd, "visual.transformer.resblocks.")
+        vision = dict(kind="vit", width=width, layers=layers, heads=width // 64, patch_size=stride)
+        pos_key = "visual.positional_embedding"
+    elif "visual.attnpool.positional_embedding" in sd:
+        stages = [count_blocks(sd, f"visual.layer{i}.") for i in (1, 2, 3, 4)]
+        vision = dict(kind="resnet", layers=stages, width=sd["visual.layer1.0.conv1.weight"].shape[0])
+        stride, pos_key = 32, "visual.attnpool.positional_embedding"
+    else:
+        raise ValueError("not an OpenAI CLIP state_dict: found neither visual.proj (ViT) nor "
+                         "visual.attnpool.positional_embedding (ResNet)")
+    text_width = sd["ln_final.weight"].shape[0]
+    text = dict(text_width=text_width, text_layers=count_blocks(sd, "transformer.resblocks."),
+                text_heads=text_width // 64)
+    arch = next((n for n, row in PRESETS.items() if row["vision"] == vision), "openai-custom")
+    text_arch = next((n for n, v in TEXT_TOWERS.items() if v == text), "custom")
+    trained_size = stride * math.isqrt(sd[pos_key].shape[0] - 1)  # positions: one per grid cell, plus one
+    if image_size is None or image_size == trained_size:
+        image_size = trained_size
+    elif image_size % stride:
+        raise ValueError(f"image_size {image_size} is not a multiple of the tower's stride {stride}")
+    else:
+        sd[pos_key] = resize_positional_embedding(sd[pos_key], image_size // stride)
+    model = build_model(CLIPConfig(arch=arch, vision=vision, image_size=image_size,
+                                   embed_dim=sd["text_projection"].shape[1], text_arch=text_arch, **text,
+                                   context_length=sd["positional_embedding"].shape[0],
+                                   vocab_size=sd["token_embedding.weight"].shape[0], quick_gelu=quick_gelu))
+    model.load_state_dict(sd, strict=True)  # copies into float32 parameters
     return model.eval()

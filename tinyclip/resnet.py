@@ -43,14 +43,11 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_planes)
         # OpenAI's init: bn3 starts at zero, so each block starts as its shortcut (Goyal et al. 2017)
         nn.init.zeros_(self.bn3.weight)
-        self.downsample = None
-        if stride > 1 or inplanes != out_planes:
-            # OpenAI names these "-1" (the pool, no weights), "0" (conv), "1" (norm)
-            self.downsample = nn.Sequential(OrderedDict([
-                ("-1", nn.AvgPool2d(stride)),
-                ("0", nn.Conv2d(inplanes, out_planes, 1, bias=False)),
-                ("1", nn.BatchNorm2d(out_planes)),
-            ]))
+        self.downsample = None  # the shortcut is x itself, unless the shape changes
+        if stride > 1 or inplanes != out_planes:  # OpenAI's names: "-1" the pool (no weights), "0" conv, "1" norm
+            self.downsample = nn.Sequential(OrderedDict([("-1", nn.AvgPool2d(stride)),
+                                                         ("0", nn.Conv2d(inplanes, out_planes, 1, bias=False)),
+                                                         ("1", nn.BatchNorm2d(out_planes))]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # B, C_in, H, W
         out = F.relu(self.bn1(self.conv1(x)))  # B, P, H, W
@@ -107,8 +104,7 @@ class ModifiedResNet(ImageTower):
     def __init__(self, layers, width: int, image_size: int, output_dim: int):
         super().__init__()
         if image_size % 32:
-            raise ValueError(f"ResNet image_size must be a multiple of 32 (total stride), "
-                             f"got {image_size}")
+            raise ValueError(f"ResNet image_size must be a multiple of 32 (total stride), got {image_size}")
         if len(layers) != 4:
             raise ValueError(f"ResNet needs 4 stage depths, got layers={tuple(layers)}")
         self.image_size = image_size

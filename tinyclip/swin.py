@@ -155,8 +155,7 @@ class SwinStage(nn.Module):
 
     def __init__(self, dim, resolution, heads, window, drop_probs, downsample):
         super().__init__()
-        # a grid of exactly one window has nothing to shift across
-        shift = window // 2 if resolution > window else 0
+        shift = window // 2 if resolution > window else 0  # a grid of one window has nothing to shift across
         self.blocks = nn.ModuleList(SwinBlock(dim, resolution, heads, window, shift if i % 2 else 0, p)
                                     for i, p in enumerate(drop_probs))
         self.downsample = PatchMerging(dim, resolution) if downsample else None

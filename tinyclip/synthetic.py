@@ -81,14 +81,6 @@ def _splitmix64(x):
     return x ^ (x >> 31)
 
 
-def _rng(*parts):
-    """A random.Random seeded by a stable mix of integers (no hash(), so identical in every process)."""
-    h = 0
-    for part in parts:
-        h = _splitmix64(h ^ (part & _MASK64))
-    return random.Random(h)
-
-
 # --- scenes ---------------------------------------------------------------------------------------
 
 def _sample_attributes(rng):
@@ -283,7 +275,11 @@ class SyntheticPairs:
                 f"noise={self.noise}, image_size={self.image_size})")
 
     def _stream(self, index, stream):
-        return _rng(self.seed, SPLITS[self.split], index, stream)
+        """A random.Random seeded by a stable mix of (seed, split, index, stream): no hash(), so the same everywhere."""
+        h = 0
+        for part in (self.seed, SPLITS[self.split], index, stream):
+            h = _splitmix64(h ^ (part & _MASK64))
+        return random.Random(h)
 
     def _truth(self, index):
         """(index as a Python int, true attributes, the rng that goes on to lay out and colour the

@@ -219,8 +219,8 @@ class Tokenizer:
         ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
         if self.eot_token_id in ids:
             ids = ids[:len(ids) - ids[::-1].index(self.eot_token_id)]  # the rest is padding
-        if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):
-            bad = next(i for i in ids if not 0 <= i < self.vocab_size)
+        bad = next((i for i in ids if not 0 <= i < self.vocab_size), None)
+        if bad is not None:
             raise ValueError(f"token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})")
         text = b"".join(self._token_bytes[i] for i in ids).decode("utf-8", errors="replace")
         return text.removesuffix(" ")

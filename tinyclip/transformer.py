@@ -41,17 +41,11 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
-class Mlp(nn.Module):
+class Mlp(nn.Sequential):
     """Linear -> GELU -> Linear with timm's names (fc1, fc2): Swin's MLP and both of Mixer's."""
 
     def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        super().__init__(OrderedDict(fc1=nn.Linear(dim, hidden), act=nn.GELU(), fc2=nn.Linear(hidden, dim)))
 
 
 class DropPath(nn.Module):
@@ -148,11 +142,9 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_1 = LayerNorm(width)
         self.attn = MultiheadSelfAttention(width, heads)
         self.ln_2 = LayerNorm(width)
-        self.mlp = nn.Sequential(OrderedDict([
-            ("c_fc", nn.Linear(width, 4 * width)),
-            ("gelu", QuickGELU() if quick_gelu else nn.GELU()),
-            ("c_proj", nn.Linear(4 * width, width)),
-        ]))
+        self.mlp = nn.Sequential(OrderedDict(c_fc=nn.Linear(width, 4 * width),
+                                             gelu=QuickGELU() if quick_gelu else nn.GELU(),
+                                             c_proj=nn.Linear(4 * width, width)))
 
     def forward(self, x: torch.Tensor, is_causal: bool = False) -> torch.Tensor:  # B, N, D
         x = x + self.attn(self.ln_1(x), is_causal=is_causal)
@@ -182,7 +174,7 @@ class TextTransformer(nn.Module):
     Token ids are [B, L] with L <= context_length (shorter sequences use the first L positions,
     as OpenAI's code allows)."""
 
-    grad_checkpointing = False  # what encode_text passes to run_blocks
+    grad_checkpointing = False  # what encode_text passes to run_blocks; CLIP.set_grad_checkpointing sets it
 
     def __init__(self, width: int, layers: int, heads: int, context_length: int, vocab_size: int,
                  output_dim: int, quick_gelu: bool = False):
@@ -219,8 +211,7 @@ class TextTransformer(nn.Module):
         if ids.device.type != "meta" and ids.numel() and not torch.compiler.is_compiling():
             low, high = int(ids.min()), int(ids.max())
             if low < 0 or high >= self.vocab_size:
-                raise ValueError(f"token id out of range [0, {self.vocab_size}): "
-                                 f"got min {low}, max {high}")
+                raise ValueError(f"token id out of range [0, {self.vocab_size}): got min {low}, max {high}")
         B, L = ids.shape
         x = self.token_embedding(ids)  # B, L, D
         x = x + self.positional_embedding[:L].to(x.dtype)
@@ -230,6 +221,3 @@ class TextTransformer(nn.Module):
         x = x[torch.arange(B, device=x.device), ids.argmax(dim=-1)]
         x = x @ self.text_projection  # B, E
         return F.normalize(x, dim=-1) if normalize else x
-
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable

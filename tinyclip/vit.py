@@ -33,10 +33,8 @@ def num_kept_tokens(num_tokens: int, mask_ratio: float) -> int:
 
 
 def random_masking(x: torch.Tensor, mask_ratio: float) -> torch.Tensor:
-    """Keep a random subset of num_kept_tokens(N, mask_ratio) tokens per sample.
-
-    x: [B, N, D] patch tokens (positional embedding already added) -> [B, N_keep, D].
-    """
+    """[B, N, D] patch tokens (positional embedding already added) -> [B, N_keep, D]: a random subset of
+    num_kept_tokens(N, mask_ratio) tokens per sample."""
     B, N, D = x.shape
     len_keep = num_kept_tokens(N, mask_ratio)
     noise = torch.rand(B, N, device=x.device)  # B, N: one independent draw per sample and token
