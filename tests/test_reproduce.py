@@ -99,15 +99,19 @@ def test_quick_grid_trains_exactly_the_samples_each_row_claims():
     assert len(clip_3072_one_epoch) == 2 and len(set(clip_3072_one_epoch)) == 1  # quantity and strategy share it
 
 
-def test_real_data_builds_the_papers_commands(monkeypatch):
-    # counting ViT-B FLOPs is beside the point here
-    monkeypatch.setattr(reproduce, "stage_gflops", lambda *args: {"main": 1.0, "tune": 1.0})
+def real_dry_run(monkeypatch, *studies) -> list:
+    """The lines `reproduce.py --dry-run` prints for the paper's grid on (named, absent) real data."""
+    monkeypatch.setattr(reproduce, "stage_gflops", lambda *args: {"main": 1.0, "tune": 1.0})  # beside the point
     out = io.StringIO()
     with redirect_stdout(out):
         reproduce.main(["--data", "shards/{00000..00009}.tar", "--eval-data", "imagenet/val", "--retrieval-data",
                         "coco/dataset_coco.json", "--probe-train", "imagenet/train", "--probe-test", "imagenet/val",
-                        "--studies", "quantity", "strategy", "--gpus", "8", "--dry-run", "--out", "/nonexistent"])
-    lines = out.getvalue().splitlines()
+                        "--studies", *studies, "--gpus", "8", "--dry-run", "--out", "/nonexistent"])
+    return out.getvalue().splitlines()
+
+
+def test_real_data_builds_the_papers_commands(monkeypatch):
+    lines = real_dry_run(monkeypatch, "quantity", "strategy")
     train = [line for line in lines if "train.py" in line]
     evals = [line for line in lines if line.startswith("python eval.py")]
     assert train and all(line.startswith("torchrun --nproc_per_node=8 train.py") for line in train)
@@ -124,13 +128,7 @@ def test_real_data_builds_the_papers_commands(monkeypatch):
 
 def test_the_papers_beyond_study_fits_its_towers_on_real_data(monkeypatch):
     # CLIPA's reduced image size must divide into the ViT-B/32's patches (112 px did not: the grid stopped)
-    monkeypatch.setattr(reproduce, "stage_gflops", lambda *args: {"main": 1.0, "tune": 1.0})
-    out = io.StringIO()
-    with redirect_stdout(out):
-        reproduce.main(["--data", "shards/{00000..00009}.tar", "--eval-data", "imagenet/val", "--retrieval-data",
-                        "coco/dataset_coco.json", "--probe-train", "imagenet/train", "--probe-test", "imagenet/val",
-                        "--studies", "beyond", "--gpus", "8", "--dry-run", "--out", "/nonexistent"])
-    clipa = [line for line in out.getvalue().splitlines() if "--tune-image-size" in line]
+    clipa = [line for line in real_dry_run(monkeypatch, "beyond") if "--tune-image-size" in line]
     assert clipa and all("--image-size 128 " in line and "--tune-image-size 224" in line for line in clipa)
 
 

@@ -216,6 +216,7 @@ def test_stream_problems_found_before_training_are_one_line_errors(tmp_path, ten
             train.main(TINY + ["--out", str(tmp_path / "run"), *argv])
         assert stop.value.code == 2
         return capsys.readouterr().err.strip().splitlines()[-1]
+    assert "matches no file" in error("--data", str(tmp_path / "none" / "*.tar"), "--data-mode", "stream")
     assert "'no-such-tool' is not found" in error("--data", "pipe:no-such-tool s3://b/{0..3}.tar")
     assert "fewer than the 4 slots of 1 rank(s) x 4 worker(s)" in error(
         "--data", "::".join(ten_shards[:3]), "--data-mode", "stream", "--workers", "4")
