@@ -284,6 +284,18 @@ def test_resume_may_change_how_the_run_reports(tmp_path, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(_weights(full).values(), _weights(out).values()))
 
 
+def test_a_run_saved_before_a_flag_existed_resumes_at_its_default(tmp_path, monkeypatch):
+    full = run_main(tmp_path, *RESUMABLE, name="full")
+    out = run_interrupted(tmp_path, monkeypatch, 3, *RESUMABLE)
+    path = out / "checkpoints" / "step_00000002.pt"
+    ckpt = torch.load(path, weights_only=True)
+    for name in ("data_mode", "shuffle_buffer", "dataset_resampled", "train_num_samples", "data_retries"):
+        del ckpt["args"][name]  # as a checkpoint written before stream mode came
+    torch.save(ckpt, path)
+    train.main(TINY + ["--out", str(out), "--resume", "auto", *RESUMABLE])
+    assert all(torch.equal(a, b) for a, b in zip(_weights(full).values(), _weights(out).values()))
+
+
 def test_resume_refuses_data_that_changed(capsys, tmp_path, monkeypatch):
     csv = write_pairs_csv(tmp_path / "data", 40)
     out = run_interrupted(tmp_path, monkeypatch, 3, *RESUMABLE, "--data", csv)

@@ -356,8 +356,9 @@ def check_resumable(ckpt: dict, args, path, data_state: dict):
     so is one whose data the loader's `data_state` no longer matches: other pairs, or in stream mode
     other (rank, worker) slots, which its saved positions belong to."""
     derived = {"warmup", "tune_lr", "wd", "beta2", "samples_seen", *SYNTHETIC_DEFAULTS}
+    defaults = vars(parse_args(["--data", args.data]))  # a flag added since the run was saved: it ran the default
     for name, value in sorted(vars(args).items(), key=lambda item: item[0] in derived):
-        saved = ckpt["args"].get(name, "(not set)")
+        saved = ckpt["args"].get(name, defaults.get(name, "(not set)"))
         if name not in FREE_ON_RESUME and saved != value:
             raise ConfigError(f"{path} is from a run with {flag(name)} {saved}, not {value}; "
                               "resume with the same setting, or use another --out")
