@@ -33,6 +33,7 @@ import tinyclip
 from tinyclip import evaluation, probe
 from tinyclip.checkpoint import atomic_write, load_checkpoint
 from tinyclip.model import load_openai
+from tinyclip.sources import synthetic_style
 
 TASKS = ("zeroshot", "retrieval", "linear-probe", "fewshot", "score")
 # the metric that counts the images behind a task's result, its provenance's "images"
@@ -192,7 +193,7 @@ def run_task(task, model, info, args):
             metrics = evaluation.zeroshot(model, spec, label_set=args.label_set, size=args.size, class_subset=subset,
                                           class_names=args.classnames, templates=args.templates, **encoding, **cached)
             templates, prompts = evaluation.template_set(args.templates, spec, args.label_set)  # as zeroshot chose
-            class_names = f"synthetic:{args.label_set}" if spec == "synthetic" else args.classnames or "folder names"
+            class_names = f"synthetic:{args.label_set}" if synthetic_style(spec) else args.classnames or "folder names"
             runs.append((spec, metrics, {"templates": templates, "template_count": len(prompts),
                                          "class_names": class_names, "class_subset": subset}))
     elif task == "retrieval":

@@ -18,11 +18,13 @@ from tinyclip.data import read_scores
 from tinyclip.model import make_config
 from tinyclip.synthetic import SyntheticPairs
 
-STUDIES = ("quantity", "quality", "architecture", "strategy", "beyond")
+STUDIES = ("quantity", "quality", "architecture", "strategy", "beyond", "hypotheses")
 CSV_COLUMNS = ("study", "setting", "regime", "seed", "arch", "strategy", "dataset_size", "keep_top", "epochs",
                "samples_seen", "batch_size", "gflops_per_sample", "total_compute_gflops", "zeroshot_top1",
-               "linear_probe_top1", "retrieval_r1", "retrieval_i2t_r1", "retrieval_t2i_r1", "wall_s", "run_id")
-METRIC_COLUMNS = {"zeroshot": "zeroshot_top1", "probe": "linear_probe_top1", "retrieval": "retrieval_r1"}
+               "linear_probe_top1", "retrieval_r1", "retrieval_i2t_r1", "retrieval_t2i_r1", "robustness_top1", "wall_s",
+               "run_id")
+METRIC_COLUMNS = {"zeroshot": "zeroshot_top1", "probe": "linear_probe_top1", "retrieval": "retrieval_r1",
+                  "robustness": "robustness_top1"}
 
 # --- tables ---------------------------------------------------------------------------------------
 
@@ -33,7 +35,7 @@ def rows_for(runs, ids, results, costs) -> list:
     for run, run_id, c in zip(runs, ids, costs):
         r = results.get(run_id, {})
         metrics = [None if r.get(m) is None else round(r[m], 5)
-                   for m in ("zeroshot", "probe", "retrieval", "i2t", "t2i")]
+                   for m in ("zeroshot", "probe", "retrieval", "i2t", "t2i", "robustness")]
         rows.append(dict(zip(CSV_COLUMNS, (
             run.study, run.setting, run.regime, run.seed, run.arch, run.strategy, run.dataset_size, run.keep_top,
             round(run.epochs * c["samples_seen"] / run.samples_seen, 3), c["samples_seen"], c["batch_size"],
@@ -55,7 +57,7 @@ def aggregate(rows):
                                             "gflops_per_sample")}
         point.update(compute=members[0]["total_compute_gflops"], n=len(members))
         for name, column in METRIC_COLUMNS.items():
-            values = [m[column] for m in members if m[column] is not None]
+            values = [m[column] for m in members if m.get(column) is not None]  # get: a runs.csv from before a column
             point[name] = statistics.mean(values) if values else None
             point[name + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         points.append(point)
@@ -72,11 +74,11 @@ def judge(points, grid, scale):
 
 def points_table(points, study) -> str:
     chosen = sorted((p for p in points if p["study"] == study),
-                    key=lambda p: (findings.regime_order(p["regime"]), p["setting"] if study in ("architecture", "strategy", "beyond") else "",
+                    key=lambda p: (findings.regime_order(p["regime"]), p["setting"] if study in ("architecture", "strategy", "beyond", "hypotheses") else "",
                                    p["dataset_size"] or 0, p["keep_top"] or 0, p["samples_seen"]))
     cell = lambda p, m: "-" if p[m] is None else f"{100 * p[m]:.1f} ± {100 * p[m + '_std']:.1f}"
     lines = ["| setting | regime | pairs | epochs | samples seen | GFLOPs/sample | total GFLOPs | zero-shot top-1 | "
-             "linear-probe top-1 | retrieval R@1 |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "linear-probe top-1 | retrieval R@1 | robustness top-1 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {p['setting']} | {p['regime']} | {p['dataset_size'] or '-'} | {p['epochs']:g} | "
               f"{p['samples_seen']:,} | {p['gflops_per_sample']:.4g} | {p['compute']:.4g} | "
               f"{' | '.join(cell(p, m) for m in METRIC_COLUMNS)} |" for p in chosen]
@@ -86,7 +88,8 @@ def points_table(points, study) -> str:
 def write_outputs(out: Path, runs, ids, results, costs, *, grid, scale, scores, studies, command, notes) -> dict:
     """Everything reproduce.py makes of its runs' results: runs.csv and runs.json, the figures, and summary.md
     (how it was run, the settings, the recommendations' and findings' verdicts with their numbers, the filter's
-    precision at micro scale, a table and the figures per study, what was not covered); the verdicts printed."""
+    precision at micro scale, a table and the figures per study, what was not covered); the verdicts printed.
+    scores: {which scorer: its score file or None}."""
     rows = rows_for(runs, ids, results, costs)
     points = [p for p in aggregate(rows) if p["zeroshot"] is not None or p["probe"] is not None]
     with open(out / "runs.csv", "w", newline="") as f:
@@ -109,10 +112,18 @@ def write_outputs(out: Path, runs, ids, results, costs, *, grid, scale, scores, 
     text += [f"| {k} | {v} |" for k, v in settings_table(scale, grid)]
     if recs:
         text += ["", "## The paper's recommendations", "", findings.markdown_table(recs)]
+    hypotheses = [c for c in checks if isinstance(c, findings.Hypothesis) and c.verdict != findings.NOT_TESTED]
     text += ["", "## The paper's findings, one by one", "",
-             findings.markdown_table([c for c in checks if c.study in studies])]
-    if micro and scores and scores.exists():
-        text += ["", "## The quality filter", "", filter_precision(grid, scores)]
+             findings.markdown_table([c for c in checks if c.study in studies and isinstance(c, findings.Finding)],
+                                     hypotheses)]
+    if hypotheses:
+        text += ["", "## Testing the explanations", "", "Each explanation offered for a finding that did not "
+                 "reproduce, with a test fixed before the runs that could refute it (study `hypotheses`, or the "
+                 "study named); the same rule decides.", "", findings.hypotheses_table(hypotheses)]
+    ranked = {name: path for name, path in (scores or {}).items() if path and Path(path).exists()}
+    if micro and ranked:
+        text += ["", "## The quality filter", ""] + [f"{name[0].upper() + name[1:]}: {filter_precision(grid, path)}"
+                                                    for name, path in ranked.items()]
     text += ["", "## Results", ""]
     for study in (s for s in STUDIES if any(p["study"] == s for p in points)):
         text += [f"### {study}", "", points_table(points, study), ""]
@@ -128,8 +139,8 @@ def write_outputs(out: Path, runs, ids, results, costs, *, grid, scale, scores, 
 # --- the summary's settings ------------------------------------------------------------------------
 
 NOT_COVERED = (
-    "Robustness sets (ImageNet-V2/-A/-R/-Sketch/-Real, ObjectNet) and few-shot accuracy: the built-in data has no "
-    "shifted test sets, and few-shot is left to `eval.py --task fewshot`.",
+    "Natural robustness sets (ImageNet-V2/-A/-R/-Sketch/-Real, ObjectNet) at micro scale: the built-in data's "
+    "stand-ins are rendering shifts of its own scenes. Few-shot accuracy is left to `eval.py --task fewshot`.",
     "The paper's scales: its runs see up to 3.4B samples of WebLI; the micro runs see at most tens of thousands of "
     "synthetic pairs, at 32 px with towers of a few hundred thousand parameters.",
     "FLIP's optional unmasked tuning stage (`train.py --tune-steps` after the masked budget; the beyond study "
@@ -141,9 +152,9 @@ NOT_COVERED = (
 def settings_table(scale, grid) -> list:
     """(name, value) rows: how every run was trained and evaluated (scripts/reproduce.py's Scale and Grid)."""
     def tower(arch):
-        if not arch.endswith("-micro"):
-            return arch
         v = make_config(arch).vision
+        if not arch.endswith("-micro") or v["kind"] != "vit":
+            return arch
         return f"{arch} (width {v['width']}, depth {v['layers']}, heads {v['heads']}, patch {v['patch_size']})"
     adafactor = (" (big_vision's: factored second moment, beta2 min(0.999, 1 - t^-0.8), momentum 0.9; weight decay "
                  "decoupled, scaled by the schedule, not the lr)") if scale.optimizer == "adafactor" else ""
@@ -174,12 +185,17 @@ def settings_table(scale, grid) -> list:
         rows += [("evaluation", f"zero-shot top-1 on {scale.eval_size} held-out images, {scale.label_set} label set "
                                 f"(49 classes, chance 2%); retrieval R@1 = mean of image->text and text->image over "
                                 f"the same images (5 captions each); linear probe: L-BFGS logistic regression on "
-                                f"{scale.probe_train} training images, weight decay chosen on a held-out 20%"),
+                                f"{scale.probe_train} training images, weight decay chosen on a held-out 20%; "
+                                f"robustness (quantity and architecture studies): the mean zero-shot top-1 over "
+                                f"{len(scale.robust_styles)} shifted renderings of {scale.robust_size} held-out "
+                                f"images each ({', '.join(scale.robust_styles)}: tinyclip/synthetic.py's styles)"),
                  ("quality pool and scorer",
                   f"{grid.quality_pool} pairs, noise={grid.quality_noise} (that fraction has a wrong caption); scorer: "
                   f"{scale.base_arch} CLIP trained on {grid.scorer_samples:,} samples of a disjoint, cleaner pool "
                   f"`{grid.scorer_data}` (playing the off-the-shelf CLIP the paper does not name); pairs ranked by "
-                  f"mean image-caption cosine (eval.py --task score)")]
+                  f"mean image-caption cosine (eval.py --task score)" + (
+                      f"; H5's stronger scorer: the same, trained on {4 * grid.scorer_samples:,} samples"
+                      if grid.hypotheses else ""))]
     return rows
 
 

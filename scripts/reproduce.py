@@ -67,30 +67,36 @@ class Run:
     reduced: tuple | None = None  # CLIPA: (image size, context length) of the main stage, then tune_steps at full size
     tune_steps: int = 0
     init: str | None = None  # LiT: the image tower comes from this checkpoint, locked
+    slip_head: tuple | None = None  # SLIP's projector (hidden, out); None: the scale's
+    label_set: str | None = None  # synthetic zero-shot classes; None: the scale's
+    robust: bool = False  # also evaluated on the robustness sets (Q3, A6)
+    scores: str | None = None  # the score file keep_top reads; None: the quality study's scorer's
 
 
-def plan(grid: Grid, scale: Scale, data: str, studies, pool_size=None, lit_init=None):
+def plan(grid: Grid, scale: Scale, data: str, studies, pool_size=None, lit_init=None, strong_scores=None):
     """Every Run of the chosen studies; a training shared by two studies appears in both. lit_init: the
-    checkpoint of LiT's image tower (None: the LiT runs are left out)."""
+    checkpoint of LiT's image tower (None: the LiT runs are left out); strong_scores: the stronger scorer's file
+    (None: its hypothesis is left out)."""
     runs = []
     for seed in grid.seeds:
         add = lambda study, setting, regime, *rest, **kw: runs.append(Run(study, setting, regime, seed, *rest, **kw))
         if "quantity" in studies:
             for size in grid.quantity_sizes:
-                for epochs in grid.quantity_epochs:
+                for epochs in grid.quantity_epochs + (grid.long_epochs if size == grid.quantity_sizes[0] else ()):
                     add("quantity", f"{size} pairs", "fixed-epochs", scale.base_arch, "clip", data, size,
-                        size * epochs, epochs=epochs)
+                        size * epochs, epochs=epochs, robust=True)
         if "quality" in studies and pool_size:
             for fraction in grid.quality_fractions:
                 kept = round(fraction * pool_size)
-                for regime, samples in (("one-epoch", kept), ("equal-samples", grid.quality_samples)):
+                one_epoch = grid.quality_one_epoch is None or fraction in grid.quality_one_epoch
+                for regime, samples in (("one-epoch", kept),) * one_epoch + (("equal-samples", grid.quality_samples),):
                     add("quality", f"top {round(100 * fraction)}%", regime, scale.base_arch, "clip",
                         quality_pool_spec(grid, data), None, samples, keep_top=fraction, epochs=samples / kept)
         if "architecture" in studies:
             for arch in grid.arch_list:
                 for size in grid.arch_sizes:
                     add("architecture", arch, "fixed-epochs", arch, "clip", data, size, size * grid.arch_epochs,
-                        epochs=grid.arch_epochs)
+                        epochs=grid.arch_epochs, robust=True)
         if "strategy" in studies:
             cells = [("one-epoch", s, 1, grid.strategy_single_list) for s in grid.strategy_single_sizes]
             cells += [("multi-epoch", s, grid.strategy_multi_epochs, grid.strategy_multi_list)
@@ -101,6 +107,42 @@ def plan(grid: Grid, scale: Scale, data: str, studies, pool_size=None, lit_init=
                         epochs=epochs)
         if "beyond" in studies:
             runs += beyond_runs(grid, scale, data, seed, lit_init)
+        if "hypotheses" in studies and grid.hypotheses:
+            runs += hypothesis_runs(grid, scale, data, seed, pool_size, strong_scores)
+    return runs
+
+
+def hypothesis_runs(grid: Grid, scale: Scale, data: str, seed: int, pool_size=None, strong_scores=None) -> list:
+    """The runs that test the summary's explanations of a disagreement (scripts/findings.py's HYPOTHESES), in
+    the strategy study's multi-epoch cells, one regime per hypothesis ("<key>: <what>"); each cell holds the
+    strategy study's runs it compares with, which are trained once: H1, colour-changing augmentation with and
+    without its colour ops, and on captions that name no colour (zero-shot on the shape label set); H2, FLIP at
+    CLIP's batch (as many optimizer steps); H4, SLIP with a larger projector; H5, the quality filter ranked by a
+    stronger scorer (the quality study's, trained on 4x the samples), in the quality study's regimes."""
+    epochs, sizes, runs = grid.strategy_multi_epochs, grid.strategy_multi_sizes, []
+    run = lambda regime, setting, size, strategy, **kw: Run("hypotheses", setting, regime, seed, scale.base_arch,
+                                                           strategy, kw.pop("data", data), size, size * epochs,
+                                                           epochs=epochs, **kw)
+    aug, no_color = "clip-aug:stacked-randaug", "clip-aug:stacked-randaug-no-color"
+    runs += [run("H1: colour ops", s, sizes[-1], s) for s in ("clip", aug, no_color)]
+    if data == "synthetic":
+        runs += [run("H1: no colour words", s, sizes[-1], s, data="synthetic:color_words=0", label_set="shape")
+                 for s in ("clip", aug)]
+    for size in sizes:
+        runs += [run("H2: FLIP at CLIP's batch", "clip", size, "clip"),
+                 run("H2: FLIP at CLIP's batch", "flip, doubled batch", size, "flip"),
+                 run("H2: FLIP at CLIP's batch", "flip, CLIP's batch", size, "flip", batch=scale.batch_size)]
+    runs += [run("H4: SLIP's projector", s, sizes[-1], s.split(",")[0], **kw) for s, kw in (
+        ("clip", {}), ("slip", {}), ("slip, larger projector", {"slip_head": grid.big_slip_head}))]
+    if strong_scores and pool_size:
+        def kept(regime, fraction, scores=None):
+            samples = round(fraction * pool_size) if regime.endswith("one-epoch") else grid.quality_samples
+            return Run("hypotheses", f"top {round(100 * fraction)}%" + ", stronger scorer" * bool(scores), regime, seed,
+                       scale.base_arch, "clip", quality_pool_spec(grid, data), None, samples, keep_top=fraction,
+                       epochs=samples / round(fraction * pool_size), scores=scores and str(scores))
+        one, equal = "H5: stronger scorer, one-epoch", "H5: stronger scorer, equal-samples"
+        runs += [kept(one, 0.4, strong_scores), kept(one, 1.0)]  # top 100% keeps every pair: the quality study's
+        runs += [kept(equal, fraction, strong_scores) for fraction in (0.2, 0.8)]
     return runs
 
 
@@ -160,9 +202,10 @@ def train_argv(run: Run, scale: Scale, scores: Path = None) -> list:
         if value is not None:
             argv += [flag, value]
     if run.keep_top is not None:
-        argv += ["--keep-top", run.keep_top, "--scores", scores]
-    if strategy == "slip" and scale.slip_head:
-        argv += ["--ssl-mlp-dim", scale.slip_head[0], "--ssl-emb-dim", scale.slip_head[1]]
+        argv += ["--keep-top", run.keep_top, "--scores", run.scores or scores]
+    slip_head = run.slip_head or scale.slip_head
+    if strategy == "slip" and slip_head:
+        argv += ["--ssl-mlp-dim", slip_head[0], "--ssl-emb-dim", slip_head[1]]
     if run.loss != "softmax":
         argv += ["--loss", run.loss]
     if run.reduced:  # CLIPA: lr / 10 for the tuning stage, as train.py's lr / 100 (FLIP's, for 0.4% of a run at
@@ -183,21 +226,30 @@ def train_id(argv: list) -> str:
     return "-".join(p for p in parts if p) + "-" + digest
 
 
-def eval_argvs(run_dir: Path, scale: Scale, args) -> list:
+def eval_argvs(run_dir: Path, scale: Scale, args, run: Run = None) -> list:
     """eval.py's argument lists for the checkpoint in run_dir: zero-shot, retrieval and linear probe on the
-    synthetic held-out split in one call, or one call per real set given (each optional)."""
+    synthetic held-out split in one call, or one call per real set given (each optional); for a robust run, zero-shot
+    on the robustness sets too (eval-robust.json: its "average" is the robustness number)."""
     common = ["--checkpoint", str(run_dir / "ckpt.pt"), "--precision", scale.precision]
     json_for = lambda task: ["--json", str(run_dir / f"eval-{task}.json")]
+    robust = run is not None and run.robust
     if args.data == "synthetic":
-        return [common + ["--task", "zeroshot", "retrieval", "linear-probe", "--data", "synthetic", "--label-set",
-                          scale.label_set, "--size", str(scale.eval_size), "--train-size", str(scale.probe_train)]
-                + json_for("all")]
+        label_set = ["--label-set", (run and run.label_set) or scale.label_set]
+        styles = [f"synthetic:style={style}" for style in scale.robust_styles]
+        return [common + ["--task", "zeroshot", "retrieval", "linear-probe", "--data", "synthetic", *label_set,
+                          "--size", str(scale.eval_size), "--train-size", str(scale.probe_train)] + json_for("all")] + [
+            common + ["--task", "zeroshot", "--data", *styles, *label_set, "--size", str(scale.robust_size)]
+            + json_for("robust")] * robust
     root = ["--image-root", args.image_root] if args.image_root else []
+    subsets = ["--class-subset", *args.robust_class_subset] if args.robust_class_subset else []
     tasks = [(args.eval_data, "zeroshot", ["--data", args.eval_data, "--classnames", args.classnames]),
              (args.retrieval_data, "retrieval", ["--data", args.retrieval_data] + root),
              (args.probe_train and args.probe_test, "linear-probe", ["--train-data", args.probe_train, "--test-data",
-                                                                     args.probe_test])]
-    return [common + ["--task", task] + extra + json_for(task) for given, task, extra in tasks if given]
+                                                                     args.probe_test]),
+             (robust and args.robust_data, "robust", ["--data", *(args.robust_data or []), "--classnames",
+                                                      args.classnames, *subsets])]
+    return [common + ["--task", task.replace("robust", "zeroshot")] + extra + json_for(task)
+            for given, task, extra in tasks if given]
 
 
 def stage_gflops(run: Run, scale: Scale) -> dict:
@@ -247,14 +299,17 @@ def execute(job: dict) -> dict:
                     result["train_s"] = round(time.perf_counter() - start, 2)
     except (Exception, SystemExit) as error:  # one failed run is reported, not fatal to the others
         return {**result, "error": f"{type(error).__name__}: {error} (see {run_dir / 'console.log'})"}
-    merged = {}
+    merged, robust = {}, {}
     for path in sorted(run_dir.glob("eval-*.json")):
-        merged.update(json.loads(path.read_text()))
+        (robust if path.name == "eval-robust.json" else merged).update(json.loads(path.read_text()))
     first = lambda task: next(iter(merged.get(task, {}).values()), {})
     i2t, t2i = first("retrieval").get("image_to_text_R@1"), first("retrieval").get("text_to_image_R@1")
+    sets = robust.get("zeroshot", {})  # one set: no "average"
+    robustness = sets["average"]["top1"] if "average" in sets else next(iter(sets.values()), {}).get("top1")
     # CPU time of this process (in-process jobs): the wall time the run would take on an idle core
     result.update(zeroshot=first("zeroshot").get("top1"), probe=first("linear-probe").get("top1"),
                   retrieval=None if i2t is None or t2i is None else (i2t + t2i) / 2, i2t=i2t, t2i=t2i,
+                  robustness=robustness, robust_sets={k: v["top1"] for k, v in sets.items() if k != "average"},
                   wall_s=round(time.perf_counter() - start, 2), cpu_s=round(time.process_time() - cpu_start, 2))
     (run_dir / "result.json").write_text(json.dumps(result, indent=1))
     if job["drop_checkpoint"]:  # the numbers are kept; a micro checkpoint is ~20 MB, mostly token embeddings
@@ -295,6 +350,8 @@ def parse_args(argv=None):
     g.add_argument("--preset", choices=PRESETS, help="grid: smoke (2 tiny runs), quick (CPU, < 20 min), full (GPU), "
                                                       "paper (real data; the default there)")
     g.add_argument("--quick", dest="preset", action="store_const", const="quick", help="same as --preset quick")
+    g.add_argument("--standard", dest="preset", action="store_const", const="standard",
+                   help="same as --preset standard (quick's grid, 3 seeds)")
     g.add_argument("--smoke", dest="preset", action="store_const", const="smoke", help="same as --preset smoke")
     g.add_argument("--studies", nargs="+", choices=STUDIES, help="studies to run (default: all; smoke: quantity)")
     g.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
@@ -314,6 +371,10 @@ def parse_args(argv=None):
     g.add_argument("--image-root", help="images of --retrieval-data (eval.py --image-root)")
     g.add_argument("--probe-train", help="linear probe training ImageFolder")
     g.add_argument("--probe-test", help="linear probe test ImageFolder")
+    g.add_argument("--robust-data", nargs="+", help="robustness ImageFolders (ImageNet-V2, -R, -A, -Sketch, ...): "
+                                                    "zero-shot, their mean top-1 is the robustness number")
+    g.add_argument("--robust-class-subset", nargs="+", help="eval.py --class-subset per --robust-data folder "
+                                                            "(imagenet-a, imagenet-r, none)")
     g.add_argument("--scores", help="quality study: key,score file for --data (eval.py --task score)")
     g.add_argument("--scorer", help="quality study: OpenAI/open_clip weights to write --scores with")
     g.add_argument("--lit-init", help="beyond study: the checkpoint whose image tower LiT locks (trained on other "
@@ -342,13 +403,20 @@ def main(argv=None):
     # a CLIP of the base tower on data of its own: the quality study's scorer, the tower LiT locks
     base_clip = lambda data, samples: train_argv(Run("", "", "", 0, scale.base_arch, "clip", data, None, samples), scale)
 
+    def scorer(key, samples):
+        """A job training the base tower's CLIP on the scorer's data, then scoring the quality pool: its scores."""
+        scorer_dir, argv_s = training(f"{key}-", base_clip(grid.scorer_data, samples))
+        jobs[key] = job(scorer_dir, argv_s, [["--checkpoint", str(scorer_dir / "ckpt.pt"), "--task", "score",
+                                              "--data", quality_pool_spec(grid, args.data), "--out",
+                                              str(scorer_dir / "scores.csv")]])
+        return scorer_dir / "scores.csv"
+
     # the scorer of the quality study: trained here on synthetic data, given (--scores/--scorer) on real data
+    strong_scores = None
     if "quality" in studies and synthetic:
-        pool_size = grid.quality_pool
-        scorer_dir, argv_s = training("scorer-", base_clip(grid.scorer_data, grid.scorer_samples))
-        scores = scorer_dir / "scores.csv"
-        jobs["scorer"] = job(scorer_dir, argv_s, [["--checkpoint", str(scorer_dir / "ckpt.pt"), "--task", "score",
-                                                   "--data", quality_pool_spec(grid, args.data), "--out", str(scores)]])
+        pool_size, scores = grid.quality_pool, scorer("scorer", grid.scorer_samples)
+        if "hypotheses" in studies and grid.hypotheses:  # H5's
+            strong_scores = scorer("scorer-strong", 4 * grid.scorer_samples)
     elif "quality" in studies and (args.scores or args.scorer):
         try:
             pool_size = len(open_source(args.data))
@@ -371,19 +439,22 @@ def main(argv=None):
         notes.append("The beyond study's LiT runs: give --lit-init, a checkpoint trained on other data.")
 
     try:  # every model builds before any run starts
-        runs, ids = plan(grid, scale, args.data, studies, pool_size, lit_init), []
+        runs, ids = plan(grid, scale, args.data, studies, pool_size, lit_init, strong_scores), []
         costs = [cost(r, scale) for r in runs]
     except train_flags.ConfigError as error:
         sys.exit(f"reproduce.py: error: --preset {preset} on --data {args.data}: {error}")
     for run, run_cost in zip(runs, costs):
         run_dir, argv_t = training("", train_argv(run, scale, scores))
         ids.append(run_dir.name)
-        jobs.setdefault(ids[-1], job(run_dir, argv_t, eval_argvs(run_dir, scale, args),
-                                     after="scorer" if run.keep_top is not None else "lit-init" if run.init else None,
+        if ids[-1] in jobs and run.robust:  # a training shared with a robust run is evaluated as one
+            jobs[ids[-1]]["evals"] = eval_argvs(run_dir, scale, args, run)
+        jobs.setdefault(ids[-1], job(run_dir, argv_t, eval_argvs(run_dir, scale, args, run),
+                                     after=("scorer-strong" if run.scores else "scorer") if run.keep_top is not None
+                                     else "lit-init" if run.init else None,
                                      drop_checkpoint=synthetic and not args.keep_checkpoints,
                                      cost=run_cost["total_compute_gflops"]))
     trained = sum(int(j["train"][j["train"].index("--samples-seen") + 1]) for k, j in jobs.items()
-                  if k not in ("scorer", "lit-init"))
+                  if k not in ("scorer", "scorer-strong", "lit-init"))
     print(f"{preset}: studies {', '.join(studies)}; {len(runs)} rows, {len(jobs)} trainings, {trained:,} samples to "
           f"train ({sum(r.samples_seen for r in runs):,} counted per row); {parallel} at once -> {out}")
     if args.dry_run:
@@ -405,7 +476,7 @@ def main(argv=None):
     if timing_file.exists():
         wall = json.loads(timing_file.read_text())["wall_s"] + (wall if ran else 0.0)
     timing_file.write_text(json.dumps({"wall_s": round(wall, 1)}))
-    results.pop("scorer", None)
+    results.pop("scorer", None), results.pop("scorer-strong", None)
     failed = [r for r in results.values() if "error" in r]
     busy, cpu = (sum(r.get(k) or 0 for r in results.values()) for k in ("wall_s", "cpu_s"))
     timing = (f"{len(results)} trainings ({len(failed)} failed), plus the scorer where the quality study ran, took "
@@ -414,7 +485,8 @@ def main(argv=None):
               f"{torch.__version__}; other work on the machine stretches wall time, not CPU time).")
     print(timing)
     command = "python scripts/reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    return report.write_outputs(out, runs, ids, results, costs, grid=grid, scale=scale, scores=scores, studies=studies,
+    return report.write_outputs(out, runs, ids, results, costs, grid=grid, scale=scale, studies=studies,
+                                scores={"the scorer": scores, "the stronger scorer (H5)": strong_scores},
                                 command=f"`{command}` (preset `{preset}`). {timing}",
                                 notes=notes + [f"Failed run {r['run_id']}: {r['error']}" for r in failed])
 

@@ -1,6 +1,6 @@
 """The settings of scripts/reproduce.py: how every run trains and is evaluated (Scale: the paper's, and
 the micro scale of a 2-core CPU), and which runs each study makes (Grid, one per preset: smoke, quick,
-full, paper). Fixed before anything runs, never tuned to make a result agree.
+standard, full, paper). Fixed before anything runs, never tuned to make a result agree.
 """
 import dataclasses
 
@@ -28,6 +28,10 @@ class Scale:
     eval_size: int = 1000  # synthetic: held-out images for zero-shot and retrieval
     probe_train: int = 1000  # synthetic: training images of the linear probe (about 20 per class)
     label_set: str = "shape-color"  # synthetic zero-shot classes (49)
+    # the robustness sets (Q3, A6): synthetic.STYLES' held-out shifts, robust_size images each, on the quantity and
+    # architecture studies' runs; the robustness number is their unweighted mean top-1, as the paper's
+    robust_styles: tuple = ("sketch", "texture", "corrupt", "hard")
+    robust_size: int = 250  # 1000 images in all, as many as the main zero-shot's
 
 
 # The paper's settings (PAPER.md "Setup"): Adafactor, lr 1e-3, wd 1e-4, batch 16k, 16 tokens, ViT-B text
@@ -66,6 +70,10 @@ class Grid:
     strategy_multi_sizes: tuple
     strategy_multi_epochs: int
     strategy_multi_list: tuple = STRATEGIES
+    quality_one_epoch: tuple | None = None  # the kept fractions run at one epoch (None: every quality fraction)
+    long_epochs: tuple = ()  # Q2: more epoch counts, on the smallest quantity subset only (retrieval saturating)
+    hypotheses: bool = False  # the runs that test the summary's explanations (reproduce.hypothesis_runs)
+    big_slip_head: tuple = (1024, 64)  # the hypotheses' larger SLIP projector (4x the micro one, each way)
     quality_noise: float = 0.4  # synthetic pool: fraction of pairs with a wrong caption
     scorer_data: str = "synthetic:noise=0.1,seed=1"  # a disjoint, cleaner pool (an off-the-shelf CLIP's role)
     scorer_samples: int = 16_384
@@ -87,18 +95,21 @@ PRESETS = {
                   quality_fractions=(0.4, 1.0), quality_samples=320, arch_list=("vit-ti-micro", "vit-s-micro"),
                   arch_sizes=(128,), arch_epochs=1, strategy_single_sizes=(128,), strategy_single_list=("clip", "flip"),
                   strategy_multi_sizes=(128,), strategy_multi_epochs=2, strategy_multi_list=("clip", "slip"),
-                  scorer_samples=256),
-    "quick": Grid(seeds=(0, 1), quantity_sizes=(1024, 3072, 9216), quantity_epochs=(1, 2, 4), quality_pool=5120,
-                  quality_fractions=(0.2, 0.4, 0.6, 0.8, 1.0), quality_samples=10_240,
-                  arch_list=("vit-ti-micro", "vit-s-micro", "vit-b-micro", "rn-test"), arch_sizes=(1024, 3072, 9216),
-                  arch_epochs=2, strategy_single_sizes=(3072, 9216),
+                  scorer_samples=256, hypotheses=True),
+    # quick: the other towers at the micro ViT-B's FLOPs on two sizes (a third, 9216, would cost 4 of its 20 min;
+    # ConvNeXt, in no finding, a minute more: both in standard); one-epoch cells trimmed for the hypotheses' runs
+    "quick": Grid(seeds=(0, 1), quantity_sizes=(1024, 3072, 9216), quantity_epochs=(1, 2, 4), long_epochs=(8, 16),
+                  quality_pool=5120, quality_fractions=(0.2, 0.4, 0.6, 0.8, 1.0), quality_samples=10_240,
+                  arch_list=("vit-ti-micro", "vit-s-micro", "vit-b-micro", "rn-micro", "swin-micro", "mixer-micro"),
+                  arch_sizes=(1024, 3072), arch_epochs=2,
+                  quality_one_epoch=(0.2, 0.4, 1.0), strategy_single_sizes=(9216,),
                   strategy_single_list=("clip", "slip", "flip", "clip-aug:stacked-randaug"),
-                  strategy_multi_sizes=(1024, 3072), strategy_multi_epochs=4,
-                  beyond_size=9216, beyond_samples=(3072, 9216), loss_batches=(16, 32, 64, 128), lit_init_samples=9216),
+                  strategy_multi_sizes=(1024, 3072), strategy_multi_epochs=4, hypotheses=True,
+                  beyond_size=9216, beyond_samples=(9216,), loss_batches=(16, 64), lit_init_samples=9216),
     "full": Grid(seeds=(0, 1, 2), quantity_sizes=(1024, 3072, 9216, 27648), quantity_epochs=(1, 2, 4, 8, 16),
                  quality_pool=20_480, quality_fractions=(0.2, 0.4, 0.6, 0.8, 1.0), quality_samples=40_960,
-                 arch_list=("vit-ti-micro", "vit-s-micro", "vit-b-micro", "rn-test", "convnext-test", "swin-test",
-                            "mixer-test"), arch_sizes=(1024, 3072, 9216, 27648), arch_epochs=4,
+                 arch_list=("vit-ti-micro", "vit-s-micro", "vit-b-micro", "rn-micro", "convnext-micro", "swin-micro",
+                            "mixer-micro"), arch_sizes=(1024, 3072, 9216, 27648), arch_epochs=4, hypotheses=True,
                  strategy_single_sizes=(3072, 9216, 27648), strategy_single_list=STRATEGIES,
                  strategy_multi_sizes=(1024, 3072, 9216), strategy_multi_epochs=16, scorer_samples=65_536,
                  beyond_size=27648, beyond_samples=(3072, 9216, 27648), loss_batches=(16, 32, 64, 128, 256),
@@ -118,3 +129,9 @@ PRESETS = {
                   beyond_size=400_000_000, beyond_samples=(400_000_000, 1_600_000_000),
                   loss_batches=(1024, 4096, 16384), reduced=(128, 8)),
 }
+# standard: quick's grid with three seeds, ConvNeXt, the architectures on the largest subset too and the cells
+# quick trims
+PRESETS["standard"] = dataclasses.replace(PRESETS["quick"], seeds=(0, 1, 2), arch_sizes=(1024, 3072, 9216),
+                                          arch_list=PRESETS["quick"].arch_list + ("convnext-micro",),
+                                          quality_one_epoch=None, strategy_single_sizes=(3072, 9216))
+

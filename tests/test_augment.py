@@ -209,7 +209,8 @@ def test_presets_are_made_of_the_documented_steps():
 
     crop_flip = ["RandomResizedCrop(size=224, scale=(0.5, 1.0), ratio=(0.75, 1.3333333333333333))",
                  "RandomHorizontalFlip(p=0.5)"]
-    randaug = "RandAugment(num_ops=2, magnitude=10.0, fill=(128, 128, 128))"
+    randaug = f"RandAugment(num_ops=2, magnitude=10.0, fill=(128, 128, 128), ops={A.RANDAUG_OPS!r})"
+    shape_ops = tuple(op for op in A.RANDAUG_OPS if op not in A.COLOR_OPS)
     colour = ["RandomApply(step=ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1), p=0.8)",
               "RandomGrayscale(p=0.2)", "RandomApply(step=GaussianBlur(sigma=(0.1, 2.0)), p=0.5)"]
     assert steps("none") == ["ResizeCentreCrop(resize=224, size=224)"]
@@ -217,6 +218,8 @@ def test_presets_are_made_of_the_documented_steps():
     assert steps("crop-flip") == crop_flip
     assert steps("randaug") == crop_flip + [randaug]
     assert steps("stacked-randaug") == crop_flip + [randaug] + colour
+    assert steps("stacked-randaug-no-color") == crop_flip + [randaug.replace(repr(A.RANDAUG_OPS), repr(shape_ops)),
+                                                             colour[-1]]
     simclr_crop = "RandomResizedCrop(size=224, scale=(0.08, 1.0), ratio=(0.75, 1.3333333333333333))"
     assert steps("simclr") == [simclr_crop] + colour + ["RandomHorizontalFlip(p=0.5)"]
     assert [repr(s) for s in A.eval_transform(224).steps] == ["ResizeCentreCrop(resize=256, size=224)"]
@@ -225,7 +228,8 @@ def test_presets_are_made_of_the_documented_steps():
 
 
 def test_unknown_preset_and_bad_arguments():
-    with pytest.raises(ValueError, match="none, crop, crop-flip, randaug, stacked-randaug, simclr"):
+    with pytest.raises(ValueError, match="none, crop, crop-flip, randaug, stacked-randaug, stacked-randaug-no-color, "
+                                         "simclr"):
         A.make_transform("autoaugment", 32)
     with pytest.raises(ValueError, match="normalize"):
         A.make_transform("none", 32, normalize="imagenet")
@@ -428,3 +432,21 @@ def test_affine_ops_known_geometry():
     moved = as_array(A.apply_randaug_op(img, "translate_y", -0.3, fill=(0, 0, 0)))  # 3 pixels up
     assert np.array_equal(moved[:-3], arr[3:]) and (moved[-3:] == 0).all()
     assert np.array_equal(as_array(A.apply_randaug_op(textured(8, 8), "rotate", 0.0)), as_array(textured(8, 8)))
+
+
+def test_the_no_color_preset_keeps_a_solid_colour_on_the_line_to_the_fill_grey():
+    """stacked-randaug-no-color changes geometry and sharpness only: a solid red image comes out as red, the grey
+    that rotations and shears fill with, and their blends (crop resampling and blur mix the two), never another
+    hue, except for the halo that sharpening draws along the edges between them; stacked-randaug with its colour
+    ops does leave that line."""
+    red, grey = np.array([215.0, 35.0, 35.0]), np.array(A.GREY_FILL, dtype=float)
+    image = Image.new("RGB", (48, 48), tuple(int(c) for c in red))
+
+    def off_the_line(preset, seed):  # the share of output pixels more than 3 levels (of 255) from the segment
+        out = A.make_transform(preset, 32, normalize="pm1")(image, random.Random(seed))  # 3, 32, 32 in [-1, 1]
+        pixels = ((out.permute(1, 2, 0).reshape(-1, 3) + 1) * 127.5).double().numpy()
+        t = np.clip((pixels - red) @ (grey - red) / ((grey - red) @ (grey - red)), 0, 1)
+        return (np.abs(pixels - (red + t[:, None] * (grey - red))).max(axis=1) > 3).mean()
+
+    assert max(off_the_line("stacked-randaug-no-color", seed) for seed in range(40)) < 0.1
+    assert max(off_the_line("stacked-randaug", seed) for seed in range(40)) > 0.9

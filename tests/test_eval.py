@@ -132,6 +132,22 @@ def test_zeroshot_and_retrieval_on_synthetic_write_json(checkpoint, tmp_path):
     assert results["model"]["normalize"] == "clip" and results["model"]["image_size"] == 32
 
 
+def test_zeroshot_on_the_robustness_styles_averages_them(checkpoint, tmp_path, capsys):
+    """Zero-shot on several styles of the synthetic val split: each is scored on the label set's classes, the
+    "average" is their unweighted mean top-1 (the paper's robustness number), and a provenance names each."""
+    styles = ["synthetic:style=sketch", "synthetic:style=corrupt"]
+    results = eval_cli.main(["--checkpoint", checkpoint, "--task", "zeroshot", "--data", *styles, "--size", "16",
+                             "--label-set", "shape", "--device", "cpu"])["zeroshot"]
+    assert [results[s]["n"] for s in styles] == [16, 16] and results[styles[0]]["classes"] == 7
+    assert results["average"]["top1"] == pytest.approx(sum(results[s]["top1"] for s in styles) / 2)
+    assert results[styles[1]]["provenance"]["data"] == styles[1]
+    assert results[styles[1]]["provenance"]["class_names"] == "synthetic:shape"
+    capsys.readouterr()
+    err = run_cli(["--checkpoint", checkpoint, "--task", "zeroshot", "--data", "synthetic:noise=0.2", "--size", "16"],
+                  capsys)
+    assert "takes one option, style=NAME" in err
+
+
 def test_json_keeps_the_finished_tasks_when_a_later_one_fails(checkpoint, tmp_path, capsys):
     root = make_folder(tmp_path / "data", [("cats", 1), ("dogs", 2)], per_class=2)  # no captions: no retrieval
     out = tmp_path / "results.json"

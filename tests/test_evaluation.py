@@ -270,3 +270,9 @@ def test_feature_cache_is_keyed_by_the_checkpoint_file_and_the_transform(tmp_pat
     features()
     assert model.image_calls == 9 and len(list((tmp_path / "cache").glob("image-*.pt"))) == 3
     assert features(cache_dir=None)["image"].equal(first["image"]) and model.image_calls == 12
+    sketch = image_features(model, SyntheticClassification("val", label_set="shape", size=5, style="sketch"),
+                            **{**dict(image_size=None, normalize="clip", crop_ratio=None, device=None,
+                                      precision="fp32", batch_size=2, workers=0), "cache_dir": tmp_path / "cache",
+                               "checkpoint": checkpoint})  # the same scenes in another style: their own file
+    assert model.image_calls == 15 and len(list((tmp_path / "cache").glob("image-*.pt"))) == 4
+    assert not sketch["image"].equal(first["image"]) and sketch["labels"].equal(first["labels"])

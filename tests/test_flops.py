@@ -4,7 +4,8 @@ Checks the counts against closed-form multiply-add formulas (ViT, text tower), a
 forward costs (ViT-B/32 4.4 GMACs, ViT-S/16 4.6 GMACs, and CLIP's RN50 as torchvision's 4.09
 GMACs ResNet-50 plus CLIP's three changes), that training costs 3x the forward, that FLIP at 0.5
 halves the image tower, that SLIP triples it, that a real CPU model is counted without being
-touched, and the errors for bad arguments.
+touched, that the micro towers of the architecture study cost what the micro ViT-B costs, and the errors
+for bad arguments.
 """
 
 import pytest
@@ -64,6 +65,13 @@ def test_vit_and_text_forward_macs_equal_closed_form(name, width, layers, patch)
 def test_image_tower_forward_macs_match_published_figures(name, published_gmacs, tolerance):
     measured = gmacs_per_sample(meta_model(name), train=False)["image"]
     assert measured == pytest.approx(published_gmacs, rel=tolerance)
+
+
+@pytest.mark.parametrize("name", ["rn-micro", "convnext-micro", "swin-micro", "mixer-micro"])
+def test_the_micro_towers_are_flop_matched_to_the_micro_vit_b(name):
+    # the paper compares its other towers with ViT-B/32 at similar FLOPs; the micro ones are held to 7%
+    reference = gflops_per_sample(meta_model("vit-b-micro"))["image"]
+    assert gflops_per_sample(meta_model(name))["image"] == pytest.approx(reference, rel=0.07)
 
 
 def test_text_tower_of_openai_size_is_about_3_gmacs():

@@ -5,7 +5,11 @@ train.py/eval.py commands (ViT-B/32, ViT-B text tower, 16 tokens, Adafactor, lr 
 doubled batch); the quick grid trains every strategy on exactly the samples its row claims; GFLOPs per
 sample count SLIP's projector and nothing for augmentation; the Pillow charts of scripts/report.py draw
 what they are given; the agreement rule of scripts/findings.py gives known verdicts on hand-made results;
-and the stored runs (results/runs.csv) give every verdict and number results/summary.md states."""
+the robustness rules (Q3: still gaining where zero-shot stalls; A6: effective robustness above the study's
+line) and the hypotheses' verdicts (confirmed or refuted by their tests, and quoted by the findings they
+explain) give known verdicts too; a smoke run of the hypotheses and the architectures shares trainings and
+scores the robustness styles; and the stored runs (results/runs.csv) give every verdict and number
+results/summary.md states."""
 
 import csv
 import dataclasses
@@ -94,9 +98,9 @@ def test_quick_grid_trains_exactly_the_samples_each_row_claims():
     assert {a[a.index("--text-arch") + 1] for a in argvs} == {scale.text_arch}
     ids = [reproduce.train_id(a) for a in argvs]
     assert len(set(ids)) < len(ids)
-    clip_3072_one_epoch = [i for r, i in zip(runs, ids) if r.strategy == "clip" and r.dataset_size == 3072
-                           and r.samples_seen == 3072 and r.seed == 0]
-    assert len(clip_3072_one_epoch) == 2 and len(set(clip_3072_one_epoch)) == 1  # quantity and strategy share it
+    clip_9216_one_epoch = [i for r, i in zip(runs, ids) if r.strategy == "clip" and r.dataset_size == 9216
+                           and r.samples_seen == 9216 and r.seed == 0 and r.study in ("quantity", "strategy")]
+    assert len(clip_9216_one_epoch) == 2 and len(set(clip_9216_one_epoch)) == 1  # quantity and strategy share it
 
 
 def real_dry_run(monkeypatch, *studies) -> list:
@@ -321,6 +325,139 @@ def test_markdown_table_lists_caveats_of_findings_that_do_not_agree():
     text = findings.markdown_table([c for c in checks if c.key in ("Q1", "Q2")])
     assert text.startswith("| | Paper (PAPER.md) | Micro-scale result | Verdict |")
     assert "**disagrees**" in text and "- **Q1** (disagrees):" in text
+
+
+def epoch_points(size, series, **fields):
+    """Quantity points of one subset: series = ((epochs, zero-shot, robustness), ...); retrieval = zero-shot."""
+    return [point("quantity", zs, std=0.005, dataset_size=size, epochs=e, samples_seen=size * e, robustness=rob,
+                  robustness_std=0.005, **fields) for e, zs, rob in series]
+
+
+def test_retrieval_saturation_reads_every_subset_run_past_eight_epochs():
+    flat = epoch_points(1000, ((1, 0.10, None), (8, 0.30, None), (16, 0.302, None)))
+    short = epoch_points(9000, ((1, 0.2, None), (4, 0.5, None)))  # not run past 8 epochs: not read
+    q2 = {c.key: c for c in findings.check_all(flat + short, base_arch="v", vits=[])}["Q2"]
+    assert q2.verdict == findings.AGREES and len(q2.evidence) == 1
+    assert q2.evidence[0].startswith("1000 pairs, retrieval R@1 per epoch count: 1: 10.0±0.5, 8: 30.0±0.5, 16: 30.2")
+    rising = epoch_points(1000, ((1, 0.10, None), (8, 0.30, None), (16, 0.40, None)))
+    assert {c.key: c for c in findings.check_all(rising, base_arch="v", vits=[])}["Q2"].verdict == findings.DISAGREES
+    assert {c.key: c for c in findings.check_all(short, base_arch="v", vits=[])}["Q2"].verdict == findings.NOT_TESTED
+
+
+@pytest.mark.parametrize("robustness_at_16,verdict", [(0.20, findings.AGREES), (0.151, findings.INCONCLUSIVE),
+                                                      (0.10, findings.DISAGREES)])
+def test_robustness_keeps_improving_where_zero_shot_stalls(robustness_at_16, verdict):
+    # 1000 pairs: zero-shot stalls from 8 to 16 epochs, so its robustness decides; 9000 pairs: zero-shot still
+    # rises from 1 to 4 epochs, which decides nothing
+    pts = epoch_points(1000, ((8, 0.30, 0.15), (16, 0.301, robustness_at_16)))
+    pts += epoch_points(9000, ((1, 0.2, 0.1), (4, 0.5, 0.1)))
+    q3 = {c.key: c for c in findings.check_all(pts, base_arch="v", vits=[])}["Q3"]
+    assert q3.verdict == verdict
+    assert "(stalled)" in q3.evidence[0] and "(still moving)" in q3.evidence[1] and q3.evidence[0].endswith(verdict)
+    moving = epoch_points(9000, ((1, 0.2, 0.1), (4, 0.5, 0.3)))  # never stalls: measured, not decided
+    q3 = {c.key: c for c in findings.check_all(moving, base_arch="v", vits=[])}["Q3"]
+    assert q3.verdict == findings.INCONCLUSIVE and "did not stall" in q3.evidence[-1]
+
+
+def test_effective_robustness_is_robustness_above_the_studys_line():
+    # robustness = 0.5 x zero-shot for the ResNet; the largest ViT sits 0.02 above that line, the smallest 0.02
+    # below, at either size: at equal zero-shot the larger ViT is more robust (A6 agrees), and the reverse
+    arch = lambda setting, rows: [point("architecture", zs, std=0.004, setting=setting, dataset_size=size,
+                                        robustness=rob, robustness_std=0.004) for size, zs, rob in rows]
+    pts = arch("rn", ((1000, 0.25, 0.125), (3000, 0.35, 0.175)))
+    pts += arch("ti", ((1000, 0.20, 0.08), (3000, 0.30, 0.13)))
+    pts += arch("b", ((1000, 0.22, 0.13), (3000, 0.32, 0.18)))
+    checks = {c.key: c for c in findings.check_all(pts, base_arch="b", vits=["ti", "b"], resnet="rn")}
+    assert checks["A6"].verdict == findings.AGREES and len(checks["A6"].evidence) == 3  # the line, then 2 sizes
+    assert checks["A6"].evidence[0].startswith("the study's line: robustness = ")
+    swapped = [{**p, "setting": {"ti": "b", "b": "ti"}.get(p["setting"], p["setting"])} for p in pts]
+    checks = {c.key: c for c in findings.check_all(swapped, base_arch="b", vits=["ti", "b"], resnet="rn")}
+    assert checks["A6"].verdict == findings.DISAGREES
+
+
+@pytest.mark.parametrize("flip_at_clips_batch,verdict", [(0.295, findings.CONFIRMED), (0.20, findings.REFUTED)])
+def test_a_hypothesis_is_confirmed_or_refuted_by_its_test_and_the_finding_says_which(flip_at_clips_batch, verdict):
+    # H2: FLIP at CLIP's batch is not below CLIP (within noise: confirmed; below beyond noise: refuted)
+    h2 = lambda setting, zs: point("hypotheses", zs, std=0.01, setting=setting, regime="H2: FLIP at CLIP's batch",
+                                   dataset_size=1000)
+    s9 = lambda setting, zs: point("strategy", zs, std=0.01, setting=setting, regime="multi-epoch", dataset_size=1000,
+                                   gflops_per_sample=1.0, samples_seen=4000)
+    pts = [h2("clip", 0.30), h2("flip, CLIP's batch", flip_at_clips_batch), h2("flip, doubled batch", 0.2),
+           s9("clip", 0.30), s9("flip", 0.20)]
+    checks = findings.check_all(pts, base_arch="v", vits=[])
+    hypothesis = next(c for c in checks if c.key == "H2")
+    assert hypothesis.verdict == verdict and next(c for c in checks if c.key == "H1").verdict == findings.NOT_TESTED
+    text = findings.markdown_table([c for c in checks if c.key == "S9"], [hypothesis])
+    assert f"- **S9** (disagrees): Tested, H2 {verdict}: FLIP falls short" in text and "Not tested: " in text
+    assert "| H2 | S9 | FLIP falls short" in findings.hypotheses_table([hypothesis])
+    assert findings.hypotheses_table([hypothesis]).endswith(f"| **{verdict}** |")
+
+
+@pytest.fixture(scope="module")
+def smoke_hypotheses(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke-hypotheses")
+    proc = subprocess.run([sys.executable, "scripts/reproduce.py", "--smoke", "--studies", "architecture",
+                           "hypotheses", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out, proc.stdout
+
+
+def test_smoke_hypotheses_and_robustness_end_to_end(smoke_hypotheses):
+    """The hypotheses' runs share the trainings they compare with, each gets a row and a verdict in the summary,
+    and the architecture runs (not the hypotheses') are scored on the four robustness styles."""
+    out, stdout = smoke_hypotheses
+    rows_and_trainings = re.search(r"(\d+) rows, (\d+) trainings", stdout)
+    assert int(rows_and_trainings[2]) < int(rows_and_trainings[1])  # clip, flip and slip are trained once
+    with open(out / "runs.csv") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        assert (row["robustness_top1"] != "") == (row["study"] == "architecture"), row
+    robust = json.loads((out / "runs" / rows[0]["run_id"] / "result.json").read_text())
+    assert sorted(robust["robust_sets"]) == sorted(f"synthetic:style={s}" for s in reproduce.MICRO.robust_styles)
+    assert robust["robustness"] == pytest.approx(sum(robust["robust_sets"].values()) / 4)
+    summary = (out / "summary.md").read_text()
+    assert "## Testing the explanations" in summary
+    for key in ("H1", "H2", "H4"):
+        row = next(line for line in summary.splitlines() if line.startswith(f"| {key} |"))
+        assert row.split("|")[-2].strip().strip("*") in (findings.CONFIRMED, findings.REFUTED, findings.INCONCLUSIVE,
+                                                         findings.PARTLY), row
+
+
+def test_the_quick_grids_extra_runs_are_the_ones_its_findings_read():
+    grid, scale = reproduce.PRESETS["quick"], reproduce.MICRO
+    runs = reproduce.plan(grid, scale, "synthetic", reproduce.STUDIES, pool_size=grid.quality_pool)
+    # Q2: epochs past 8 on the smallest subset only
+    long = {(r.dataset_size, r.epochs) for r in runs if r.study == "quantity" and r.epochs > 4}
+    assert long == {(grid.quantity_sizes[0], e) for e in grid.long_epochs} and max(grid.long_epochs) > 8
+    # the robustness sets: every quantity and architecture run, and only those
+    assert {r.study for r in runs if r.robust} == {"quantity", "architecture"}
+    args = type("Args", (), {"data": "synthetic"})
+    no_colour = next(r for r in runs if r.regime == "H1: no colour words" and r.strategy != "clip")
+    evals = reproduce.eval_argvs(Path("run"), scale, args, no_colour)
+    assert len(evals) == 1 and evals[0][evals[0].index("--label-set") + 1] == "shape"
+    assert reproduce.train_argv(no_colour, scale)[reproduce.train_argv(no_colour, scale).index("--data") + 1] == \
+        "synthetic:color_words=0"
+    robust = reproduce.eval_argvs(Path("run"), scale, args, next(r for r in runs if r.robust))
+    assert len(robust) == 2 and robust[1][robust[1].index("--data") + 1:][:4] == [
+        f"synthetic:style={s}" for s in scale.robust_styles]
+    # H2's FLIP runs at CLIP's batch, H4's SLIP with the larger projector
+    flip = next(r for r in runs if r.setting == "flip, CLIP's batch")
+    assert reproduce.batch_size(scale, flip) == scale.batch_size
+    slip = reproduce.train_argv(next(r for r in runs if r.setting == "slip, larger projector"), scale)
+    assert slip[slip.index("--ssl-mlp-dim") + 1] == str(grid.big_slip_head[0])
+    # H5: the stronger scorer's file filters its runs; its full-pool run is the quality study's (kept trains once)
+    runs = reproduce.plan(grid, scale, "synthetic", reproduce.STUDIES, grid.quality_pool, None, Path("strong.csv"))
+    h5 = [r for r in runs if r.regime.startswith("H5:") and r.seed == 0]
+    argvs = {r.setting + " " + r.regime: reproduce.train_argv(r, scale, Path("scores.csv")) for r in h5}
+    assert sorted(argvs) == ["top 100% H5: stronger scorer, one-epoch",
+                             "top 20%, stronger scorer H5: stronger scorer, equal-samples",
+                             "top 40%, stronger scorer H5: stronger scorer, one-epoch",
+                             "top 80%, stronger scorer H5: stronger scorer, equal-samples"]
+    assert all(("strong.csv" in a) == ("stronger" in k.split(" H5")[0]) for k, a in argvs.items())
+    full_pool = next(r for r in runs if r.study == "quality" and r.keep_top == 1.0 and r.regime == "one-epoch"
+                     and r.seed == 0)
+    assert argvs["top 100% H5: stronger scorer, one-epoch"] == reproduce.train_argv(full_pool, scale,
+                                                                                    Path("scores.csv"))
 
 
 # -----------------------------------------------------------------------------

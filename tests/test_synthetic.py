@@ -289,3 +289,72 @@ def test_main_object_colour_is_drawn_and_absent_colours_are_not():
         present = {o["color"] for o in meta["objects"]}
         for color in set(syn.COLORS) - present:
             assert near(image, syn.COLORS[color]) <= 2, (meta["key"], color)
+
+
+def test_styles_redraw_the_same_scenes_deterministically_and_differently():
+    """Every robustness style renders the photo style's scene (same meta, captions and labels), the same bytes
+    on every call and instance, and different pixels from the photo and from each other."""
+    photo = syn.SyntheticPairs("val", size=20)
+    renders = {}
+    for style in syn.STYLES:
+        data = syn.SyntheticPairs("val", size=20, style=style)
+        again = pickle.loads(pickle.dumps(syn.SyntheticPairs("val", size=20, style=style)))
+        renders[style] = [np.asarray(data.image(i)) for i in range(20)]
+        for i in range(20):
+            assert data.meta(i) == photo.meta(i) and data.captions(i) == photo.captions(i)
+            assert np.array_equal(renders[style][i], np.asarray(again.image(i)))
+    for a in syn.STYLES:
+        for b in syn.STYLES:
+            if a < b:
+                assert all(not np.array_equal(x, y) for x, y in zip(renders[a], renders[b])), (a, b)
+    view = syn.SyntheticClassification("val", label_set="shape-color", size=20, style="sketch")
+    assert [view[i][1] for i in range(20)] == [syn.SyntheticClassification("val", "shape-color", 20)[i][1]
+                                               for i in range(20)]
+    with pytest.raises(ValueError, match="style must be one of photo, sketch"):
+        syn.SyntheticPairs(style="cartoon")
+
+
+def test_sketch_is_outlines_in_the_objects_colour_on_white():
+    """The sketch of a filled shape has the object's colour on its outline and white at its centre (no fill), and
+    no background texture: every pixel away from the objects is white."""
+    data = syn.SyntheticPairs("val", size=80, image_size=64, style="sketch")
+    checked = 0
+    for i in range(80):
+        meta, pixels = data.meta(i), np.asarray(data.image(i), dtype=int)
+        main = meta["objects"][0]
+        if main["shape"] not in ("square", "circle", "diamond") or len(meta["objects"]) > 1:
+            continue
+        x, y, r = main["x"] * 64, main["y"] * 64, main["radius"] * 64
+        assert (pixels[int(y), int(x)] == 255).all(), meta["key"]  # hollow
+        box = pixels[max(0, int(y - r) - 1):int(y + r) + 2, max(0, int(x - r) - 1):int(x + r) + 2]
+        assert (np.abs(box - np.array(main["rgb"])).max(axis=-1) <= 40).sum() >= 8, meta["key"]  # its outline
+        outside = np.ones((64, 64), bool)
+        outside[max(0, int(y - r) - 2):int(y + r) + 3, max(0, int(x - r) - 2):int(x + r) + 3] = False
+        assert (pixels[outside] == 255).all(), meta["key"]
+        checked += 1
+    assert checked >= 10
+
+
+def test_hard_style_shrinks_and_fades_the_objects():
+    """"hard" draws every object at HARD_RADIUS of its size and HARD_FADE of the way to the background tone: its
+    main object covers fewer pixels near its colour than the photo's, and none at full strength."""
+    photo, hard = syn.SyntheticPairs("val", size=30), syn.SyntheticPairs("val", size=30, style="hard")
+    for i in range(30):
+        main, tone = photo.meta(i)["objects"][0], photo.meta(i)["background"]["tone"]
+        faded = [round((1 - syn.HARD_FADE) * c + syn.HARD_FADE * t) for c, t in zip(main["rgb"], tone)]
+        count = lambda image, rgb: int((np.abs(np.asarray(image, dtype=int) - rgb).max(axis=-1) <= 6).sum())
+        assert 0 < count(hard.image(i), faded) < count(photo.image(i), main["rgb"])
+        assert count(hard.image(i), main["rgb"]) == 0
+
+
+def test_captions_without_colour_words_name_no_colour_and_leave_the_rest():
+    """color_words=0 drops every colour word and nothing else: the captions parse to the same shapes, counts
+    and sizes as captions with colours, and the images are the same."""
+    plain, coloured = syn.SyntheticPairs("train", size=300, color_words=0), syn.SyntheticPairs("train", size=300)
+    for i in range(300):
+        assert np.array_equal(np.asarray(plain.image(i)), np.asarray(coloured.image(i)))
+        for text in plain.captions(i):
+            assert not set(re.findall(r"[a-z]+", text)) & set(syn.COLORS), text
+            assert syn.PLURALS.get(plain.meta(i)["true"]["shape"], plain.meta(i)["true"]["shape"]) in text or \
+                plain.meta(i)["true"]["shape"] in text
+    assert any(set(re.findall(r"[a-z]+", " ".join(coloured.captions(i)))) & set(syn.COLORS) for i in range(10))

@@ -20,7 +20,8 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-AUGMENT_PRESETS = ("none", "crop", "crop-flip", "randaug", "stacked-randaug", "simclr")
+AUGMENT_PRESETS = ("none", "crop", "crop-flip", "randaug", "stacked-randaug", "stacked-randaug-no-color",
+                   "simclr")
 
 # SLIP trains its CLIP view with RandomResizedCrop(scale=(0.5, 1)) and no flip (SLIP's main.py): strong
 # enough to help in the multi-epoch regime, mild enough that the crop still matches its caption
@@ -142,6 +143,9 @@ RANDAUG_OPS = ("identity", "autocontrast", "equalize", "rotate", "solarize", "co
 RANDAUG_MAX_MAGNITUDE = 10.0
 _ENHANCE = {"color": ImageEnhance.Color, "contrast": ImageEnhance.Contrast,
             "brightness": ImageEnhance.Brightness, "sharpness": ImageEnhance.Sharpness}
+# the ops that change an image's colours (its hue, saturation or tones), which a caption naming colours may
+# then contradict: left out by the stacked-randaug-no-color preset
+COLOR_OPS = ("autocontrast", "equalize", "solarize", "color", "posterize", "contrast", "brightness")
 _GEOMETRIC_MAX = {"rotate": 30.0, "shear_x": 0.3, "shear_y": 0.3, "translate_x": 0.45, "translate_y": 0.45}
 
 
@@ -251,16 +255,18 @@ class RandomApply(_Step):
 
 
 class RandAugment(_Step):
-    """RandAugment (Cubuk et al. 2020): num_ops ops at `magnitude` on the paper's 0..10 scale."""
+    """RandAugment (Cubuk et al. 2020): num_ops ops at `magnitude` on the paper's 0..10 scale, drawn from `ops`."""
 
-    def __init__(self, num_ops=2, magnitude=10.0, fill=GREY_FILL):
-        self.num_ops, self.magnitude, self.fill = int(num_ops), float(magnitude), tuple(fill)
+    def __init__(self, num_ops=2, magnitude=10.0, fill=GREY_FILL, ops=RANDAUG_OPS):
+        self.num_ops, self.magnitude, self.fill, self.ops = int(num_ops), float(magnitude), tuple(fill), tuple(ops)
+        for name in self.ops:
+            _check_op(name)
 
     def choose_ops(self, rng):
         """The [(op name, argument)] this rng picks; __call__ applies exactly these, in order."""
         chosen = []
         for _ in range(self.num_ops):
-            name = rng.choice(RANDAUG_OPS)
+            name = rng.choice(self.ops)
             sign = -1.0 if rng.random() < 0.5 else 1.0
             chosen.append((name, randaug_op_value(name, self.magnitude, sign)))
         return chosen
@@ -340,6 +346,7 @@ def make_transform(preset, image_size, normalize="clip"):
     crop-flip        RandomResizedCrop(0.5, 1) + horizontal flip
     randaug          crop-flip, then RandAugment(N=2, M=10 of 10)
     stacked-randaug  randaug, then SimCLR colour jitter / grayscale / blur (SupCon)
+    stacked-randaug-no-color  stacked-randaug without an op that changes colours (COLOR_OPS, jitter, grayscale)
     simclr           SLIP's SimCLR view: RandomResizedCrop(0.08, 1), colour distortion, flip
     """
     _check_size(image_size)
@@ -355,6 +362,8 @@ def make_transform(preset, image_size, normalize="clip"):
         "crop-flip": [crop, flip],
         "randaug": [crop, flip, RandAugment()],
         "stacked-randaug": [crop, flip, RandAugment(), *colour],
+        "stacked-randaug-no-color": [crop, flip, RandAugment(ops=[op for op in RANDAUG_OPS if op not in COLOR_OPS]),
+                                     colour[-1]],
         "simclr": [RandomResizedCrop(image_size, SIMCLR_SCALE), *colour, flip],
     }
     if preset not in presets:

@@ -30,7 +30,8 @@ from tinyclip.augment import ResizeCentreCrop, eval_size, eval_transform
 from tinyclip.checkpoint import save_atomic
 from tinyclip.data import write_scores
 from tinyclip.model import autocast
-from tinyclip.sources import CaptionsJSON, ImageFolderDataset, load_batches, open_labelled, open_source
+from tinyclip.sources import (CaptionsJSON, ImageFolderDataset, load_batches, open_labelled, open_source,
+                              synthetic_style)
 from tinyclip.synthetic import label_set as synthetic_label_set
 from tinyclip.tokenizer import CLIP_VOCAB_SIZE, tokenize
 
@@ -153,7 +154,7 @@ def template_set(templates, data="synthetic", label_set="shape-color"):
     ("synthetic:<label set>"). One function for zeroshot and eval.py, so a result's provenance names what it used."""
     if isinstance(templates, (list, tuple)):
         return "custom", list(templates)
-    if templates is None and data == "synthetic":
+    if templates is None and synthetic_style(data):
         return f"synthetic:{label_set}", synthetic_label_set(label_set)[1]
     name = str(templates or "imagenet")
     return name, _lines(name, TEMPLATE_FILES, "templates")
@@ -190,7 +191,8 @@ def image_features(model, dataset, *, image_size=None, normalize="clip", crop_ra
     transform, steps = preprocessing(model, not folder, image_size, normalize, crop_ratio)
     transform_id = "eval:{image_size}:{normalize}:{crop_ratio}".format(**steps)  # the cache keys as before
     description = (f"folder:{os.path.abspath(dataset.root)}" if folder else
-                   f"synthetic:{dataset.pairs.split}:{dataset.pairs.size}:{','.join(dataset.classes)}")
+                   f"synthetic:{dataset.pairs.split}:{dataset.pairs.size}:{','.join(dataset.classes)}"
+                   + (f":{dataset.pairs.style}" if dataset.pairs.style != "photo" else ""))  # photo: the keys as before
     if cache_dir is not None:
         path, stat = Path(checkpoint).resolve(), Path(checkpoint).stat()
         listing = "".join(f"\n{file}\t{label}" for file, label in dataset.samples) if folder else ""
@@ -286,7 +288,7 @@ def zeroshot(model, data="synthetic", *, label_set="shape-color", size=1000, cla
     (mapped_correct; top5 is None; unmapped folders left out). options: image_features' (see the top),
     and cache_dir and checkpoint for its feature cache."""
     _check_vocabulary(model)
-    if data == "synthetic" and (class_names is not None or class_subset is not None):
+    if synthetic_style(data) and (class_names is not None or class_subset is not None):
         raise ValueError("class names and class subsets apply to ImageFolder data; synthetic classes come "
                          "from the label set")
     dataset = open_labelled(data, "val", label_set=label_set, size=size)

@@ -47,10 +47,21 @@ def gflops_per_sample(model: CLIP, strategy: str = "clip", mask_ratio: float = 0
         raise ValueError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
     ratio = mask_ratio if strategy == "flip" else 0.0  # encode_image refuses one outside [0, 1)
     config = dataclasses.replace(model.config, image_size=image_size or model.config.image_size)
+    # a pure function of these: counted once per process (a reproduction runs hundreds of trainings in a few)
+    key = (repr(config), strategy, ratio, train, batch, context_length, model.image_locked)
+    if key not in _COUNTED:
+        _COUNTED[key] = _count(config, strategy, ratio, train, batch, context_length, model.image_locked)
+    return dict(_COUNTED[key])
+
+
+_COUNTED = {}
+
+
+def _count(config, strategy, ratio, train, batch, context_length, image_locked) -> dict:
     with torch.device("meta"):
         meta = build_model(config).train(train)
     S, L = meta.visual.image_size, context_length or meta.context_length
-    image_train = train and not model.image_locked
+    image_train = train and not image_locked
     images = torch.randn(batch, 3, S, S, device="meta")
     ids = torch.zeros(batch, L, dtype=torch.long, device="meta")
 

@@ -89,6 +89,15 @@ PRESETS = {
     "vit-ti-micro": dict(vision=dict(kind="vit", width=32, layers=4, heads=1, patch_size=8), **TINY_32),  # 1.7M
     "vit-s-micro": dict(vision=dict(kind="vit", width=64, layers=4, heads=2, patch_size=8), **TINY_32),  # 1.8M
     "vit-b-micro": dict(vision=dict(kind="vit", width=128, layers=4, heads=4, patch_size=8), **TINY_32),  # 2.4M
+    # the paper's other towers at the micro ViT-B's training FLOPs (0.084 image GFLOPs per sample at 32 px, each
+    # within 7%: tinyclip/flops.py), as its ResNet-50/ConvNeXt-T/Swin-T/Mixer-B/32 match ViT-B/32's
+    "rn-micro": dict(vision=dict(kind="resnet", layers=[1, 1, 1, 1], width=28), **TINY_32),  # 5.6M
+    "convnext-micro": dict(vision=dict(kind="convnext", depths=[1, 1, 2, 1], dims=[40, 80, 160, 320],
+                                       drop_path_rate=0.0), **TINY_32),  # 3.2M
+    "swin-micro": dict(vision=dict(kind="swin", patch_size=2, window_size=2, base_width=23, depths=[2, 2, 2, 2],
+                                   heads=[1, 2, 2, 4], drop_path_rate=0.0), **TINY_32),  # 2.8M
+    "mixer-micro": dict(vision=dict(kind="mixer", patch_size=8, width=152, layers=4, token_mlp_dim=76,
+                                    channel_mlp_dim=608), **TINY_32),  # 2.4M
     # tiny towers for tests and CPU smoke runs (swin: patch 2 x window 2 x 8 = 32; rn: a 2x2 grid to pool)
     "vit-test": dict(vision=dict(kind="vit", width=64, layers=2, heads=2, patch_size=8), **TINY_32),  # 1.7M
     "rn-test": dict(vision=dict(kind="resnet", layers=[1, 1, 1, 1], width=8), image_size=64, embed_dim=32,

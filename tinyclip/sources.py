@@ -6,7 +6,8 @@ decoded, and `source.skipped`, a Counter of problems found while indexing. `read
 SkipSample(reason) for a sample that cannot be used; the reader counts it and moves on (training:
 tinyclip.data; evaluation: load_batches below).
 
-  synthetic[:noise=0.3,size=N,seed=S,image_size=P,split=train]   tinyclip.synthetic (SyntheticPairs);
+  synthetic[:noise=0.3,size=N,seed=S,image_size=P,split=train,style=photo,color_words=1]
+                                                                 tinyclip.synthetic (SyntheticPairs);
                           all five phrasings of an image are its captions; key = meta(i)["key"]
   pairs.csv | pairs.tsv   image path + caption columns (img_key / caption_key, "filepath" / "title"
                           by default, as open_clip); separator: the one given, else the extension's,
@@ -126,7 +127,8 @@ class FileSource:
 
 class SyntheticSource:
     """tinyclip.synthetic's generator; every image has several phrasings of its (maybe noisy) caption."""
-    OPTIONS = {"noise": float, "size": int, "seed": int, "image_size": int, "split": str}
+    OPTIONS = {"noise": float, "size": int, "seed": int, "image_size": int, "split": str, "style": str,
+               "color_words": int}
 
     def __init__(self, options: str = ""):
         kwargs = {"split": "train"}
@@ -329,10 +331,26 @@ class ImageFolderDataset:
         return decode_image(read_file(path)), label
 
 
-def open_labelled(data: str, split: str, *, label_set: str, size: int):
-    """The synthetic `split` (`size` images of `label_set`, with its class names and templates) or a folder."""
+def synthetic_style(data) -> str | None:
+    """The rendering style labelled synthetic data asks for: "photo" for 'synthetic', NAME for
+    'synthetic:style=NAME' (tinyclip.synthetic.STYLES: the robustness variants); None for a folder."""
+    data = str(data)
     if data == "synthetic":
-        return SyntheticClassification(split, label_set=label_set, size=size)
+        return "photo"
+    if data.startswith("synthetic:"):
+        name, _, style = data[len("synthetic:"):].partition("=")
+        if name != "style" or not style:
+            raise ValueError(f"labelled synthetic data takes one option, style=NAME; got {data!r}")
+        return style
+    return None
+
+
+def open_labelled(data: str, split: str, *, label_set: str, size: int):
+    """The synthetic `split` (`size` images of `label_set`, with its class names and templates; in a style
+    of its own with 'synthetic:style=NAME') or a folder."""
+    style = synthetic_style(data)
+    if style:
+        return SyntheticClassification(split, label_set=label_set, size=size, style=style)
     return ImageFolderDataset(str(data))
 
 

@@ -16,16 +16,30 @@ too big for a CPU smoke run, so tinyclip ships a procedural stand-in:
   sample that is noisy at noise=0.2 is noisy at every higher level, and images never depend on noise.
 
 The `train` and `val` splits draw from different seed streams of the same attribute distribution.
+`style` renders the same scenes under a distribution shift, held out from training as the paper's
+robustness sets are from ImageNet (its robustness number is the unweighted mean over them):
+
+- "photo": the training distribution;
+- "sketch" (as ImageNet-Sketch): outlines in the object's colour on white, no fill, no texture;
+- "texture" (as ImageNet-R's renditions): striped fills on a background family never trained on;
+- "corrupt" (as ImageNet-C): Gaussian noise, Gaussian blur or heavy JPEG, one per image;
+- "hard" (as ImageNet-A): smaller, faded objects on a background of double contrast.
+
+`color_words=0` gives captions that never name a colour, for testing whether colour-changing
+augmentation hurts because the text names the colours it changes (zero-shot then uses `label_set="shape"`).
+
 Each image has several faithful phrasings (`captions`, five, as COCO has for retrieval), and the
 zero-shot label sets (`label_set`) describe the main object with words the captions use. Every
 vocabulary word starts with a consonant, so a template "a {}." is always grammatical.
 """
 import functools
+import io
 import math
 import operator
 import random
 
-from PIL import Image, ImageDraw
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
 
 # --- vocabulary ----------------------------------------------------------------------------------
 
@@ -41,6 +55,7 @@ POSITIONS = ("top left", "top", "top right", "left", "centre", "right",
              "bottom left", "bottom", "bottom right")  # a 3x3 grid, row-major
 BACKGROUNDS = ("plain", "striped", "dotted", "checkered")
 SPLITS = {"train": 0, "val": 1}
+STYLES = ("photo", "sketch", "texture", "corrupt", "hard")
 DEFAULT_SIZES = {"train": 100_000, "val": 2_000}
 CAPTIONS_PER_IMAGE = 5
 
@@ -68,7 +83,7 @@ PARTIAL_ATTRIBUTES = {"shape": SHAPES, "color": tuple(COLORS), "count": COUNTS, 
 BACKGROUND_TONES = ((246, 246, 246), (226, 226, 226), (240, 232, 214), (222, 230, 238))
 SUPERSAMPLE = 2  # draw at 2x and box-downsample: anti-aliased edges for little cost
 
-_SCENE_STREAM, _NOISE_STREAM, _CAPTION_STREAM = 1, 2, 3
+_SCENE_STREAM, _NOISE_STREAM, _CAPTION_STREAM, _STYLE_STREAM = 1, 2, 3, 4
 _MASK64 = (1 << 64) - 1
 
 
@@ -163,11 +178,11 @@ UNIT_SHAPES = {  # y grows downwards; each stays within [-1, 1] on both axes eve
 }
 
 
-def _draw_background(draw, side, background):
+def _draw_background(draw, side, background, ink=None):
     kind, tone = background["kind"], background["tone"]
     if kind == "plain":
         return
-    ink = tuple(c - 32 for c in tone)  # faint: texture, never a competing object
+    ink = ink or tuple(c - 32 for c in tone)  # faint: texture, never a competing object
     period = max(4, round(background["period"] * side))
     offset = round(background["phase"] * period) - period
     if kind == "striped":
@@ -184,30 +199,100 @@ def _draw_background(draw, side, background):
         for y in range(offset + period // 2, side + period, period):
             for x in range(offset + period // 2, side + period, period):
                 draw.ellipse([x - dot, y - dot, x + dot, y + dot], fill=ink)
+    elif kind == "concentric":  # the texture style's family: rings around a point that the phase places
+        centre = background["phase"] * side
+        for radius in range(period, 2 * side, period):
+            draw.ellipse([centre - radius, centre - radius, centre + radius, centre + radius], outline=ink,
+                         width=max(1, period // 3))
     else:  # checkered
         for i, y in enumerate(range(offset, side, period)):
             for x in range(offset + (i % 2) * period, side, 2 * period):
                 draw.rectangle([x, y, x + period - 1, y + period - 1], fill=ink)
 
 
-def _render(objects, background, image_size):
+# The shifted styles' settings (fractions of the side where they are lengths).
+SKETCH_LINE = 0.03  # outline width, of the side (1 px at 32 px)
+RING_HOLE = 0.62  # a sketched ring is two circles: its inner edge, of the radius
+TEXTURE_TONES = ((236, 226, 246), (226, 242, 228), (246, 236, 222))  # lavender, mint, sand: not in training
+TEXTURE_PERIOD = 0.07  # stripes inside an object
+HARD_RADIUS, HARD_FADE, HARD_INK = 0.6, 0.45, 64  # of the radius; blend towards the background; background contrast
+NOISE_SIGMA, BLUR_RADIUS, JPEG_QUALITY = 40.0, 0.025, 8  # noise in 0-255 levels; blur of the side
+
+
+def _outline(obj, cx, cy, r):
+    """The object's polygon (None for the round shapes), rotated, scaled to radius r and moved to (cx, cy)."""
+    if obj["shape"] in ("circle", "ring"):
+        return None
+    a = math.radians(obj["rotation"])
+    cos, sin = math.cos(a), math.sin(a)
+    return [(cx + r * (x * cos - y * sin), cy + r * (x * sin + y * cos)) for x, y in UNIT_SHAPES[obj["shape"]]]
+
+
+def _draw_object(draw, obj, side, rgb, radius_scale=1.0, line=None):
+    """One object, filled (line=None) or as outlines `line` pixels wide."""
+    cx, cy, r = obj["x"] * side, obj["y"] * side, obj["radius"] * side * radius_scale
+    box, points = [cx - r, cy - r, cx + r, cy + r], _outline(obj, cx, cy, r)
+    if line:
+        draw.ellipse(box, outline=rgb, width=line) if points is None else draw.polygon(points, outline=rgb, width=line)
+        if obj["shape"] == "ring":
+            hole = RING_HOLE * r
+            draw.ellipse([cx - hole, cy - hole, cx + hole, cy + hole], outline=rgb, width=line)
+    elif obj["shape"] == "circle":
+        draw.ellipse(box, fill=rgb)
+    elif obj["shape"] == "ring":
+        draw.ellipse(box, outline=rgb, width=max(1, round(0.38 * r)))
+    else:
+        draw.polygon(points, fill=rgb)
+
+
+def _stripes(rgb, side, period, vertical):
+    """A side x side image of the colour striped with its tint (half-way to white)."""
+    tint = tuple((c + 255) // 2 for c in rgb)
+    image = Image.new("RGB", (side, side), rgb)
+    draw = ImageDraw.Draw(image)
+    for t in range(0, side, 2 * period):
+        draw.rectangle([t, 0, t + period - 1, side] if vertical else [0, t, side, t + period - 1], fill=tint)
+    return image
+
+
+def _corrupt(image, rng):
+    """One of ImageNet-C's kinds, chosen by rng: Gaussian noise, Gaussian blur or JPEG."""
+    kind = rng.choice(("noise", "blur", "jpeg"))
+    if kind == "noise":
+        noise = np.random.default_rng(rng.getrandbits(64)).normal(0.0, NOISE_SIGMA, (image.height, image.width, 3))
+        return Image.fromarray(np.clip(np.asarray(image, dtype=np.float64) + noise, 0, 255).astype(np.uint8))
+    if kind == "blur":
+        return image.filter(ImageFilter.GaussianBlur(BLUR_RADIUS * image.width))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def _render(objects, background, image_size, style="photo", rng=None):
+    """The scene at image_size pixels in `style` (rng: the style's own randomness)."""
     side = image_size * SUPERSAMPLE
+    if style == "sketch":
+        background = {**background, "kind": "plain", "tone": (255, 255, 255)}
+    elif style == "texture":
+        background = {**background, "kind": "concentric", "tone": rng.choice(TEXTURE_TONES)}
     image = Image.new("RGB", (side, side), background["tone"])
     draw = ImageDraw.Draw(image)
-    _draw_background(draw, side, background)
+    _draw_background(draw, side, background, tuple(c - HARD_INK for c in background["tone"]) if style == "hard" else None)
     for obj in objects:
-        cx, cy, r = obj["x"] * side, obj["y"] * side, obj["radius"] * side
-        box = [cx - r, cy - r, cx + r, cy + r]
-        if obj["shape"] == "circle":
-            draw.ellipse(box, fill=obj["rgb"])
-        elif obj["shape"] == "ring":
-            draw.ellipse(box, outline=obj["rgb"], width=max(1, round(0.38 * r)))
-        else:  # the unit-radius points, rotated, scaled and moved to the centre
-            a = math.radians(obj["rotation"])
-            cos, sin = math.cos(a), math.sin(a)
-            draw.polygon([(cx + r * (x * cos - y * sin), cy + r * (x * sin + y * cos))
-                          for x, y in UNIT_SHAPES[obj["shape"]]], fill=obj["rgb"])
-    return image.reduce(SUPERSAMPLE)
+        if style == "sketch":
+            _draw_object(draw, obj, side, obj["rgb"], line=max(1, round(SKETCH_LINE * side)))
+        elif style == "texture":
+            mask = Image.new("L", (side, side), 0)
+            _draw_object(ImageDraw.Draw(mask), obj, side, 255)
+            image.paste(_stripes(obj["rgb"], side, max(2, round(TEXTURE_PERIOD * side)), rng.random() < 0.5),
+                        mask=mask)
+        elif style == "hard":
+            faded = tuple(round((1 - HARD_FADE) * c + HARD_FADE * t) for c, t in zip(obj["rgb"], background["tone"]))
+            _draw_object(draw, obj, side, faded, radius_scale=HARD_RADIUS)
+        else:
+            _draw_object(draw, obj, side, obj["rgb"])
+    image = image.reduce(SUPERSAMPLE)
+    return _corrupt(image, rng) if style == "corrupt" else image
 
 
 # --- captions -------------------------------------------------------------------------------------
@@ -222,10 +307,12 @@ def _noun_phrase(rng, shape, color, size, count, with_color, with_size):
     return " ".join(words + ([color] if with_color else []) + [noun])
 
 
-def _caption(attrs, rng, forced=None):
-    """One faithful phrasing of `attrs`; the attribute named `forced` is always stated."""
+def _caption(attrs, rng, forced=None, color_words=True):
+    """One faithful phrasing of `attrs`; the attribute named `forced` is always stated, and colours only
+    with color_words."""
     main = _noun_phrase(rng, attrs["shape"], attrs["color"], attrs["size"], attrs["count"],
-                        forced == "color" or rng.random() < 0.8, forced == "size" or rng.random() < 0.5)
+                        (forced == "color" or rng.random() < 0.8) and color_words,
+                        forced == "size" or rng.random() < 0.5)
     if attrs["position"] and attrs["count"] == 1 and rng.random() < 0.5:
         main += " " + rng.choice(POSITION_PHRASES[attrs["position"]])
     texture = rng.choice(BACKGROUND_WORDS[attrs["background"]]) if rng.random() < 0.35 else None
@@ -234,7 +321,7 @@ def _caption(attrs, rng, forced=None):
     if second and rng.random() < 0.75:
         joins = (" and ", ", and ") if background_first else (" and ", " with ", ", and ")
         main += rng.choice(joins) + _noun_phrase(
-            rng, second["shape"], second["color"], "small", 1, rng.random() < 0.8, rng.random() < 0.5)
+            rng, second["shape"], second["color"], "small", 1, rng.random() < 0.8 and color_words, rng.random() < 0.5)
     if background_first:
         text = rng.choice(("", "a photo of ", "an image of ")) + f"a {texture} background with {main}"
     elif texture:
@@ -254,9 +341,11 @@ class SyntheticPairs:
     caption describes; `meta(i)` the key, the true attributes, the described ones and the noise kind.
     """
 
-    def __init__(self, split="train", size=None, seed=0, noise=0.0, image_size=64):
+    def __init__(self, split="train", size=None, seed=0, noise=0.0, image_size=64, style="photo", color_words=1):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+        if style not in STYLES:
+            raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
         if not 0.0 <= noise <= 1.0:
             raise ValueError(f"noise must be in [0, 1], got {noise}")
         if int(image_size) < 16:
@@ -265,14 +354,15 @@ class SyntheticPairs:
         if size < 1:
             raise ValueError(f"size must be positive, got {size}")
         self.split, self.size, self.seed = split, size, int(seed)
-        self.noise, self.image_size = float(noise), int(image_size)
+        self.noise, self.image_size, self.style = float(noise), int(image_size), style
+        self.color_words = bool(color_words)  # 0: captions never name a colour (a 'partial' colour edit is unseen)
 
     def __len__(self):
         return self.size
 
     def __repr__(self):
         return (f"SyntheticPairs(split={self.split!r}, size={self.size}, seed={self.seed}, "
-                f"noise={self.noise}, image_size={self.image_size})")
+                f"noise={self.noise}, image_size={self.image_size}, style={self.style!r}, color_words={int(self.color_words)})")
 
     def _stream(self, index, stream):
         """A random.Random seeded by a stable mix of (seed, split, index, stream): no hash(), so the same everywhere."""
@@ -322,7 +412,7 @@ class SyntheticPairs:
         _, described, forced = self._described(index, true)
         rng, found = self._stream(index, _CAPTION_STREAM), []
         for _ in range(20 * CAPTIONS_PER_IMAGE):
-            text = _caption(described, rng, forced)
+            text = _caption(described, rng, forced, self.color_words)
             if text not in found:
                 found.append(text)
                 if len(found) == CAPTIONS_PER_IMAGE:
@@ -331,7 +421,7 @@ class SyntheticPairs:
 
     def image(self, index):
         _, true, rng = self._truth(index)
-        return _render(*_scene(true, rng), self.image_size)
+        return _render(*_scene(true, rng), self.image_size, self.style, self._stream(index, _STYLE_STREAM))
 
     def pair(self, index):
         """(image, caption): the caption is the first of captions(index)."""
@@ -372,9 +462,9 @@ _label_set = label_set  # SyntheticClassification's argument of the same name sh
 class SyntheticClassification:
     """(PIL image, label) view of a split for zero-shot, linear-probe and few-shot evaluation."""
 
-    def __init__(self, split="val", label_set="shape", size=None, seed=0, image_size=64):
+    def __init__(self, split="val", label_set="shape", size=None, seed=0, image_size=64, style="photo"):
         self.classes, self.templates, self.label_of = _label_set(label_set)
-        self.pairs = SyntheticPairs(split, size=size, seed=seed, image_size=image_size)
+        self.pairs = SyntheticPairs(split, size=size, seed=seed, image_size=image_size, style=style)
 
     def __len__(self):
         return len(self.pairs)
