@@ -218,10 +218,7 @@ def main(argv=None):
         if device.type == "cpu":
             keep_freed_memory()
         check_args(args, world_size)
-        result = train(args, rank, world_size, device)
-        if dist.is_initialized():  # no rank tears the group down while another still talks to it (gloo aborts)
-            dist.barrier()
-        return result
+        return train(args, rank, world_size, device)
     except (ConfigError, FileNotFoundError, FloatingPointError) as e:  # FloatingPointError: a NaN or inf loss
         if rank == 0:
             print(f"train.py: error: {e}", file=sys.stderr)

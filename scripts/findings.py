@@ -330,7 +330,7 @@ AUGMENT = ("Our multi-epoch regime is a few epochs, not the paper's 30, so there
            "cure, and crops may cut a 32-pixel scene's objects out.")
 BEYOND = ("At micro scale every batch is tiny next to the 16k+ of these papers, the towers are a few hundred thousand "
           "parameters and 32-pixel images have 16 patches, so a trick that pays at web scale may not show here.")
-SHIFTED = ("The robustness sets are rendering shifts of the same synthetic scenes (tinyclip/synthetic.py's styles), "
+SHIFTED = ("The robustness sets are rendering shifts of the same synthetic scenes (tinyclip/render.py's styles), "
            "far narrower than the natural shifts of ImageNet's variants.")
 
 FINDINGS = (
@@ -401,55 +401,6 @@ FINDINGS = (
             [compare("locked image", "from scratch", metrics=("zeroshot", "retrieval"), cells="lit:", gflops=True)]),
 )
 
-CONFIRMED, REFUTED = "confirmed", "refuted"
-AS_HYPOTHESIS = {AGREES: CONFIRMED, DISAGREES: REFUTED}  # what a test's verdict says of the hypothesis
-
-
-@dataclass(frozen=True)
-class Hypothesis:
-    """An explanation of a finding that did not reproduce, with the test that could refute it (both fixed before
-    the runs); its verdict is the test's: confirmed, refuted, inconclusive or partly."""
-    key: str
-    explains: tuple  # the findings' keys
-    claim: str
-    test: str  # what would confirm it, in words
-    study: str  # where its runs are
-    rules: list = field(default_factory=list)
-    verdict: str = NOT_TESTED
-    evidence: list = field(default_factory=list)
-
-
-HYPOTHESES = (
-    Hypothesis("H1", ("S4", "S5", "S6"), "Colour-changing augmentation hurts because every caption and half of each "
-               "zero-shot class name state the colour, so a recoloured image contradicts its text.", "Multi-epoch, "
-               "largest subset: Stacked RandAugment without its colour ops (`stacked-randaug-no-color`) beats it with "
-               "them, and on captions that never name a colour (`synthetic:color_words=0`, zero-shot on the 7 shapes) "
-               "Stacked RandAugment is not below no augmentation (zero-shot top-1).", "hypotheses",
-               [compare("clip-aug:stacked-randaug-no-color", "clip-aug:stacked-randaug", cells="H1: colour ops"),
-                compare("clip-aug:stacked-randaug", "clip", cells="H1: no colour words", test="not below")]),
-    Hypothesis("H2", ("S9",), "FLIP falls short because doubling its batch (as the paper does) halves the optimizer "
-               "steps at equal samples seen, which a step-starved micro run feels.", "Multi-epoch cells: FLIP at "
-               "CLIP's batch (as many steps as CLIP) is not below CLIP (zero-shot top-1).", "hypotheses",
-               [compare("flip, CLIP's batch", "clip", cells="H2:", test="not below")]),
-    Hypothesis("H3", ("A3",), "The ResNet lost at small data because the earlier micro ResNet (rn-test, 0.0099 "
-               "GFLOPs/sample) was not FLOP-matched to the micro ViT-B (0.086), unlike the paper's ResNet-50 and "
-               "ViT-B/32.", "rn-micro, FLOP-matched (0.091), beats vit-b-micro at the smallest subset (zero-shot "
-               "top-1).", "architecture", [compare("resnet", "largest-vit", cells="first")]),
-    Hypothesis("H4", ("S1", "S8"), "SLIP trails because its micro projector is SLIP's 4096/256 scaled down 16x.",
-               "Multi-epoch, largest subset: SLIP with a 4x larger projector (1024/64) beats the micro one, and is not "
-               "below CLIP (zero-shot top-1 and retrieval R@1).", "hypotheses",
-               [compare("slip, larger projector", "slip", cells="H4:", metrics=("zeroshot", "retrieval")),
-                compare("slip, larger projector", "clip", cells="H4:", metrics=("zeroshot", "retrieval"),
-                        test="not below")]),
-    Hypothesis("H5", ("D1b", "D3"), "The filter fails because its scorer, trained on a few thousand pairs, ranks the "
-               "pool far worse than the web-scale CLIP the paper used.", "A scorer trained on 4x the samples (the "
-               "quality filter section gives both scorers' precision): its top 40% beats the full set at one epoch "
-               "(zero-shot top-1), and its top 80% beats its top 20% at equal samples seen (retrieval R@1).",
-               "hypotheses", [compare("top 40%, stronger scorer", "top 100%", cells="H5: stronger scorer, one-epoch"),
-                              compare("top 80%, stronger scorer", "top 20%, stronger scorer", metrics=("retrieval",),
-                                      cells="H5: stronger scorer, equal-samples")]),
-)
-
 RECOMMENDATIONS = (
     ("R1", "Filter data by image-text similarity; keep about the top 40% for classification, 80% for retrieval.",
      ("D1a", "D1b", "D3")),
@@ -462,55 +413,31 @@ RECOMMENDATIONS = (
 
 # --- the interpreter and the report --------------------------------------------------------------------
 
-def check_all(points, *, base_arch, vits, resnet=None, swin=None, mixer=None):
-    """Every finding of FINDINGS and hypothesis of HYPOTHESES, then the four recommendations built from the
-    findings. vits: the ViT settings
-    from smallest to largest; base_arch: the strategy study's tower; resnet/swin/mixer: setting names."""
-    roles = {"base": base_arch, "smallest-vit": vits[0] if vits else None, "largest-vit": vits[-1] if vits else None,
-             "smaller-vits": tuple(vits[:-1]), "resnet": resnet, "swin": swin, "mixer": mixer, "augmented": AUGMENTED}
-    checks = []
-    for finding in FINDINGS + HYPOTHESES:
-        verdicts, lines = [], []
-        for rule in finding.rules:
-            found, text = rule(points, finding.study, roles)
-            verdicts, lines = verdicts + found, lines + text
-        verdict = combine(verdicts)
-        if isinstance(finding, Hypothesis):
-            checks.append(replace(finding, verdict=AS_HYPOTHESIS.get(verdict, verdict), evidence=lines))
-        else:
-            checks.append(replace(finding, verdict=verdict, evidence=lines + [finding.note] * bool(finding.note)))
+def roles_for(*, base_arch, vits, resnet=None, swin=None, mixer=None) -> dict:
+    """The names selectors use for settings. vits: the ViT settings from smallest to largest; base_arch: the
+    strategy study's tower; resnet/swin/mixer: setting names."""
+    return {"base": base_arch, "smallest-vit": vits[0] if vits else None, "largest-vit": vits[-1] if vits else None,
+            "smaller-vits": tuple(vits[:-1]), "resnet": resnet, "swin": swin, "mixer": mixer, "augmented": AUGMENTED}
+
+
+def run_rules(rules, points, study, roles) -> tuple:
+    """(the combined verdict, the evidence lines) of a row's rules."""
+    verdicts, lines = [], []
+    for rule in rules:
+        found, text = rule(points, study, roles)
+        verdicts, lines = verdicts + found, lines + text
+    return combine(verdicts), lines
+
+
+def check_all(points, **towers):
+    """Every finding of FINDINGS, then the four recommendations built from them; towers: roles_for's."""
+    roles, checks = roles_for(**towers), []
+    for finding in FINDINGS:
+        verdict, lines = run_rules(finding.rules, points, finding.study, roles)
+        checks.append(replace(finding, verdict=verdict, evidence=lines + [finding.note] * bool(finding.note)))
     by_key = {c.key: c for c in checks}
     for key, claim, parts in RECOMMENDATIONS:
         found = [by_key[p] for p in parts]
         checks.append(Finding(key, "recommendations", claim, verdict=combine([c.verdict for c in found]),
                               evidence=[f"{c.key}: {c.verdict}" for c in found]))
     return checks
-
-
-def markdown_table(checks, hypotheses=()) -> str:
-    """| id | the paper's finding | micro-scale evidence | verdict |, then why those that do not agree may not:
-    the tested explanations (hypotheses, judged) by their results, and the caveats no run has tested."""
-    clean = lambda text: text.replace("|", "/")
-    lines = ["| | Paper (PAPER.md) | Micro-scale result | Verdict |", "|---|---|---|---|"]
-    lines += [f"| {c.key} | {clean(c.claim)} | {'<br>'.join(map(clean, c.evidence)) or '-'} | **{c.verdict}** |"
-              for c in checks]
-    notes = []
-    for c in checks:
-        tested = [h for h in hypotheses if c.key in h.explains and h.verdict != NOT_TESTED]
-        if c.verdict not in (DISAGREES, INCONCLUSIVE, PARTLY) or not (c.caveat or tested):
-            continue
-        said = [f"Tested, {h.key} {h.verdict}: {h.claim}" for h in tested]
-        notes.append(f"- **{c.key}** ({c.verdict}): " + " ".join(said + [f"Not tested: {c.caveat}"] * bool(c.caveat)))
-    if notes:
-        lines += ["", "Why a finding may not show at this scale (the hypotheses tested below, by their results, "
-                      "then the explanations no run has tested):", ""] + notes
-    return "\n".join(lines)
-
-
-def hypotheses_table(hypotheses) -> str:
-    """| id | findings | hypothesis | test | result | verdict |: each explanation with the runs that could refute it."""
-    clean = lambda text: text.replace("|", "/")
-    lines = ["| | Explains | Hypothesis | Test (fixed before the runs) | Result | Verdict |", "|---|---|---|---|---|---|"]
-    lines += [f"| {h.key} | {', '.join(h.explains)} | {clean(h.claim)} | {clean(h.test)} | "
-              f"{'<br>'.join(map(clean, h.evidence)) or '-'} | **{h.verdict}** |" for h in hypotheses]
-    return "\n".join(lines)

@@ -14,6 +14,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 import findings
+import hypotheses
 from tinyclip.data import read_scores
 from tinyclip.model import make_config
 from tinyclip.synthetic import SyntheticPairs
@@ -65,11 +66,12 @@ def aggregate(rows):
 
 
 def judge(points, grid, scale):
-    """findings.check_all with the towers of a reproduce.py Grid in their roles."""
+    """findings.check_all, then hypotheses.check, with the towers of a reproduce.py Grid in their roles."""
     named = lambda prefix: [a for a in grid.arch_list if a.startswith(prefix)]
     first = lambda prefix: next(iter(named(prefix)), None)
-    return findings.check_all(points, base_arch=scale.base_arch, vits=named("vit"), resnet=first("rn"),
-                              swin=first("swin"), mixer=first("mixer"))
+    towers = dict(base_arch=scale.base_arch, vits=named("vit"), resnet=first("rn"), swin=first("swin"),
+                  mixer=first("mixer"))
+    return findings.check_all(points, **towers) + hypotheses.check(points, findings.roles_for(**towers))
 
 
 def points_table(points, study) -> str:
@@ -111,19 +113,21 @@ def write_outputs(out: Path, runs, ids, results, costs, *, grid, scale, scores, 
             "|---|---|"]
     text += [f"| {k} | {v} |" for k, v in settings_table(scale, grid)]
     if recs:
-        text += ["", "## The paper's recommendations", "", findings.markdown_table(recs)]
-    hypotheses = [c for c in checks if isinstance(c, findings.Hypothesis) and c.verdict != findings.NOT_TESTED]
+        text += ["", "## The paper's recommendations", "", markdown_table(recs)]
+    tested = [c for c in checks if isinstance(c, hypotheses.Hypothesis) and c.verdict != findings.NOT_TESTED]
     text += ["", "## The paper's findings, one by one", "",
-             findings.markdown_table([c for c in checks if c.study in studies and isinstance(c, findings.Finding)],
-                                     hypotheses)]
-    if hypotheses:
+             markdown_table([c for c in checks if c.study in studies and isinstance(c, findings.Finding)],
+                                     tested)]
+    if tested:
         text += ["", "## Testing the explanations", "", "Each explanation offered for a finding that did not "
                  "reproduce, with a test fixed before the runs that could refute it (study `hypotheses`, or the "
-                 "study named); the same rule decides.", "", findings.hypotheses_table(hypotheses)]
+                 "study named); the same rule decides.", "", hypotheses_table(tested)]
     ranked = {name: path for name, path in (scores or {}).items() if path and Path(path).exists()}
     if micro and ranked:
-        text += ["", "## The quality filter", ""] + [f"{name[0].upper() + name[1:]}: {filter_precision(grid, path)}"
-                                                    for name, path in ranked.items()]
+        for name, path in ranked.items():
+            share = filter_precision(grid, path)
+            text += ["", "## The quality filter"] * (name == next(iter(ranked))) + [
+                "", f"{name[0].upper() + name[1:]}: {share[0].lower() + share[1:]}"]
     text += ["", "## Results", ""]
     for study in (s for s in STUDIES if any(p["study"] == s for p in points)):
         text += [f"### {study}", "", points_table(points, study), ""]
@@ -134,6 +138,35 @@ def write_outputs(out: Path, runs, ids, results, costs, *, grid, scale, scores, 
         print(f"  {check.key:4s} {check.verdict:12s} {check.claim[:90]}")
     print(f"wrote {out / 'summary.md'}, {out / 'runs.csv'}, {len(figures)} figures")
     return {"rows": rows, "points": points, "findings": checks, "out": out}
+
+
+def markdown_table(checks, tested=()) -> str:
+    """| id | the paper's finding | micro-scale evidence | verdict |, then why those that do not agree may not:
+    the explanations tested (scripts/hypotheses.py's rows, judged) by their results, then the caveats untested."""
+    clean = lambda text: text.replace("|", "/")
+    lines = ["| | Paper (PAPER.md) | Micro-scale result | Verdict |", "|---|---|---|---|"]
+    lines += [f"| {c.key} | {clean(c.claim)} | {'<br>'.join(map(clean, c.evidence)) or '-'} | **{c.verdict}** |"
+              for c in checks]
+    notes = []
+    for c in checks:
+        tested = [h for h in tested if c.key in h.explains and h.verdict != findings.NOT_TESTED]
+        if c.verdict not in (findings.DISAGREES, findings.INCONCLUSIVE, findings.PARTLY) or not (c.caveat or tested):
+            continue
+        said = [f"Tested, {h.key} {h.verdict}: {h.claim}" for h in tested]
+        notes.append(f"- **{c.key}** ({c.verdict}): " + " ".join(said + [f"Not tested: {c.caveat}"] * bool(c.caveat)))
+    if notes:
+        lines += ["", "Why a finding may not show at this scale (the hypotheses tested below, by their results, "
+                      "then the explanations no run has tested):", ""] + notes
+    return "\n".join(lines)
+
+
+def hypotheses_table(judged) -> str:
+    """| id | findings | hypothesis | test | result | verdict |: each explanation with the runs that could refute it."""
+    clean = lambda text: text.replace("|", "/")
+    lines = ["| | Explains | Hypothesis | Test (fixed before the runs) | Result | Verdict |", "|---|---|---|---|---|---|"]
+    lines += [f"| {h.key} | {', '.join(h.explains)} | {clean(h.claim)} | {clean(h.test)} | "
+              f"{'<br>'.join(map(clean, h.evidence)) or '-'} | **{h.verdict}** |" for h in judged]
+    return "\n".join(lines)
 
 
 # --- the summary's settings ------------------------------------------------------------------------
@@ -188,7 +221,7 @@ def settings_table(scale, grid) -> list:
                                 f"{scale.probe_train} training images, weight decay chosen on a held-out 20%; "
                                 f"robustness (quantity and architecture studies): the mean zero-shot top-1 over "
                                 f"{len(scale.robust_styles)} shifted renderings of {scale.robust_size} held-out "
-                                f"images each ({', '.join(scale.robust_styles)}: tinyclip/synthetic.py's styles)"),
+                                f"images each ({', '.join(scale.robust_styles)}: tinyclip/render.py's styles)"),
                  ("quality pool and scorer",
                   f"{grid.quality_pool} pairs, noise={grid.quality_noise} (that fraction has a wrong caption); scorer: "
                   f"{scale.base_arch} CLIP trained on {grid.scorer_samples:,} samples of a disjoint, cleaner pool "

@@ -43,35 +43,12 @@ import eval as evaluate  # noqa: E402
 import report  # noqa: E402
 import train  # noqa: E402
 from report import STUDIES  # noqa: E402
-from settings import MICRO, PAPER, PRESETS, SMOKE, Grid, Scale  # noqa: E402
+from hypotheses import hypothesis_runs  # noqa: E402
+from settings import MICRO, PAPER, PRESETS, SMOKE, Grid, Run, Scale, quality_pool_spec  # noqa: E402
 from tinyclip import train_flags  # noqa: E402
 from tinyclip.sources import open_source  # noqa: E402
 
 # --- the plan: one Run per (study, setting, seed) ----------------------------------------------------------
-
-@dataclasses.dataclass
-class Run:
-    study: str
-    setting: str  # the line it belongs to in the study's plots
-    regime: str  # one-epoch | multi-epoch | equal-samples | fixed-epochs
-    seed: int
-    arch: str
-    strategy: str  # clip | slip | flip | clip-aug:<augment preset>
-    data: str
-    dataset_size: int | None
-    samples_seen: int
-    keep_top: float | None = None
-    epochs: float = 1.0
-    batch: int | None = None  # global batch; None: the scale's (FLIP's doubled)
-    loss: str = "softmax"  # train.py --loss
-    reduced: tuple | None = None  # CLIPA: (image size, context length) of the main stage, then tune_steps at full size
-    tune_steps: int = 0
-    init: str | None = None  # LiT: the image tower comes from this checkpoint, locked
-    slip_head: tuple | None = None  # SLIP's projector (hidden, out); None: the scale's
-    label_set: str | None = None  # synthetic zero-shot classes; None: the scale's
-    robust: bool = False  # also evaluated on the robustness sets (Q3, A6)
-    scores: str | None = None  # the score file keep_top reads; None: the quality study's scorer's
-
 
 def plan(grid: Grid, scale: Scale, data: str, studies, pool_size=None, lit_init=None, strong_scores=None):
     """Every Run of the chosen studies; a training shared by two studies appears in both. lit_init: the
@@ -112,40 +89,6 @@ def plan(grid: Grid, scale: Scale, data: str, studies, pool_size=None, lit_init=
     return runs
 
 
-def hypothesis_runs(grid: Grid, scale: Scale, data: str, seed: int, pool_size=None, strong_scores=None) -> list:
-    """The runs that test the summary's explanations of a disagreement (scripts/findings.py's HYPOTHESES), in
-    the strategy study's multi-epoch cells, one regime per hypothesis ("<key>: <what>"); each cell holds the
-    strategy study's runs it compares with, which are trained once: H1, colour-changing augmentation with and
-    without its colour ops, and on captions that name no colour (zero-shot on the shape label set); H2, FLIP at
-    CLIP's batch (as many optimizer steps); H4, SLIP with a larger projector; H5, the quality filter ranked by a
-    stronger scorer (the quality study's, trained on 4x the samples), in the quality study's regimes."""
-    epochs, sizes, runs = grid.strategy_multi_epochs, grid.strategy_multi_sizes, []
-    run = lambda regime, setting, size, strategy, **kw: Run("hypotheses", setting, regime, seed, scale.base_arch,
-                                                           strategy, kw.pop("data", data), size, size * epochs,
-                                                           epochs=epochs, **kw)
-    aug, no_color = "clip-aug:stacked-randaug", "clip-aug:stacked-randaug-no-color"
-    runs += [run("H1: colour ops", s, sizes[-1], s) for s in ("clip", aug, no_color)]
-    if data == "synthetic":
-        runs += [run("H1: no colour words", s, sizes[-1], s, data="synthetic:color_words=0", label_set="shape")
-                 for s in ("clip", aug)]
-    for size in sizes:
-        runs += [run("H2: FLIP at CLIP's batch", "clip", size, "clip"),
-                 run("H2: FLIP at CLIP's batch", "flip, doubled batch", size, "flip"),
-                 run("H2: FLIP at CLIP's batch", "flip, CLIP's batch", size, "flip", batch=scale.batch_size)]
-    runs += [run("H4: SLIP's projector", s, sizes[-1], s.split(",")[0], **kw) for s, kw in (
-        ("clip", {}), ("slip", {}), ("slip, larger projector", {"slip_head": grid.big_slip_head}))]
-    if strong_scores and pool_size:
-        def kept(regime, fraction, scores=None):
-            samples = round(fraction * pool_size) if regime.endswith("one-epoch") else grid.quality_samples
-            return Run("hypotheses", f"top {round(100 * fraction)}%" + ", stronger scorer" * bool(scores), regime, seed,
-                       scale.base_arch, "clip", quality_pool_spec(grid, data), None, samples, keep_top=fraction,
-                       epochs=samples / round(fraction * pool_size), scores=scores and str(scores))
-        one, equal = "H5: stronger scorer, one-epoch", "H5: stronger scorer, equal-samples"
-        runs += [kept(one, 0.4, strong_scores), kept(one, 1.0)]  # top 100% keeps every pair: the quality study's
-        runs += [kept(equal, fraction, strong_scores) for fraction in (0.2, 0.8)]
-    return runs
-
-
 def beyond_runs(grid: Grid, scale: Scale, data: str, seed: int, lit_init) -> list:
     """The study beyond the paper, one regime per comparison ("<part>: <what is equal>, <the budget>", so that
     each budget is a cell of its own): SigLIP's loss at each batch size and equal samples; CLIPA's reduced
@@ -175,10 +118,6 @@ def beyond_runs(grid: Grid, scale: Scale, data: str, seed: int, lit_init) -> lis
                 runs += [run("from scratch", f"lit: {regime}", samples),
                          run("locked image", f"lit: {regime}", locked_samples, init=str(lit_init))]
     return runs
-
-
-def quality_pool_spec(grid: Grid, data: str) -> str:
-    return f"synthetic:noise={grid.quality_noise},size={grid.quality_pool}" if data == "synthetic" else data
 
 
 # --- train.py and eval.py arguments ------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The settings of scripts/reproduce.py: how every run trains and is evaluated (Scale: the paper's, and
 the micro scale of a 2-core CPU), and which runs each study makes (Grid, one per preset: smoke, quick,
-standard, full, paper). Fixed before anything runs, never tuned to make a result agree.
+standard, full, paper), and what one training of a grid is (Run). Fixed before anything runs, never tuned to
+make a result agree.
 """
 import dataclasses
 
@@ -135,3 +136,31 @@ PRESETS["standard"] = dataclasses.replace(PRESETS["quick"], seeds=(0, 1, 2), arc
                                           arch_list=PRESETS["quick"].arch_list + ("convnext-micro",),
                                           quality_one_epoch=None, strategy_single_sizes=(3072, 9216))
 
+
+@dataclasses.dataclass
+class Run:
+    """One training of one study's grid and how it is evaluated (scripts/reproduce.py plans them)."""
+    study: str
+    setting: str  # the line it belongs to in the study's plots
+    regime: str  # one-epoch | multi-epoch | equal-samples | fixed-epochs
+    seed: int
+    arch: str
+    strategy: str  # clip | slip | flip | clip-aug:<augment preset>
+    data: str
+    dataset_size: int | None
+    samples_seen: int
+    keep_top: float | None = None
+    epochs: float = 1.0
+    batch: int | None = None  # global batch; None: the scale's (FLIP's doubled)
+    loss: str = "softmax"  # train.py --loss
+    reduced: tuple | None = None  # CLIPA: (image size, context length) of the main stage, then tune_steps at full size
+    tune_steps: int = 0
+    init: str | None = None  # LiT: the image tower comes from this checkpoint, locked
+    slip_head: tuple | None = None  # SLIP's projector (hidden, out); None: the scale's
+    label_set: str | None = None  # synthetic zero-shot classes; None: the scale's
+    robust: bool = False  # also evaluated on the robustness sets (Q3, A6)
+    scores: str | None = None  # the score file keep_top reads; None: the quality study's scorer's
+
+
+def quality_pool_spec(grid: Grid, data: str) -> str:
+    return f"synthetic:noise={grid.quality_noise},size={grid.quality_pool}" if data == "synthetic" else data

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import findings  # noqa: E402
+import hypotheses  # noqa: E402
 import report  # noqa: E402
 import reproduce  # noqa: E402
 
@@ -322,7 +323,7 @@ def test_beyond_findings_read_only_their_own_cells():
 
 def test_markdown_table_lists_caveats_of_findings_that_do_not_agree():
     checks = findings.check_all(quantity_points(0.10, 0.01), base_arch="v", vits=[])
-    text = findings.markdown_table([c for c in checks if c.key in ("Q1", "Q2")])
+    text = report.markdown_table([c for c in checks if c.key in ("Q1", "Q2")])
     assert text.startswith("| | Paper (PAPER.md) | Micro-scale result | Verdict |")
     assert "**disagrees**" in text and "- **Q1** (disagrees):" in text
 
@@ -375,7 +376,7 @@ def test_effective_robustness_is_robustness_above_the_studys_line():
     assert checks["A6"].verdict == findings.DISAGREES
 
 
-@pytest.mark.parametrize("flip_at_clips_batch,verdict", [(0.295, findings.CONFIRMED), (0.20, findings.REFUTED)])
+@pytest.mark.parametrize("flip_at_clips_batch,verdict", [(0.295, hypotheses.CONFIRMED), (0.20, hypotheses.REFUTED)])
 def test_a_hypothesis_is_confirmed_or_refuted_by_its_test_and_the_finding_says_which(flip_at_clips_batch, verdict):
     # H2: FLIP at CLIP's batch is not below CLIP (within noise: confirmed; below beyond noise: refuted)
     h2 = lambda setting, zs: point("hypotheses", zs, std=0.01, setting=setting, regime="H2: FLIP at CLIP's batch",
@@ -385,12 +386,13 @@ def test_a_hypothesis_is_confirmed_or_refuted_by_its_test_and_the_finding_says_w
     pts = [h2("clip", 0.30), h2("flip, CLIP's batch", flip_at_clips_batch), h2("flip, doubled batch", 0.2),
            s9("clip", 0.30), s9("flip", 0.20)]
     checks = findings.check_all(pts, base_arch="v", vits=[])
-    hypothesis = next(c for c in checks if c.key == "H2")
-    assert hypothesis.verdict == verdict and next(c for c in checks if c.key == "H1").verdict == findings.NOT_TESTED
-    text = findings.markdown_table([c for c in checks if c.key == "S9"], [hypothesis])
+    judged = hypotheses.check(pts, findings.roles_for(base_arch="v", vits=[]))
+    hypothesis = next(c for c in judged if c.key == "H2")
+    assert hypothesis.verdict == verdict and next(c for c in judged if c.key == "H1").verdict == findings.NOT_TESTED
+    text = report.markdown_table([c for c in checks if c.key == "S9"], [hypothesis])
     assert f"- **S9** (disagrees): Tested, H2 {verdict}: FLIP falls short" in text and "Not tested: " in text
-    assert "| H2 | S9 | FLIP falls short" in findings.hypotheses_table([hypothesis])
-    assert findings.hypotheses_table([hypothesis]).endswith(f"| **{verdict}** |")
+    assert "| H2 | S9 | FLIP falls short" in report.hypotheses_table([hypothesis])
+    assert report.hypotheses_table([hypothesis]).endswith(f"| **{verdict}** |")
 
 
 @pytest.fixture(scope="module")
@@ -419,7 +421,7 @@ def test_smoke_hypotheses_and_robustness_end_to_end(smoke_hypotheses):
     assert "## Testing the explanations" in summary
     for key in ("H1", "H2", "H4"):
         row = next(line for line in summary.splitlines() if line.startswith(f"| {key} |"))
-        assert row.split("|")[-2].strip().strip("*") in (findings.CONFIRMED, findings.REFUTED, findings.INCONCLUSIVE,
+        assert row.split("|")[-2].strip().strip("*") in (hypotheses.CONFIRMED, hypotheses.REFUTED, findings.INCONCLUSIVE,
                                                          findings.PARTLY), row
 
 

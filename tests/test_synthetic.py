@@ -18,6 +18,7 @@ import re
 import numpy as np
 import pytest
 
+from tinyclip import render
 from tinyclip import synthetic as syn
 
 SIZE_OF = {w: size for size, words in syn.SIZE_WORDS.items() for w in words}
@@ -341,7 +342,7 @@ def test_hard_style_shrinks_and_fades_the_objects():
     photo, hard = syn.SyntheticPairs("val", size=30), syn.SyntheticPairs("val", size=30, style="hard")
     for i in range(30):
         main, tone = photo.meta(i)["objects"][0], photo.meta(i)["background"]["tone"]
-        faded = [round((1 - syn.HARD_FADE) * c + syn.HARD_FADE * t) for c, t in zip(main["rgb"], tone)]
+        faded = [round((1 - render.HARD_FADE) * c + render.HARD_FADE * t) for c, t in zip(main["rgb"], tone)]
         count = lambda image, rgb: int((np.abs(np.asarray(image, dtype=int) - rgb).max(axis=-1) <= 6).sum())
         assert 0 < count(hard.image(i), faded) < count(photo.image(i), main["rgb"])
         assert count(hard.image(i), main["rgb"]) == 0
