@@ -1,11 +1,13 @@
 """The four studies of "Scaling (Down) CLIP" (Li, Xie, Cubuk; arXiv 2404.08197, TMLR 2024), end to end:
 data quantity, data quality, architecture and training strategy, and a fifth beyond the paper (SigLIP's
-sigmoid loss, CLIPA's reduced tokens, LiT's locked image tower), each a grid of train.py runs at fixed
-samples-seen budgets with one text tower for every run, evaluated with eval.py (zero-shot top-1, linear
-probe top-1, retrieval R@1), then tabulated, plotted and checked against the paper's findings
-(scripts/findings.py) in a markdown summary (scripts/report.py).
+sigmoid loss, CLIPA's reduced tokens, LiT's locked image tower) and a sixth that tests the explanations of
+disagreements (scripts/hypotheses.py), each a grid of train.py runs at fixed samples-seen budgets with one
+text tower for every run, evaluated with eval.py (zero-shot top-1, linear probe top-1, retrieval R@1,
+robustness), then tabulated, plotted and checked against the paper's findings (scripts/findings.py) in a
+markdown summary (scripts/report.py).
 
     python scripts/reproduce.py --quick                  # CPU, 2 cores, < 20 min: micro towers, built-in data
+    python scripts/reproduce.py --standard               # the same grid and more, 3 seeds (CPU, longer)
     python scripts/reproduce.py --preset full --jobs 8   # the same studies on a bigger grid, 3 seeds (GPU)
     python scripts/reproduce.py --smoke                  # two tiny runs of the quantity study (the tests)
     python scripts/reproduce.py --data 'shards/{00000..34999}.tar' --eval-data imagenet/val \\
