@@ -326,8 +326,7 @@ ARCH = ("The micro ViTs differ by width only (4 layers, 16 tokens) and share a 3
         "billions at which the paper's large ViTs win.")
 SCALE = ("Every micro run is many orders of magnitude below the ~1B samples where the paper sees the strategies cross "
          "over.")
-AUGMENT = ("Our multi-epoch regime is a few epochs, not the paper's 30, so there is less overfitting for augmentation to "
-           "cure, and crops may cut a 32-pixel scene's objects out.")
+AUGMENT = "Crops may cut a 32-pixel scene's objects out."
 BEYOND = ("At micro scale every batch is tiny next to the 16k+ of these papers, the towers are a few hundred thousand "
           "parameters and 32-pixel images have 16 patches, so a trick that pays at web scale may not show here.")
 SHIFTED = ("The robustness sets are rendering shifts of the same synthetic scenes (tinyclip/render.py's styles), "
@@ -337,14 +336,13 @@ FINDINGS = (
     Finding("Q1", "quantity", "Small subsets gain little from more epochs; large ones keep gaining (Recommendation 2: "
             "more epochs help only when the dataset is large).", QUANTITY,
             [gain(("dataset_size", 0, -1), ("epochs", 0, -1), "zeroshot", "gain of the largest minus the smallest subset")]),
-    Finding("Q2", "quantity", "Retrieval saturates after about 8 epochs.", QUANTITY, [saturation(8, "retrieval")]),
+    Finding("Q2", "quantity", "Retrieval saturates after about 8 epochs.", rules=[saturation(8, "retrieval")]),
     Finding("Q3", "quantity", "Some robustness sets (ImageNet-A, -R, -Sketch) keep improving when ImageNet does not.",
             SHIFTED, [keeps_improving("robustness", "zeroshot")]),
     Finding("D1a", "quality", "The top 40% by image-text similarity beats the full set at equal samples seen "
             "(Recommendation 1).", QUALITY, [compare("top 40%", "top 100%", cells="equal-samples")]),
     Finding("D1b", "quality", "The top 40% by image-text similarity beats the full set at one epoch (Recommendation 1).",
-            QUALITY + " At one epoch the 40% subset also sees 2.5x fewer samples; at micro scale the model is "
-            "sample-starved, so fewer samples can outweigh cleaner ones.", [compare("top 40%", "top 100%", cells="one-epoch")]),
+            QUALITY, [compare("top 40%", "top 100%", cells="one-epoch")]),
     Finding("D2", "quality", "The top 20% falls short of the top 40%.", QUALITY, [compare("top 40%", "top 20%")]),
     Finding("D3", "quality", "The top 80% is best for retrieval (Recommendation 1: keep 80% for retrieval).", QUALITY,
             [best("top 80%", "retrieval", cells="equal-samples")]),
@@ -355,8 +353,7 @@ FINDINGS = (
             "gaining.", ARCH, [gain(("setting", "smallest-vit", "largest-vit"), ("dataset_size", -2, -1), "probe",
                                     "largest minus smallest ViT's gain")]),
     Finding("A3", "architecture", "ResNet wins with few samples or low compute (inductive bias); the ViT-B wins with more "
-            "data (Recommendation 3).", "32-pixel images leave the ResNet a 1x1 final feature map.",
-            [compare("resnet", "largest-vit", cells="first"), compare("largest-vit", "resnet", cells="last")]),
+            "data (Recommendation 3).", rules=[compare("resnet", "largest-vit", cells="first"), compare("largest-vit", "resnet", cells="last")]),
     Finding("A4", "architecture", "Swin-T is usually below ViT-B/32.", ARCH, [compare("largest-vit", "swin")]),
     Finding("A5", "architecture", "Mixer is good at linear probing under 100M samples and worst at retrieval.", ARCH,
             [compare("mixer", "median others", metrics=("probe",)), compare("worst others", "mixer", metrics=("retrieval",))]),

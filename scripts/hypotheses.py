@@ -6,8 +6,8 @@ disagrees refutes it; the findings' caveats quote the result (report.markdown_ta
 """
 from dataclasses import dataclass, field, replace
 
-from findings import AGREES, DISAGREES, NOT_TESTED, compare, run_rules
-from settings import Grid, Run, Scale, quality_pool_spec
+from findings import AGREES, DISAGREES, NOT_TESTED, compare, run_rules, saturation
+from settings import Grid, Run, Scale, quality_pool_spec, towers
 
 # --- the runs ---------------------------------------------------------------------------------------
 
@@ -17,11 +17,13 @@ def hypothesis_runs(grid: Grid, scale: Scale, data: str, seed: int, pool_size=No
     strategy study's runs it compares with, which are trained once: H1, colour-changing augmentation with and
     without its colour ops, and on captions that name no colour (zero-shot on the shape label set); H2, FLIP at
     CLIP's batch (as many optimizer steps); H4, SLIP with a larger projector; H5, the quality filter ranked by a
-    stronger scorer (the quality study's, trained on 4x the samples), in the quality study's regimes."""
+    stronger scorer (the quality study's, trained on 4x the samples), in the quality study's regimes; H7, the
+    augmentations at 4x the epochs on the smallest subset; H8, the ResNet and the largest ViT at twice the image
+    size (H6 and H9 read the quantity and quality studies' runs)."""
     epochs, sizes, runs = grid.strategy_multi_epochs, grid.strategy_multi_sizes, []
-    run = lambda regime, setting, size, strategy, **kw: Run("hypotheses", setting, regime, seed, scale.base_arch,
-                                                           strategy, kw.pop("data", data), size, size * epochs,
-                                                           epochs=epochs, **kw)
+    run = lambda regime, setting, size, strategy, times=1, **kw: Run(
+        "hypotheses", setting, regime, seed, scale.base_arch, strategy, kw.pop("data", data), size,
+        size * epochs * times, epochs=epochs * times, **kw)
     aug, no_color = "clip-aug:stacked-randaug", "clip-aug:stacked-randaug-no-color"
     runs += [run("H1: colour ops", s, sizes[-1], s) for s in ("clip", aug, no_color)]
     if data == "synthetic":
@@ -33,6 +35,12 @@ def hypothesis_runs(grid: Grid, scale: Scale, data: str, seed: int, pool_size=No
                  run("H2: FLIP at CLIP's batch", "flip, CLIP's batch", size, "flip", batch=scale.batch_size)]
     runs += [run("H4: SLIP's projector", s, sizes[-1], s.split(",")[0], **kw) for s, kw in (
         ("clip", {}), ("slip", {}), ("slip, larger projector", {"slip_head": grid.big_slip_head}))]
+    runs += [run("H7: 4x the epochs", s, sizes[0], s, times=4) for s in ("clip", "clip-aug:crop-flip", no_color)]
+    tower = towers(grid, scale)
+    if tower["resnet"] and tower["vits"]:
+        runs += [Run("hypotheses", arch, "H8: twice the image size", seed, arch, "clip", data, grid.arch_sizes[0],
+                     grid.arch_sizes[0] * grid.arch_epochs, epochs=grid.arch_epochs, image_size=2 * scale.image_size)
+                 for arch in (tower["resnet"], tower["vits"][-1])]
     if strong_scores and pool_size:
         def kept(regime, fraction, scores=None):
             samples = round(fraction * pool_size) if regime.endswith("one-epoch") else grid.quality_samples
@@ -94,6 +102,22 @@ HYPOTHESES = (
                "hypotheses", [compare("top 40%, stronger scorer", "top 100%", cells="H5: stronger scorer, one-epoch"),
                               compare("top 80%, stronger scorer", "top 20%, stronger scorer", metrics=("retrieval",),
                                       cells="H5: stronger scorer, equal-samples")]),
+    Hypothesis("H6", ("Q2",), "Retrieval does saturate at micro scale, only later than the paper's: the smallest "
+               "subset is still under-trained at 8 epochs.", "Smallest subset: retrieval R@1 at 32 epochs is not above "
+               "16 epochs' beyond noise.", "quantity", [saturation(16, "retrieval")]),
+    Hypothesis("H7", ("S4", "S5", "S6"), "Augmentation trails because a few epochs (the paper's multi-epoch regime is "
+               "30) leave little overfitting for it to cure.", "Smallest multi-epoch subset at 4x the epochs: crop-flip "
+               "and Stacked RandAugment without its colour ops each beat no augmentation (zero-shot top-1).",
+               "hypotheses", [compare("each clip-aug:crop-flip clip-aug:stacked-randaug-no-color", "clip",
+                                      cells="H7: 4x the epochs")]),
+    Hypothesis("H8", ("A3",), "The ResNet lost at small data because 32-pixel images leave it a 1x1 final feature map "
+               "(total stride 32): its attention pool has one position.", "At 64 px (a 2x2 map; the ViT then sees 64 "
+               "patches, both towers at 4x the FLOPs), the ResNet beats the largest ViT at the smallest subset "
+               "(zero-shot top-1).", "hypotheses", [compare("resnet", "largest-vit", cells="H8: twice the image size")]),
+    Hypothesis("H9", ("D1b",), "At one epoch the top 40% sees 2.5x fewer samples than the full set, and a "
+               "sample-starved micro run loses more from fewer samples than it gains from cleaner ones.", "At equal "
+               "samples seen the top 40% beats the full set (zero-shot top-1: D1a's comparison).", "quality",
+               [compare("top 40%", "top 100%", cells="equal-samples")]),
 )
 
 

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 import findings
 import hypotheses
+import settings
 from tinyclip.data import read_scores
 from tinyclip.model import make_config
 from tinyclip.synthetic import SyntheticPairs
@@ -67,10 +68,7 @@ def aggregate(rows):
 
 def judge(points, grid, scale):
     """findings.check_all, then hypotheses.check, with the towers of a reproduce.py Grid in their roles."""
-    named = lambda prefix: [a for a in grid.arch_list if a.startswith(prefix)]
-    first = lambda prefix: next(iter(named(prefix)), None)
-    towers = dict(base_arch=scale.base_arch, vits=named("vit"), resnet=first("rn"), swin=first("swin"),
-                  mixer=first("mixer"))
+    towers = settings.towers(grid, scale)
     return findings.check_all(points, **towers) + hypotheses.check(points, findings.roles_for(**towers))
 
 
@@ -149,10 +147,10 @@ def markdown_table(checks, tested=()) -> str:
               for c in checks]
     notes = []
     for c in checks:
-        tested = [h for h in tested if c.key in h.explains and h.verdict != findings.NOT_TESTED]
-        if c.verdict not in (findings.DISAGREES, findings.INCONCLUSIVE, findings.PARTLY) or not (c.caveat or tested):
+        explained = [h for h in tested if c.key in h.explains and h.verdict != findings.NOT_TESTED]
+        if c.verdict not in (findings.DISAGREES, findings.INCONCLUSIVE, findings.PARTLY) or not (c.caveat or explained):
             continue
-        said = [f"Tested, {h.key} {h.verdict}: {h.claim}" for h in tested]
+        said = [f"Tested, {h.key} {h.verdict}: {h.claim}" for h in explained]
         notes.append(f"- **{c.key}** ({c.verdict}): " + " ".join(said + [f"Not tested: {c.caveat}"] * bool(c.caveat)))
     if notes:
         lines += ["", "Why a finding may not show at this scale (the hypotheses tested below, by their results, "

@@ -132,7 +132,7 @@ def batch_size(scale: Scale, run: Run) -> int:
 def train_argv(run: Run, scale: Scale, scores: Path = None) -> list:
     """train.py's arguments for a run, without --out: the caller adds a folder named by train_id(argv)."""
     strategy, _, augment = run.strategy.partition(":")
-    image_size, context_length = run.reduced or (scale.image_size, scale.context_length)
+    image_size, context_length = run.reduced or (run.image_size or scale.image_size, scale.context_length)
     argv = ["--strategy", strategy, "--arch", run.arch, "--text-arch", scale.text_arch,
             "--image-size", image_size, "--context-length", context_length, "--data", run.data,
             "--samples-seen", run.samples_seen, "--batch-size", batch_size(scale, run), "--lr", scale.lr,

@@ -72,7 +72,7 @@ class Grid:
     strategy_multi_epochs: int
     strategy_multi_list: tuple = STRATEGIES
     quality_one_epoch: tuple | None = None  # the kept fractions run at one epoch (None: every quality fraction)
-    long_epochs: tuple = ()  # Q2: more epoch counts, on the smallest quantity subset only (retrieval saturating)
+    long_epochs: tuple = ()  # Q2, H6: more epoch counts, on the smallest quantity subset only (retrieval saturating)
     hypotheses: bool = False  # the runs that test the summary's explanations (reproduce.hypothesis_runs)
     big_slip_head: tuple = (1024, 64)  # the hypotheses' larger SLIP projector (4x the micro one, each way)
     quality_noise: float = 0.4  # synthetic pool: fraction of pairs with a wrong caption
@@ -99,7 +99,7 @@ PRESETS = {
                   scorer_samples=256, hypotheses=True),
     # quick: the other towers at the micro ViT-B's FLOPs on two sizes (a third, 9216, would cost 4 of its 20 min;
     # ConvNeXt, in no finding, a minute more: both in standard); one-epoch cells trimmed for the hypotheses' runs
-    "quick": Grid(seeds=(0, 1), quantity_sizes=(1024, 3072, 9216), quantity_epochs=(1, 2, 4), long_epochs=(8, 16),
+    "quick": Grid(seeds=(0, 1), quantity_sizes=(1024, 3072, 9216), quantity_epochs=(1, 2, 4), long_epochs=(8, 16, 32),
                   quality_pool=5120, quality_fractions=(0.2, 0.4, 0.6, 0.8, 1.0), quality_samples=10_240,
                   arch_list=("vit-ti-micro", "vit-s-micro", "vit-b-micro", "rn-micro", "swin-micro", "mixer-micro"),
                   arch_sizes=(1024, 3072), arch_epochs=2,
@@ -108,7 +108,8 @@ PRESETS = {
                   strategy_multi_sizes=(1024, 3072), strategy_multi_epochs=4, hypotheses=True,
                   beyond_size=9216, beyond_samples=(9216,), loss_batches=(16, 64), lit_init_samples=9216),
     "full": Grid(seeds=(0, 1, 2), quantity_sizes=(1024, 3072, 9216, 27648), quantity_epochs=(1, 2, 4, 8, 16),
-                 quality_pool=20_480, quality_fractions=(0.2, 0.4, 0.6, 0.8, 1.0), quality_samples=40_960,
+                 long_epochs=(32,), quality_pool=20_480, quality_fractions=(0.2, 0.4, 0.6, 0.8, 1.0),
+                 quality_samples=40_960,
                  arch_list=("vit-ti-micro", "vit-s-micro", "vit-b-micro", "rn-micro", "convnext-micro", "swin-micro",
                             "mixer-micro"), arch_sizes=(1024, 3072, 9216, 27648), arch_epochs=4, hypotheses=True,
                  strategy_single_sizes=(3072, 9216, 27648), strategy_single_list=STRATEGIES,
@@ -158,8 +159,18 @@ class Run:
     init: str | None = None  # LiT: the image tower comes from this checkpoint, locked
     slip_head: tuple | None = None  # SLIP's projector (hidden, out); None: the scale's
     label_set: str | None = None  # synthetic zero-shot classes; None: the scale's
+    image_size: int | None = None  # None: the scale's
     robust: bool = False  # also evaluated on the robustness sets (Q3, A6)
     scores: str | None = None  # the score file keep_top reads; None: the quality study's scorer's
+
+
+def towers(grid: Grid, scale: Scale) -> dict:
+    """The towers findings' selectors name (findings.roles_for's arguments): the strategy study's, the
+    architecture study's ViTs from smallest to largest, and its first ResNet, Swin and Mixer (or None)."""
+    named = lambda prefix: [a for a in grid.arch_list if a.startswith(prefix)]
+    first = lambda prefix: next(iter(named(prefix)), None)
+    return dict(base_arch=scale.base_arch, vits=named("vit"), resnet=first("rn"), swin=first("swin"),
+                mixer=first("mixer"))
 
 
 def quality_pool_spec(grid: Grid, data: str) -> str:

@@ -384,15 +384,40 @@ def test_a_hypothesis_is_confirmed_or_refuted_by_its_test_and_the_finding_says_w
     s9 = lambda setting, zs: point("strategy", zs, std=0.01, setting=setting, regime="multi-epoch", dataset_size=1000,
                                    gflops_per_sample=1.0, samples_seen=4000)
     pts = [h2("clip", 0.30), h2("flip, CLIP's batch", flip_at_clips_batch), h2("flip, doubled batch", 0.2),
-           s9("clip", 0.30), s9("flip", 0.20)]
+           s9("clip", 0.30), s9("flip", 0.20), s9("slip", 0.10)]
     checks = findings.check_all(pts, base_arch="v", vits=[])
     judged = hypotheses.check(pts, findings.roles_for(base_arch="v", vits=[]))
     hypothesis = next(c for c in judged if c.key == "H2")
     assert hypothesis.verdict == verdict and next(c for c in judged if c.key == "H1").verdict == findings.NOT_TESTED
-    text = report.markdown_table([c for c in checks if c.key == "S9"], [hypothesis])
+    # S1 (disagrees, explained by H4, which is not in the table) comes first: a finding's quote reads every
+    # hypothesis, not those of the findings before it
+    text = report.markdown_table([c for c in checks if c.key in ("S1", "S9")], [hypothesis])
     assert f"- **S9** (disagrees): Tested, H2 {verdict}: FLIP falls short" in text and "Not tested: " in text
+    assert "- **S1** (disagrees): Not tested: " in text
     assert "| H2 | S9 | FLIP falls short" in report.hypotheses_table([hypothesis])
     assert report.hypotheses_table([hypothesis]).endswith(f"| **{verdict}** |")
+
+
+def test_h6_and_h9_read_the_quantity_and_quality_studies():
+    # H6: retrieval flat from 16 to 32 epochs on the smallest subset (confirmed), rising (refuted); H9: the top
+    # 40% above the full set at equal samples (confirmed) while below it at one epoch (D1b disagrees)
+    roles = findings.roles_for(base_arch="v", vits=[])
+    quality = [point("quality", zs, std=0.01, keep_top=k, regime=regime, setting=f"top {round(100 * k)}%")
+               for regime, values in (("equal-samples", {0.4: 0.40, 1.0: 0.33}), ("one-epoch", {0.4: 0.2, 1.0: 0.3}))
+               for k, zs in values.items()]
+    for at_32, verdict in ((0.302, hypotheses.CONFIRMED), (0.40, hypotheses.REFUTED)):
+        pts = epoch_points(1000, ((8, 0.20, None), (16, 0.30, None), (32, at_32, None))) + quality
+        judged = {h.key: h for h in hypotheses.check(pts, roles)}
+        assert judged["H6"].verdict == verdict and judged["H9"].verdict == hypotheses.CONFIRMED
+        assert judged["H6"].evidence[0].endswith(f"from 16 to 32; saturated = no gain beyond seed noise: "
+                                                 f"{findings.AGREES if at_32 < 0.31 else findings.DISAGREES})")
+    checks = {c.key: c for c in findings.check_all(pts, base_arch="v", vits=[])}
+    assert checks["D1b"].verdict == findings.DISAGREES and checks["Q2"].verdict == findings.DISAGREES
+    text = report.markdown_table([checks["Q2"], checks["D1b"]], list(judged.values()))
+    assert "- **Q2** (disagrees): Tested, H6 refuted: Retrieval does saturate" in text
+    assert "Tested, H6 refuted" in text and "- **Q2** (disagrees): Tested, H6 refuted: " in text
+    assert "Not tested" not in text.split("- **Q2**")[1].split("\n")[0]  # Q2 offers nothing untested
+    assert "- **D1b** (disagrees): Tested, H9 confirmed: At one epoch" in text
 
 
 @pytest.fixture(scope="module")
@@ -442,6 +467,16 @@ def test_the_quick_grids_extra_runs_are_the_ones_its_findings_read():
     robust = reproduce.eval_argvs(Path("run"), scale, args, next(r for r in runs if r.robust))
     assert len(robust) == 2 and robust[1][robust[1].index("--data") + 1:][:4] == [
         f"synthetic:style={s}" for s in scale.robust_styles]
+    # H7: the smallest multi-epoch cell at 4x the epochs, its CLIP run the quantity study's (trained once);
+    # H8: the ResNet and the largest ViT at twice the image size
+    h7 = [r for r in runs if r.regime.startswith("H7:") and r.seed == 0]
+    assert {r.setting for r in h7} == {"clip", "clip-aug:crop-flip", "clip-aug:stacked-randaug-no-color"}
+    assert {(r.dataset_size, r.epochs) for r in h7} == {(grid.strategy_multi_sizes[0], 4 * grid.strategy_multi_epochs)}
+    h7_clip = reproduce.train_argv(next(r for r in h7 if r.setting == "clip"), scale)
+    assert h7_clip in [reproduce.train_argv(r, scale) for r in runs if r.study == "quantity"]
+    h8 = [reproduce.train_argv(r, scale) for r in runs if r.regime.startswith("H8:") and r.seed == 0]
+    assert sorted(a[a.index("--arch") + 1] + " " + a[a.index("--image-size") + 1] for a in h8) == [
+        f"rn-micro {2 * scale.image_size}", f"vit-b-micro {2 * scale.image_size}"]
     # H2's FLIP runs at CLIP's batch, H4's SLIP with the larger projector
     flip = next(r for r in runs if r.setting == "flip, CLIP's batch")
     assert reproduce.batch_size(scale, flip) == scale.batch_size
