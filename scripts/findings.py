@@ -326,7 +326,6 @@ ARCH = ("The micro ViTs differ by width only (4 layers, 16 tokens) and share a 3
         "billions at which the paper's large ViTs win.")
 SCALE = ("Every micro run is many orders of magnitude below the ~1B samples where the paper sees the strategies cross "
          "over.")
-AUGMENT = "Crops may cut a 32-pixel scene's objects out."
 BEYOND = ("At micro scale every batch is tiny next to the 16k+ of these papers, the towers are a few hundred thousand "
           "parameters and 32-pixel images have 16 patches, so a trick that pays at web scale may not show here.")
 SHIFTED = ("The robustness sets are rendering shifts of the same synthetic scenes (tinyclip/render.py's styles), "
@@ -368,12 +367,12 @@ FINDINGS = (
             [compare("clip", "flip", cells="top", test="similar"), compare("clip", "slip", cells="top"),
              compare("flip", "slip", cells="top")]),
     Finding("S4", "strategy", "CLIP + data augmentation is best in the multi-epoch regime, especially for linear probing "
-            "(Recommendation 4).", AUGMENT,
-            [compare("best augmented", "best clip slip flip", metrics=("zeroshot", "probe"), cells="multi-epoch")]),
-    Finding("S5", "strategy", "In the multi-epoch regime every augmentation beats none.", AUGMENT,
-            [compare("each augmented", "clip", cells="multi-epoch")]),
-    Finding("S6", "strategy", "Stacked RandAugment on half the data matches no augmentation on all of it.", AUGMENT,
-            [compare("clip-aug:stacked-randaug", "clip", cells="multi-epoch", test="not below", b_next=True)]),
+            "(Recommendation 4).", rules=[compare("best augmented", "best clip slip flip", metrics=("zeroshot", "probe"),
+                                                  cells="multi-epoch")]),
+    Finding("S5", "strategy", "In the multi-epoch regime every augmentation beats none.",
+            rules=[compare("each augmented", "clip", cells="multi-epoch")]),
+    Finding("S6", "strategy", "Stacked RandAugment on half the data matches no augmentation on all of it.",
+            rules=[compare("clip-aug:stacked-randaug", "clip", cells="multi-epoch", test="not below", b_next=True)]),
     Finding("S7", "strategy", "With one epoch per subset, augmentation hurts (Recommendation 4: not for one-epoch runs).",
             "At micro scale one epoch is a few dozen steps, so all runs are close to chance and differences may drown in "
             "seed noise.", [compare("clip", "each augmented", cells="one-epoch")]),

@@ -192,6 +192,10 @@ def test_preset_is_reproducible_from_rng_alone(preset, normalize):
     others = [t(img, random.Random(seed)) for seed in range(4)]
     if preset == "none":
         assert all(torch.equal(first, other) for other in others)
+    elif preset == "flip":  # two outcomes only: the image or its mirror
+        others += [t(img, random.Random(seed)) for seed in range(4, 20)]
+        assert all(torch.equal(first, other) or torch.equal(first.flip(-1), other) for other in others)
+        assert any(not torch.equal(first, other) for other in others)
     else:
         assert not any(torch.equal(first, other) for other in others)
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
@@ -214,6 +218,7 @@ def test_presets_are_made_of_the_documented_steps():
     colour = ["RandomApply(step=ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1), p=0.8)",
               "RandomGrayscale(p=0.2)", "RandomApply(step=GaussianBlur(sigma=(0.1, 2.0)), p=0.5)"]
     assert steps("none") == ["ResizeCentreCrop(resize=224, size=224)"]
+    assert steps("flip") == steps("none") + crop_flip[1:]
     assert steps("crop") == crop_flip[:1]
     assert steps("crop-flip") == crop_flip
     assert steps("randaug") == crop_flip + [randaug]
@@ -228,7 +233,7 @@ def test_presets_are_made_of_the_documented_steps():
 
 
 def test_unknown_preset_and_bad_arguments():
-    with pytest.raises(ValueError, match="none, crop, crop-flip, randaug, stacked-randaug, stacked-randaug-no-color, "
+    with pytest.raises(ValueError, match="none, flip, crop, crop-flip, randaug, stacked-randaug, stacked-randaug-no-color, "
                                          "simclr"):
         A.make_transform("autoaugment", 32)
     with pytest.raises(ValueError, match="normalize"):

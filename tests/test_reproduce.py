@@ -474,6 +474,8 @@ def test_the_quick_grids_extra_runs_are_the_ones_its_findings_read():
     assert {(r.dataset_size, r.epochs) for r in h7} == {(grid.strategy_multi_sizes[0], 4 * grid.strategy_multi_epochs)}
     h7_clip = reproduce.train_argv(next(r for r in h7 if r.setting == "clip"), scale)
     assert h7_clip in [reproduce.train_argv(r, scale) for r in runs if r.study == "quantity"]
+    h10 = [reproduce.train_argv(r, scale) for r in runs if r.regime == "H10: no crop" and r.seed == 0]
+    assert sorted(a[a.index("--augment") + 1] for a in h10) == ["crop-flip", "flip"]
     h8 = [reproduce.train_argv(r, scale) for r in runs if r.regime.startswith("H8:") and r.seed == 0]
     assert sorted(a[a.index("--arch") + 1] + " " + a[a.index("--image-size") + 1] for a in h8) == [
         f"rn-micro {2 * scale.image_size}", f"vit-b-micro {2 * scale.image_size}"]

@@ -20,7 +20,7 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-AUGMENT_PRESETS = ("none", "crop", "crop-flip", "randaug", "stacked-randaug", "stacked-randaug-no-color",
+AUGMENT_PRESETS = ("none", "flip", "crop", "crop-flip", "randaug", "stacked-randaug", "stacked-randaug-no-color",
                    "simclr")
 
 # SLIP trains its CLIP view with RandomResizedCrop(scale=(0.5, 1)) and no flip (SLIP's main.py): strong
@@ -342,6 +342,7 @@ def _check_size(image_size):
 def make_transform(preset, image_size, normalize="clip"):
     """A training transform by name (AUGMENT_PRESETS):
     none             resize shorter side + centre crop: the paper's plain CLIP preprocessing
+    flip             none + horizontal flip (crop-flip without its crop)
     crop             RandomResizedCrop(0.5, 1): SLIP's CLIP view
     crop-flip        RandomResizedCrop(0.5, 1) + horizontal flip
     randaug          crop-flip, then RandAugment(N=2, M=10 of 10)
@@ -358,6 +359,7 @@ def make_transform(preset, image_size, normalize="clip"):
               RandomApply(GaussianBlur((0.1 * k, 2.0 * k)), p=0.5)]
     presets = {
         "none": [ResizeCentreCrop(image_size, image_size)],
+        "flip": [ResizeCentreCrop(image_size, image_size), flip],
         "crop": [crop],
         "crop-flip": [crop, flip],
         "randaug": [crop, flip, RandAugment()],
