@@ -66,10 +66,11 @@ def aggregate(rows):
     return points
 
 
-def judge(points, grid, scale):
-    """findings.check_all, then hypotheses.check, with the towers of a reproduce.py Grid in their roles."""
+def judge(points, grid, scale) -> tuple:
+    """(findings.check_all's findings and recommendations, hypotheses.check's hypotheses), with the towers of a
+    reproduce.py Grid in their roles."""
     towers = settings.towers(grid, scale)
-    return findings.check_all(points, **towers) + hypotheses.check(points, findings.roles_for(**towers))
+    return findings.check_all(points, **towers), hypotheses.check(points, findings.roles_for(**towers))
 
 
 def points_table(points, study) -> str:
@@ -97,7 +98,7 @@ def write_outputs(out: Path, runs, ids, results, costs, *, grid, scale, scores, 
         writer.writeheader()
         writer.writerows(rows)
     (out / "runs.json").write_text(json.dumps({"runs": rows, "points": points}, indent=1))
-    figures, checks = draw_figures(points, out, len(grid.seeds)), judge(points, grid, scale)
+    figures, (checks, judged) = draw_figures(points, out, len(grid.seeds)), judge(points, grid, scale)
     micro = scale.base_arch.endswith("-micro")
     recs = [c for c in checks if c.study == "recommendations" and c.verdict != findings.NOT_TESTED]
     text = [f"# Scaling (Down) CLIP at {'micro' if micro else 'real'} scale: does it reproduce?", "",
@@ -112,10 +113,9 @@ def write_outputs(out: Path, runs, ids, results, costs, *, grid, scale, scores, 
     text += [f"| {k} | {v} |" for k, v in settings_table(scale, grid)]
     if recs:
         text += ["", "## The paper's recommendations", "", markdown_table(recs)]
-    tested = [c for c in checks if isinstance(c, hypotheses.Hypothesis) and c.verdict != findings.NOT_TESTED]
+    tested = [h for h in judged if h.verdict != findings.NOT_TESTED]
     text += ["", "## The paper's findings, one by one", "",
-             markdown_table([c for c in checks if c.study in studies and isinstance(c, findings.Finding)],
-                                     tested)]
+             markdown_table([c for c in checks if c.study in studies], tested)]
     if tested:
         text += ["", "## Testing the explanations", "", "Each explanation offered for a finding that did not "
                  "reproduce, with a test fixed before the runs that could refute it (study `hypotheses`, or the "
@@ -132,10 +132,10 @@ def write_outputs(out: Path, runs, ids, results, costs, *, grid, scale, scores, 
         text += [f"![{f.stem}]({f.name})" for f in figures if f.stem.startswith(study)] + [""]
     text += ["## Not covered", ""] + [f"- {n}" for n in notes]
     (out / "summary.md").write_text("\n".join(text) + "\n")
-    for check in checks:
+    for check in checks + judged:
         print(f"  {check.key:4s} {check.verdict:12s} {check.claim[:90]}")
     print(f"wrote {out / 'summary.md'}, {out / 'runs.csv'}, {len(figures)} figures")
-    return {"rows": rows, "points": points, "findings": checks, "out": out}
+    return {"rows": rows, "points": points, "findings": checks, "hypotheses": judged, "out": out}
 
 
 def markdown_table(checks, tested=()) -> str:

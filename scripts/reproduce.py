@@ -380,20 +380,20 @@ def main(argv=None):
         notes.append("The beyond study's LiT runs: give --lit-init, a checkpoint trained on other data.")
 
     try:  # every model builds before any run starts
-        runs, ids = plan(grid, scale, args.data, studies, pool_size, lit_init, strong_scores), []
+        runs = plan(grid, scale, args.data, studies, pool_size, lit_init, strong_scores)
         costs = [cost(r, scale) for r in runs]
     except train_flags.ConfigError as error:
         sys.exit(f"reproduce.py: error: --preset {preset} on --data {args.data}: {error}")
-    for run, run_cost in zip(runs, costs):
-        run_dir, argv_t = training("", train_argv(run, scale, scores))
-        ids.append(run_dir.name)
-        if ids[-1] in jobs and run.robust:  # a training shared with a robust run is evaluated as one
-            jobs[ids[-1]]["evals"] = eval_argvs(run_dir, scale, args, run)
-        jobs.setdefault(ids[-1], job(run_dir, argv_t, eval_argvs(run_dir, scale, args, run),
-                                     after=("scorer-strong" if run.scores else "scorer") if run.keep_top is not None
-                                     else "lit-init" if run.init else None,
-                                     drop_checkpoint=synthetic and not args.keep_checkpoints,
-                                     cost=run_cost["total_compute_gflops"]))
+    trainings = [training("", train_argv(run, scale, scores)) for run in runs]
+    ids = [run_dir.name for run_dir, _ in trainings]
+    robust = {run_id for run_id, run in zip(ids, runs) if run.robust}  # a training shared with a robust run is one
+    for run, (run_dir, argv_t), run_cost in zip(runs, trainings, costs):
+        evals = eval_argvs(run_dir, scale, args, dataclasses.replace(run, robust=run_dir.name in robust))
+        jobs.setdefault(run_dir.name, job(run_dir, argv_t, evals,
+                                          after=("scorer-strong" if run.scores else "scorer")
+                                          if run.keep_top is not None else "lit-init" if run.init else None,
+                                          drop_checkpoint=synthetic and not args.keep_checkpoints,
+                                          cost=run_cost["total_compute_gflops"]))
     trained = sum(int(j["train"][j["train"].index("--samples-seen") + 1]) for k, j in jobs.items()
                   if k not in ("scorer", "scorer-strong", "lit-init"))
     print(f"{preset}: studies {', '.join(studies)}; {len(runs)} rows, {len(jobs)} trainings, {trained:,} samples to "

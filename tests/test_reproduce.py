@@ -515,7 +515,7 @@ def stored_rows(path):
 def test_stored_runs_give_the_summarys_verdicts_and_numbers():
     rows = stored_rows(ROOT / "results" / "runs.csv")
     points = [p for p in report.aggregate(rows) if p["zeroshot"] is not None or p["probe"] is not None]
-    checks = report.judge(points, reproduce.PRESETS["quick"], reproduce.MICRO)
+    checks = sum(report.judge(points, reproduce.PRESETS["quick"], reproduce.MICRO), [])  # findings, hypotheses
     stated = {}  # key -> (evidence cell, verdict) of the summary's tables
     for line in (ROOT / "results" / "summary.md").read_text().splitlines():
         found = re.fullmatch(r"\| (\w+) \| .* \| (.*) \| \*\*(.*)\*\* \|", line)
