@@ -266,7 +266,16 @@ def test_a_streaming_run_killed_mid_epoch_resumes_bit_identical(tmp_path, ten_sh
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = lambda out, *extra, **kw: subprocess.Popen(torchrun + _cli(*common, "--out", str(out), *extra)[1:],
                                                      cwd=tmp_path, env=env, **kw)
-    assert run(tmp_path / "full", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).wait() == 0
+
+    def finished(out, *extra):
+        """The run completes: exit 0, or the rare gloo abort at teardown after ckpt.pt was written
+        (tests/test_train.py's _two_processes), which is not what this test is about."""
+        proc = run(out, *extra, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        stderr = proc.communicate()[1]
+        teardown_abort = "terminate called without an active exception" in stderr and (out / "ckpt.pt").exists()
+        assert proc.returncode == 0 or teardown_abort, stderr[-2000:]
+
+    finished(tmp_path / "full")
 
     killed = tmp_path / "killed"
     proc = run(killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -276,8 +285,7 @@ def test_a_streaming_run_killed_mid_epoch_resumes_bit_identical(tmp_path, ten_sh
     os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks, mid-epoch (step 9 of 12 per epoch)
     proc.wait()
     assert not (killed / "ckpt.pt").exists(), "the run finished before it could be killed"
-    resumed = run(killed, "--resume", "auto", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert resumed.wait() == 0, resumed.stderr.read()[-2000:]
+    finished(killed, "--resume", "auto")
     full, again = read_checkpoint(tmp_path / "full" / "ckpt.pt"), read_checkpoint(killed / "ckpt.pt")
     assert all(torch.equal(full["model"][k], again["model"][k]) for k in full["model"])
     assert full["data_state"]["positions"] == again["data_state"]["positions"]
