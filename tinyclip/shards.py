@@ -16,8 +16,9 @@ world size or worker count, exact subsets and quality filters. The cost is rando
 shards, which suits local disks; shards in object storage or behind HTTP are streamed instead
 (tinyclip.stream).
 The index is built once and kept beside the shards (`load_or_build_index`: a hidden .npz in the first
-shard's folder, named by the shard list): later runs and the other ranks load it in a fraction of a
-second while every shard keeps its size and mtime, and rebuild it when one changes.
+shard's folder, named by the shard list; for shards in a folder that cannot be written, in the user's
+cache folder): later runs and the other ranks load it in a fraction of a second while every shard keeps
+its size and mtime, and rebuild it when one changes.
 Nothing here decodes images (tinyclip.sources does).
 """
 
@@ -191,42 +192,51 @@ def build_index(paths: list[str], processes: int = None) -> TarIndex:
 INDEX_FORMAT = 1  # bump when the cache file's layout changes: older files are then rebuilt
 
 
-def index_cache_path(paths: list[str]) -> str:
-    """Where the index of exactly these shards is kept: a hidden file in the first shard's folder, named
-    by a hash of the shard list (so another list, e.g. a subset, gets its own file)."""
+def index_cache_paths(paths: list[str]) -> list[str]:
+    """Where the index of exactly these shards is kept, named by a hash of the shard list (so another list,
+    e.g. a subset, gets its own file): a hidden file in the first shard's folder, else (that folder read-only,
+    as shared datasets often are) a file in $XDG_CACHE_HOME/tinyclip (default ~/.cache/tinyclip)."""
     absolute = [os.path.abspath(path) for path in paths]
     digest = hashlib.sha1("\n".join(absolute).encode("utf-8")).hexdigest()[:16]
-    return os.path.join(os.path.dirname(absolute[0]), f".tinyclip-index-{digest}.npz")
+    user_cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tinyclip")
+    name = f".tinyclip-index-{digest}.npz"
+    return [os.path.join(os.path.dirname(absolute[0]), name), os.path.join(user_cache, name)]
 
 
 def load_or_build_index(paths: list[str]) -> TarIndex:
-    """The index of `paths`, read from its cache file when that was built from these very shards (same
-    list, sizes and mtimes), else built and written there atomically; a folder that is not writable
-    only costs the rebuild next time. A damaged or unreadable cache file is rebuilt, never an error."""
-    cache = index_cache_path(paths)
+    """The index of `paths`, read from a cache file (index_cache_paths, in order) that was built from these
+    very shards (same list, sizes and mtimes), else built and written atomically to the first place that
+    can be written; where none can, only the rebuild next time is lost. A damaged or unreadable cache file
+    is rebuilt, never an error."""
+    caches = index_cache_paths(paths)
     # (absolute path, size, mtime) per shard, taken before the scan: a shard changed during it reads as stale
     fingerprint = [[os.path.abspath(path), stat.st_size, stat.st_mtime_ns] for path, stat in
                    zip(paths, map(os.stat, paths))]
-    try:
-        with np.load(cache, allow_pickle=False) as saved:
-            meta = json.loads(str(saved["meta"]))
-            if meta["format"] == INDEX_FORMAT and meta["fingerprint"] == fingerprint:
-                keys = json.loads(saved["keys"].tobytes().decode("utf-8"))
-                index = TarIndex(list(paths), keys, saved["shard"], saved["image"], saved["text"],
-                                 Counter(meta["skipped"]))
-                if len(keys) == len(index.shard) == len(index.image) == len(index.text):
-                    return index
-    except Exception:  # missing, truncated, garbage, another layout: any of them means rebuild
-        pass
+    for cache in caches:
+        try:
+            with np.load(cache, allow_pickle=False) as saved:
+                meta = json.loads(str(saved["meta"]))
+                if meta["format"] == INDEX_FORMAT and meta["fingerprint"] == fingerprint:
+                    keys = json.loads(saved["keys"].tobytes().decode("utf-8"))
+                    index = TarIndex(list(paths), keys, saved["shard"], saved["image"], saved["text"],
+                                     Counter(meta["skipped"]))
+                    if len(keys) == len(index.shard) == len(index.image) == len(index.text):
+                        return index
+        except Exception:  # missing, truncated, garbage, another layout: any of them means rebuild
+            pass
     index = build_index(paths)
     meta = json.dumps({"format": INDEX_FORMAT, "fingerprint": fingerprint, "skipped": index.skipped})
     keys = np.frombuffer(json.dumps(index.keys).encode("utf-8"), np.uint8)  # compact, unlike a U-width array
-    try:
-        with atomic_write(cache) as f:  # ranks writing at once each rename a whole file: the last one stays
-            np.savez(f, meta=np.array(meta), keys=keys, shard=index.shard, image=index.image, text=index.text)
-    except OSError as error:
-        print(f"tinyclip: shard index not cached ({cache}: {error.strerror or error}); built in memory",
-              file=sys.stderr)
+    failed = []
+    for cache in caches:
+        try:
+            os.makedirs(os.path.dirname(cache), exist_ok=True)
+            with atomic_write(cache) as f:  # ranks writing at once each rename a whole file: the last one stays
+                np.savez(f, meta=np.array(meta), keys=keys, shard=index.shard, image=index.image, text=index.text)
+            return index
+        except OSError as error:
+            failed.append(f"{cache}: {error.strerror or error}")
+    print(f"tinyclip: shard index not cached ({'; '.join(failed)}); built in memory", file=sys.stderr)
     return index
 
 
