@@ -352,7 +352,8 @@ FINDINGS = (
             "gaining.", ARCH, [gain(("setting", "smallest-vit", "largest-vit"), ("dataset_size", -2, -1), "probe",
                                     "largest minus smallest ViT's gain")]),
     Finding("A3", "architecture", "ResNet wins with few samples or low compute (inductive bias); the ViT-B wins with more "
-            "data (Recommendation 3).", rules=[compare("resnet", "largest-vit", cells="first"), compare("largest-vit", "resnet", cells="last")]),
+            "data (Recommendation 3).", rules=[compare("resnet", "largest-vit", cells="first"),
+                                                compare("largest-vit", "resnet", cells="last")]),
     Finding("A4", "architecture", "Swin-T is usually below ViT-B/32.", ARCH, [compare("largest-vit", "swin")]),
     Finding("A5", "architecture", "Mixer is good at linear probing under 100M samples and worst at retrieval.", ARCH,
             [compare("mixer", "median others", metrics=("probe",)), compare("worst others", "mixer", metrics=("retrieval",))]),

@@ -12,14 +12,14 @@ from settings import Grid, Run, Scale, quality_pool_spec, towers
 # --- the runs ---------------------------------------------------------------------------------------
 
 def hypothesis_runs(grid: Grid, scale: Scale, data: str, seed: int, pool_size=None, strong_scores=None) -> list:
-    """The runs that test the summary's explanations of a disagreement (HYPOTHESES below), in
-    the strategy study's multi-epoch cells, one regime per hypothesis ("<key>: <what>"); each cell holds the
-    strategy study's runs it compares with, which are trained once: H1, colour-changing augmentation with and
-    without its colour ops, and on captions that name no colour (zero-shot on the shape label set); H2, FLIP at
-    CLIP's batch (as many optimizer steps); H4, SLIP with a larger projector; H5, the quality filter ranked by a
-    stronger scorer (the quality study's, trained on 4x the samples), in the quality study's regimes; H7, the
-    augmentations at 4x the epochs on the smallest subset; H10, crop-flip without its crop; H8, the ResNet and the largest ViT at twice the image
-    size (H6 and H9 read the quantity and quality studies' runs)."""
+    """The runs that test the summary's explanations of a disagreement (HYPOTHESES below), one regime per
+    hypothesis ("<key>: <what>"); each cell holds the runs it compares with, which other studies share and are
+    trained once. In the strategy study's multi-epoch cells: H1, colour-changing augmentation with and without
+    its colour ops, and on captions that name no colour (zero-shot on the shape label set); H2, FLIP at CLIP's
+    batch (as many optimizer steps); H4, SLIP with a larger projector; H10, crop-flip without its crop. H5, the
+    quality filter ranked by a stronger scorer (the quality study's, trained on 4x the samples), in the quality
+    study's regimes; H7, the augmentations at 4x the epochs on the smallest subset; H8, the ResNet and the
+    largest ViT at twice the image size. H6 and H9 read the quantity and quality studies' runs."""
     epochs, sizes, runs = grid.strategy_multi_epochs, grid.strategy_multi_sizes, []
     run = lambda regime, setting, size, strategy, times=1, **kw: Run(
         "hypotheses", setting, regime, seed, scale.base_arch, strategy, kw.pop("data", data), size,
