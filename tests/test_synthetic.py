@@ -255,6 +255,25 @@ def test_classification_view_returns_image_and_label():
         assert view.classes[label] == f"{true['color']} {true['shape']}"
 
 
+def test_a_drawn_scene_and_its_captions_are_kept_per_process_and_handed_out_as_copies():
+    pairs, fresh = syn.SyntheticPairs("val", size=40, seed=7), syn.SyntheticPairs("val", size=40, seed=7)
+    first = pairs.image(3)
+    first.paste((255, 0, 255), (0, 0, 64, 64))  # what a careless transform might do to its input
+    again = fresh.image(3)  # another dataset of the same scenes: the same drawing, from the cache
+    assert again is not first and again.tobytes() != first.tobytes()
+    syn._drawn.cache_clear()
+    assert fresh.image(3).tobytes() == again.tobytes()  # drawn afresh, the same pixels
+    assert syn._drawn.cache_info().currsize == 1
+    assert syn.SyntheticPairs("val", size=40, seed=7, noise=0.5).image(3).tobytes() == again.tobytes()
+    said = pairs.captions(3)
+    said.append("a careless caller's edit")
+    assert fresh.captions(3) == said[:-1] and len(said[:-1]) == syn.CAPTIONS_PER_IMAGE
+    assert syn.SyntheticPairs("val", size=40, seed=7, color_words=0).captions(3) != said[:-1]  # another key
+    assert all(pairs.key(i) == pairs.meta(i)["key"] for i in (0, 39))
+    with pytest.raises(IndexError):
+        pairs.key(40)
+
+
 # --- pixels ---------------------------------------------------------------------------------------
 
 def test_layout_keeps_objects_inside_apart_and_in_their_named_cell():

@@ -148,7 +148,7 @@ class SyntheticSource:
         return len(self.pairs)
 
     def key(self, index):
-        return self.pairs.meta(index)["key"]
+        return self.pairs.key(index)
 
     def load(self, index):
         return self.pairs.image(index), self.pairs.captions(index)

@@ -4,7 +4,8 @@
 data quantity, data quality and compute. Its data (WebLI) is private, and any web-scale set is far
 too big for a CPU smoke run, so tinyclip ships a procedural stand-in:
 
-- no download, no files: every sample is drawn with Pillow's ImageDraw when it is asked for;
+- no download, no files: every sample is drawn with Pillow's ImageDraw when it is first asked for
+  (and the last few thousand kept per process, since epochs ask again);
 - deterministic: a sample is a pure function of (seed, split, index), through its own
   `random.Random` seeded by a stable integer mix (never the global RNG, never `hash()`), so any
   DataLoader worker renders the same bytes, and the object pickles as a few plain fields;
@@ -85,6 +86,14 @@ def _splitmix64(x):
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
     return x ^ (x >> 31)
+
+
+def _stream(seed, split, index, stream):
+    """A random.Random seeded by a stable mix of (seed, split, index, stream): no hash(), so the same everywhere."""
+    h = 0
+    for part in (seed, SPLITS[split], index, stream):
+        h = _splitmix64(h ^ (part & _MASK64))
+    return random.Random(h)
 
 
 # --- scenes ---------------------------------------------------------------------------------------
@@ -220,30 +229,27 @@ class SyntheticPairs:
         return self.size
 
     def __repr__(self):
-        return (f"SyntheticPairs(split={self.split!r}, size={self.size}, seed={self.seed}, "
-                f"noise={self.noise}, image_size={self.image_size}, style={self.style!r}, color_words={int(self.color_words)})")
+        return (f"SyntheticPairs(split={self.split!r}, size={self.size}, seed={self.seed}, noise={self.noise}, "
+                f"image_size={self.image_size}, style={self.style!r}, color_words={int(self.color_words)})")
 
-    def _stream(self, index, stream):
-        """A random.Random seeded by a stable mix of (seed, split, index, stream): no hash(), so the same everywhere."""
-        h = 0
-        for part in (self.seed, SPLITS[self.split], index, stream):
-            h = _splitmix64(h ^ (part & _MASK64))
-        return random.Random(h)
-
-    def _truth(self, index):
-        """(index as a Python int, true attributes, the rng that goes on to lay out and colour the
-        scene). Numpy and torch integers are welcome as indices; anything else is a one-line error."""
+    def _index(self, index):
+        """index as a Python int: numpy and torch integers are welcome; anything else is a one-line error."""
         if isinstance(index, bool) or not hasattr(index, "__index__"):
             raise TypeError(f"index must be an integer, got {type(index).__name__}")
         index = operator.index(index)
         if not 0 <= index < self.size:
             raise IndexError(f"index {index} out of range for {self.split} split of size {self.size}")
-        rng = self._stream(index, _SCENE_STREAM)
+        return index
+
+    def _truth(self, index):
+        """(index as a Python int, true attributes, the rng that goes on to lay out and colour the scene)."""
+        index = self._index(index)
+        rng = _stream(self.seed, self.split, index, _SCENE_STREAM)
         return index, _sample_attributes(rng), rng
 
     def _described(self, index, true):
         """(noise kind, attributes the caption states, attribute forced into every phrasing)."""
-        rng = self._stream(index, _NOISE_STREAM)
+        rng = _stream(self.seed, self.split, index, _NOISE_STREAM)
         noisy, kind_draw = rng.random() < self.noise, rng.random()  # drawn whatever noise is
         if not noisy:
             return "clean", true, None
@@ -257,36 +263,61 @@ class SyntheticPairs:
         described[attribute] = rng.choice([v for v in PARTIAL_ATTRIBUTES[attribute] if v != true[attribute]])
         return "partial", described, attribute
 
+    def key(self, index):
+        """The name a score file gives the pair (meta's "key"), without laying out its scene."""
+        return f"{self.split}/{self._index(index):08d}"
+
     def meta(self, index):
         index, true, rng = self._truth(index)
         objects, background = _scene(true, rng)
         kind, described, _ = self._described(index, true)
-        return {"key": f"{self.split}/{index:08d}", "split": self.split, "index": index,
+        return {"key": self.key(index), "split": self.split, "index": index,
                 "clean": kind == "clean", "noise_kind": kind, "true": true,
                 "described": described, "objects": objects, "background": background}
 
     def captions(self, index):
-        """CAPTIONS_PER_IMAGE distinct phrasings of the described attributes (same for every call)."""
-        index, true, _ = self._truth(index)
-        _, described, forced = self._described(index, true)
-        rng, found = self._stream(index, _CAPTION_STREAM), []
-        for _ in range(20 * CAPTIONS_PER_IMAGE):
-            text = _caption(described, rng, forced, self.color_words)
-            if text not in found:
-                found.append(text)
-                if len(found) == CAPTIONS_PER_IMAGE:
-                    break
-        return found
+        """CAPTIONS_PER_IMAGE distinct phrasings of the described attributes (the same for every call; kept
+        per process, as the drawings are: _phrased)."""
+        return list(_phrased(self.seed, self.split, self.noise, self.color_words, self._index(index)))
 
     def image(self, index):
-        _, true, rng = self._truth(index)
-        return render(*_scene(true, rng), self.image_size, self.style, self._stream(index, _STYLE_STREAM))
+        """The scene drawn; a copy of the process's cache (_drawn), so a transform never alters the next one."""
+        return _drawn(self.seed, self.split, self.image_size, self.style, self._index(index)).copy()
 
     def pair(self, index):
         """(image, caption): the caption is the first of captions(index)."""
         return self.image(index), self.captions(index)[0]
 
     __getitem__ = pair
+
+
+# Drawing and phrasing are most of a micro run's data time, and every epoch (and every run of
+# scripts/reproduce.py in one process) asks for the same samples again, so each process keeps the last
+# DRAWN_KEPT of each: about 12 KB an image at 64 px, 200 MB at most. Both are pure functions of their
+# arguments (an image never depends on noise, nor either on the split's size).
+DRAWN_KEPT = 16_384
+
+
+@functools.lru_cache(maxsize=DRAWN_KEPT)
+def _drawn(seed, split, image_size, style, index):
+    rng = _stream(seed, split, index, _SCENE_STREAM)
+    objects, background = _scene(_sample_attributes(rng), rng)
+    return render(objects, background, image_size, style, _stream(seed, split, index, _STYLE_STREAM))
+
+
+@functools.lru_cache(maxsize=DRAWN_KEPT)
+def _phrased(seed, split, noise, color_words, index) -> tuple:
+    pairs = SyntheticPairs(split, size=index + 1, seed=seed, noise=noise, color_words=color_words)
+    _, true, _ = pairs._truth(index)
+    _, described, forced = pairs._described(index, true)
+    rng, found = _stream(seed, split, index, _CAPTION_STREAM), []
+    for _ in range(20 * CAPTIONS_PER_IMAGE):
+        text = _caption(described, rng, forced, color_words)
+        if text not in found:
+            found.append(text)
+            if len(found) == CAPTIONS_PER_IMAGE:
+                break
+    return tuple(found)
 
 
 # --- zero-shot label sets -------------------------------------------------------------------------
