@@ -218,7 +218,10 @@ def main(argv=None):
         if device.type == "cpu":
             keep_freed_memory()
         check_args(args, world_size)
-        return train(args, rank, world_size, device)
+        result = train(args, rank, world_size, device)
+        if world_size > 1:  # leave together: the rare abort at exit (tests/test_train.py) hit a rank done first
+            dist.barrier()
+        return result
     except (ConfigError, FileNotFoundError, FloatingPointError) as e:  # FloatingPointError: a NaN or inf loss
         if rank == 0:
             print(f"train.py: error: {e}", file=sys.stderr)
