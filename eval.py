@@ -154,9 +154,8 @@ def dataset_names(paths):
 
 def probe_data(args):
     """(train, test) for the probes: --train-data/--test-data, or the synthetic train and val splits."""
-    data = args.data or ["synthetic"]
     if args.train_data is None:
-        if data != ["synthetic"] or args.test_data not in (None, "synthetic"):
+        if args.data not in (None, ["synthetic"]) or args.test_data not in (None, "synthetic"):
             raise ValueError("linear-probe and fewshot need --train-data (and --test-data) unless --data is synthetic")
         return "synthetic", "synthetic"
     if args.test_data is None and (args.data is None or len(args.data) != 1):
@@ -299,12 +298,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if problem := check_args(args):
         parser.exit(2, f"eval.py: error: {problem}\n")
-    names = CLIP_BENCHMARK_NAMES if args.metric_names == "clip_benchmark" else {}
     try:
         model, info = load_model(args)
         results = {"model": info}
         for task in dict.fromkeys(args.task):  # each task once, in the order given
-            rename = names.get(task, {})
+            rename = CLIP_BENCHMARK_NAMES.get(task, {}) if args.metric_names == "clip_benchmark" else {}
             results[task] = {row: {rename.get(key, key): value for key, value in metrics.items()}
                              for row, metrics in run_task(task, model, info, args).items()}
             print(format_table(task, results[task]) + "\n")

@@ -292,26 +292,25 @@ def zeroshot(model, data="synthetic", *, label_set="shape-color", size=1000, cla
         raise ValueError("class names and class subsets apply to ImageFolder data; synthetic classes come "
                          "from the label set")
     dataset = open_labelled(data, "val", label_set=label_set, size=size)
-    folder = dataset if isinstance(dataset, ImageFolderDataset) else None
-    names, subset, mapping = dataset.classes, None, None
-    if folder is not None:
-        names, subset, mapping = _folder_classes(data, folder, class_names, class_subset)
+    folder = isinstance(dataset, ImageFolderDataset)
+    names, subset, mapping = (_folder_classes(data, dataset, class_names, class_subset) if folder
+                              else (dataset.classes, None, None))
     templates = template_set(templates, data, label_set)[1]
     classifier = zeroshot_classifier(model, names, templates, device=device, precision=precision,
                                      batch_size=batch_size)  # D, C
     features = image_features(model, dataset, device=device, precision=precision, batch_size=batch_size, **options)
     logits, labels = zeroshot_logits(features["image"], classifier), features["labels"]  # N, C; N
+    if subset is not None:
+        logits = subset_logits(logits, subset)  # N, S: the argmax over the dataset's classes only
     if mapping is not None:
         correct, classes = mapped_correct(logits, labels, list(mapping.values())), len(mapping)  # N
         top = {"top1": correct.float().mean().item(), "top5": None}
     else:
-        if subset is not None:
-            logits = subset_logits(logits, subset)  # N, S: the argmax over the dataset's classes only
         ranks, classes = label_ranks(logits, labels), logits.shape[1]  # N
         correct, top = ranks == 0, _hits_at(ranks, (1, 5), "top")
     result = {**top, "mean_per_class_recall": mean_per_class_recall(correct, labels), "n": len(labels),
               "classes": classes}
-    return {**result, "skipped": dict(folder.skipped)} if folder is not None and folder.skipped else result
+    return {**result, "skipped": dict(dataset.skipped)} if folder and dataset.skipped else result
 
 
 def _folder_classes(data, folder, class_names, class_subset):

@@ -4,10 +4,10 @@ total compute = GFLOPs per sample x samples seen).
 FLOPs are measured, not estimated: the model is rebuilt from its config on the meta device (tensors
 with shapes but no data; no weight is copied) and runs once under torch.utils.flop_counter's
 FlopCounterMode, so even ViT-L costs nothing and needs no memory (and on meta, attention is counted:
-on CPU its fused kernels are invisible to FlopCounterMode). FlopCounterMode counts matrix multiplies, convolutions and attention, with
-one multiply-add = 2 FLOPs; normalisations, activations, pooling and the softmax are not counted
-(they are a few percent at most). Published model sizes ("4.4 GFLOPs" for ViT-B/32) usually count
-multiply-adds; gmacs_per_sample gives those.
+on CPU its fused kernels are invisible to FlopCounterMode). FlopCounterMode counts matrix multiplies,
+convolutions and attention, with one multiply-add = 2 FLOPs; normalisations, activations, pooling and
+the softmax are not counted (they are a few percent at most). Published model sizes ("4.4 GFLOPs" for
+ViT-B/32) usually count multiply-adds; gmacs_per_sample gives those.
 
 Strategies (the names train.py uses):
   clip, clip-aug  one image and one text per sample (augmentation costs no model compute);
@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tinyclip.model import CLIP, build_model
 
 STRATEGIES = ("clip", "clip-aug", "flip", "slip")
+_COUNTED = {}  # gflops_per_sample's results by their key
 
 
 def count_flops(fn, train: bool) -> int:
@@ -49,19 +50,12 @@ def gflops_per_sample(model: CLIP, strategy: str = "clip", mask_ratio: float = 0
     config = dataclasses.replace(model.config, image_size=image_size or model.config.image_size)
     # a pure function of these: counted once per process (a reproduction runs hundreds of trainings in a few)
     key = (repr(config), strategy, ratio, train, batch, context_length, model.image_locked)
-    if key not in _COUNTED:
-        _COUNTED[key] = _count(config, strategy, ratio, train, batch, context_length, model.image_locked)
-    return dict(_COUNTED[key])
-
-
-_COUNTED = {}
-
-
-def _count(config, strategy, ratio, train, batch, context_length, image_locked) -> dict:
+    if key in _COUNTED:
+        return dict(_COUNTED[key])
     with torch.device("meta"):
         meta = build_model(config).train(train)
     S, L = meta.visual.image_size, context_length or meta.context_length
-    image_train = train and not image_locked
+    image_train = train and not model.image_locked
     images = torch.randn(batch, 3, S, S, device="meta")
     ids = torch.zeros(batch, L, dtype=torch.long, device="meta")
 
@@ -72,7 +66,8 @@ def _count(config, strategy, ratio, train, batch, context_length, image_locked) 
             raise ValueError("strategy 'slip' needs a model with SLIP's head (ssl_mlp_dim > 0)")
         view = lambda: meta.ssl_head(meta.encode_image(images, project=False))  # one view: tower + head
         image += 2 * count_flops(view, image_train) / batch
-    return {"image": image / 1e9, "text": text / 1e9, "total": (image + text) / 1e9}
+    _COUNTED[key] = {"image": image / 1e9, "text": text / 1e9, "total": (image + text) / 1e9}
+    return dict(_COUNTED[key])
 
 
 def gmacs_per_sample(model: CLIP, **kwargs) -> dict:
