@@ -369,10 +369,9 @@ def make_train_loader(spec: str = "synthetic", *, transform, batch_size: int, ra
     source = open_source(spec, csv_img_key, csv_caption_key, csv_separator)
     indices = select_indices(source, dataset_size, keep_top, score_file)
     first_valid(source, indices)
-    tar = isinstance(source, TarShards)
+    shards, missing = (source.index.shards, source.missing_shards) if isinstance(source, TarShards) else ([], [])
     described = {"source": source.name, "source_pairs": len(source), "skipped": dict(+source.skipped),
-                 "shards": len(source.index.shards) if tar else 0,
-                 "missing_shards": len(source.missing_shards) if tar else 0}
+                 "shards": len(shards), "missing_shards": len(missing)}
     return TrainLoader(BatchStream(source, indices, start_sample=start_sample, **batches), workers=workers, spec=spec,
                        num_samples=len(indices), described=described)
 

@@ -54,19 +54,18 @@ def expand_braces(pattern: str) -> list[str]:
         if "}" in pattern:
             raise ValueError("a '}' has no '{' before it")
         return [pattern]
-    depth, commas = 0, []
+    depth, cuts = 0, [start]  # the first '{' and the commas between its alternatives
     for end in range(start, len(pattern)):  # to the '}' that closes the first '{'
         depth += {"{": 1, "}": -1}.get(pattern[end], 0)
         if pattern[end] == "," and depth == 1:
-            commas.append(end)
+            cuts.append(end)
         if depth == 0:
             break
     else:
         raise ValueError("a '{' is never closed by a '}'")
     head, body, tail = pattern[:start], pattern[start + 1:end], pattern[end + 1:]
-    if commas:
-        cuts = [start] + commas + [end]
-        alternatives = [pattern[a + 1:b] for a, b in zip(cuts[:-1], cuts[1:])]
+    if len(cuts) > 1:
+        alternatives = [pattern[a + 1:b] for a, b in zip(cuts, cuts[1:] + [end])]
     else:
         match = re.fullmatch(r"(-?\d+)\.\.(-?\d+)", body)
         if match is None:

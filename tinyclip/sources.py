@@ -208,10 +208,9 @@ class FolderPairs(FileSource):
 
     def __init__(self, root: str):
         self.name, self.root, self.keys, self.skipped = root, root, [], Counter()
-        for folder, subfolders, files in os.walk(root):
-            subfolders.sort()
+        for folder, _, files in os.walk(root):  # in any order: the keys are sorted below
             names = set(files)
-            for name in sorted(files):
+            for name in files:
                 stem, ext = os.path.splitext(name)
                 if ext.lower().lstrip(".") in tar_shards.IMAGE_EXTENSIONS:
                     if stem + ".txt" in names:

@@ -42,16 +42,9 @@ from collections import Counter
 import numpy as np
 
 from tinyclip.shards import IMAGE_EXTENSIONS, expand_braces, resolve_shards
+from tinyclip.sources import SkipSample  # what a shard that cannot be read to its end raises, with its reason
 
 HTTP_TIMEOUT_S = 60
-
-
-class StreamError(Exception):
-    """A shard that could not be read to its end; `reason` is the key it is counted under."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 def is_url(spec: str) -> bool:
@@ -93,7 +86,7 @@ def key_groups(url: str):
         else:
             stream = open(url, "rb")
     except (urllib.error.URLError, http.client.HTTPException, OSError):
-        raise StreamError("http_error" if is_url(url) else "unreadable_shard") from None
+        raise SkipSample("http_error" if is_url(url) else "unreadable_shard") from None
     try:
         key, parts = None, {}
         with tarfile.open(fileobj=stream, mode="r|*") as tar:  # one forward pass, no seeks; gzip too
@@ -120,7 +113,7 @@ def key_groups(url: str):
         if proc is not None:
             stream.read()  # the tar's padding, so that the command can finish
             if proc.wait() != 0:
-                raise StreamError("pipe_failed")
+                raise SkipSample("pipe_failed")
     except (tarfile.TarError, EOFError, OSError, http.client.HTTPException, urllib.error.URLError) as error:
         if proc is not None:  # the command's exit status says whether it failed or its output was cut short
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -130,7 +123,7 @@ def key_groups(url: str):
             reason = "truncated_shard"
         else:
             reason = "http_error" if is_url(url) else "unreadable_shard"
-        raise StreamError(reason) from None
+        raise SkipSample(reason) from None
     finally:
         stream.close()
         if proc is not None:
@@ -162,7 +155,7 @@ def shard_samples(url: str, start: int, skipped: Counter, retries: int):
                         continue
                     yield ordinal, key, image, parts["txt"]
             return
-        except StreamError as error:
+        except SkipSample as error:
             reason = error.reason
             seen = set()
     skipped[reason] += 1
@@ -175,7 +168,7 @@ class SlotStream:
 
     def __init__(self, urls, *, slot: int, slots: int, seed: int, buffer_size: int, resampled: bool, retries: int,
                  skipped: Counter, state: dict = None):
-        self.urls, self.slot, self.slots, self.seed = urls, slot, slots, seed
+        self.urls, self.slot, self.seed = urls, slot, seed
         self.buffer_size, self.resampled, self.retries, self.skipped = max(1, buffer_size), resampled, retries, skipped
         state = state or {"epoch": 0, "shard": 0, "group": 0, "yielded": 0, "buffer": []}
         self.epoch, self.shard, self.group, self.yielded = (state[k] for k in ("epoch", "shard", "group", "yielded"))

@@ -112,6 +112,12 @@ def _sample_attributes(rng):
             "background": background, "second": second}
 
 
+def _truth(seed, split, index):
+    """The true attributes, and the rng that goes on to lay out and colour the scene."""
+    rng = _stream(seed, split, index, _SCENE_STREAM)
+    return _sample_attributes(rng), rng
+
+
 def _cell_centre(position):
     row, col = divmod(POSITIONS.index(position), 3)
     return CELL_CENTRES[col], CELL_CENTRES[row]
@@ -200,6 +206,23 @@ def _caption(attrs, rng, forced=None, color_words=True):
     return text + rng.choice(("", "."))
 
 
+def _described(seed, split, noise, index, true):
+    """(noise kind, attributes the caption states, attribute forced into every phrasing)."""
+    rng = _stream(seed, split, index, _NOISE_STREAM)
+    noisy, kind_draw = rng.random() < noise, rng.random()  # drawn whatever noise is
+    if not noisy:
+        return "clean", true, None
+    if kind_draw < MISMATCH_SHARE:  # another scene's caption: a different main object
+        while True:
+            other = _sample_attributes(rng)
+            if (other["shape"], other["color"]) != (true["shape"], true["color"]):
+                return "mismatch", other, None
+    attribute = rng.choice(tuple(PARTIAL_ATTRIBUTES))
+    described = dict(true)
+    described[attribute] = rng.choice([v for v in PARTIAL_ATTRIBUTES[attribute] if v != true[attribute]])
+    return "partial", described, attribute
+
+
 # --- the dataset ----------------------------------------------------------------------------------
 
 class SyntheticPairs:
@@ -241,36 +264,15 @@ class SyntheticPairs:
             raise IndexError(f"index {index} out of range for {self.split} split of size {self.size}")
         return index
 
-    def _truth(self, index):
-        """(index as a Python int, true attributes, the rng that goes on to lay out and colour the scene)."""
-        index = self._index(index)
-        rng = _stream(self.seed, self.split, index, _SCENE_STREAM)
-        return index, _sample_attributes(rng), rng
-
-    def _described(self, index, true):
-        """(noise kind, attributes the caption states, attribute forced into every phrasing)."""
-        rng = _stream(self.seed, self.split, index, _NOISE_STREAM)
-        noisy, kind_draw = rng.random() < self.noise, rng.random()  # drawn whatever noise is
-        if not noisy:
-            return "clean", true, None
-        if kind_draw < MISMATCH_SHARE:  # another scene's caption: a different main object
-            while True:
-                other = _sample_attributes(rng)
-                if (other["shape"], other["color"]) != (true["shape"], true["color"]):
-                    return "mismatch", other, None
-        attribute = rng.choice(tuple(PARTIAL_ATTRIBUTES))
-        described = dict(true)
-        described[attribute] = rng.choice([v for v in PARTIAL_ATTRIBUTES[attribute] if v != true[attribute]])
-        return "partial", described, attribute
-
     def key(self, index):
         """The name a score file gives the pair (meta's "key"), without laying out its scene."""
         return f"{self.split}/{self._index(index):08d}"
 
     def meta(self, index):
-        index, true, rng = self._truth(index)
+        index = self._index(index)
+        true, rng = _truth(self.seed, self.split, index)
         objects, background = _scene(true, rng)
-        kind, described, _ = self._described(index, true)
+        kind, described, _ = _described(self.seed, self.split, self.noise, index, true)
         return {"key": self.key(index), "split": self.split, "index": index,
                 "clean": kind == "clean", "noise_kind": kind, "true": true,
                 "described": described, "objects": objects, "background": background}
@@ -300,16 +302,14 @@ DRAWN_KEPT = 16_384
 
 @functools.lru_cache(maxsize=DRAWN_KEPT)
 def _drawn(seed, split, image_size, style, index):
-    rng = _stream(seed, split, index, _SCENE_STREAM)
-    objects, background = _scene(_sample_attributes(rng), rng)
+    objects, background = _scene(*_truth(seed, split, index))
     return render(objects, background, image_size, style, _stream(seed, split, index, _STYLE_STREAM))
 
 
 @functools.lru_cache(maxsize=DRAWN_KEPT)
 def _phrased(seed, split, noise, color_words, index) -> tuple:
-    pairs = SyntheticPairs(split, size=index + 1, seed=seed, noise=noise, color_words=color_words)
-    _, true, _ = pairs._truth(index)
-    _, described, forced = pairs._described(index, true)
+    true, _ = _truth(seed, split, index)
+    _, described, forced = _described(seed, split, noise, index, true)
     rng, found = _stream(seed, split, index, _CAPTION_STREAM), []
     for _ in range(20 * CAPTIONS_PER_IMAGE):
         text = _caption(described, rng, forced, color_words)
