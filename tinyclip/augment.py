@@ -92,8 +92,7 @@ def random_resized_crop_box(width, height, rng, scale=CROP_FLIP_SCALE, ratio=ASP
         w = int(round(math.sqrt(target_area * aspect)))
         h = int(round(math.sqrt(target_area / aspect)))
         if 0 < w <= width and 0 < h <= height:
-            left = rng.randint(0, width - w)
-            top = rng.randint(0, height - h)
+            left, top = rng.randint(0, width - w), rng.randint(0, height - h)
             return left, top, left + w, top + h
     image_aspect = width / height
     if image_aspect < min(ratio):

@@ -50,9 +50,7 @@ class _GatherWithGrad(torch.autograd.Function):
         # (all_reduce rather than reduce_scatter: the gloo backend used on CPU has only the former.)
         grad = grad.contiguous()
         dist.all_reduce(grad)
-        n = grad.shape[0] // dist.get_world_size()
-        rank = dist.get_rank()
-        return grad[rank * n:(rank + 1) * n]
+        return grad.chunk(dist.get_world_size())[dist.get_rank()]
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,6 @@ import dataclasses
 import math
 import warnings
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -118,7 +117,7 @@ def list_models() -> list[str]:
     return list(PRESETS) + list(ALIASES)
 
 
-@dataclass
+@dataclasses.dataclass
 class CLIPConfig:
     """Everything needed to rebuild a CLIP; dataclasses.asdict(config) holds only plain types."""
 
@@ -295,9 +294,8 @@ class CLIP(TextTransformer):
         patch = self.config.vision["patch_size"]
         if image_size % patch:
             raise ValueError(f"image size {image_size} is not a multiple of the patch size {patch}")
-        pos = self.visual.positional_embedding
-        with torch.no_grad():
-            pos.data = resize_positional_embedding(pos.data, image_size // patch)
+        pos = self.visual.positional_embedding  # .data: the new values are set outside autograd
+        pos.data = resize_positional_embedding(pos.data, image_size // patch)
         self.visual.image_size = self.config.image_size = image_size
 
     def lock_image(self):
@@ -403,11 +401,10 @@ def load_openai(path, image_size: int | None = None, quick_gelu: bool = True) ->
     arch = next((n for n, row in PRESETS.items() if row["vision"] == vision), "openai-custom")
     text_arch = next((n for n, v in TEXT_TOWERS.items() if v == text), "custom")
     trained_size = stride * math.isqrt(sd[pos_key].shape[0] - 1)  # positions: one per grid cell, plus one
-    if image_size is None or image_size == trained_size:
-        image_size = trained_size
-    elif image_size % stride:
+    image_size = trained_size if image_size is None else image_size
+    if image_size % stride:
         raise ValueError(f"image_size {image_size} is not a multiple of the tower's stride {stride}")
-    else:
+    if image_size != trained_size:
         sd[pos_key] = resize_positional_embedding(sd[pos_key], image_size // stride)
     model = build_model(CLIPConfig(arch=arch, vision=vision, image_size=image_size,
                                    embed_dim=sd["text_projection"].shape[1], text_arch=text_arch, **text,

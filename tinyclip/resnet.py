@@ -43,7 +43,7 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_planes)
         # OpenAI's init: bn3 starts at zero, so each block starts as its shortcut (Goyal et al. 2017)
         nn.init.zeros_(self.bn3.weight)
-        self.downsample = None  # the shortcut is x itself, unless the shape changes
+        self.downsample = nn.Identity()  # the shortcut is x itself, unless the shape changes
         if stride > 1 or inplanes != out_planes:  # OpenAI's names: "-1" the pool (no weights), "0" conv, "1" norm
             self.downsample = nn.Sequential(OrderedDict([("-1", nn.AvgPool2d(stride)),
                                                          ("0", nn.Conv2d(inplanes, out_planes, 1, bias=False)),
@@ -54,8 +54,7 @@ class Bottleneck(nn.Module):
         out = F.relu(self.bn2(self.conv2(out)))  # B, P, H, W
         out = self.avgpool(out)  # B, P, H/s, W/s
         out = self.bn3(self.conv3(out))  # B, 4P, H/s, W/s
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + shortcut)
+        return F.relu(out + self.downsample(x))
 
 
 class AttentionPool2d(nn.Module):

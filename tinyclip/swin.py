@@ -91,15 +91,14 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
         # derived from the window size alone, so not part of the state_dict
-        self.register_buffer("relative_position_index", relative_position_index(window),
-                             persistent=False)
+        self.register_buffer("relative_position_index", relative_position_index(window), persistent=False)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
         Bw, N, C = x.shape  # Bw = B * num_windows, N = window^2
         q, k, v = self.qkv(x).view(Bw, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
         attn = (q * self.scale) @ k.transpose(-2, -1)  # Bw, heads, N, N
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        attn = attn + bias.view(N, N, self.heads).permute(2, 0, 1)  # + heads, N, N
+        bias = self.relative_position_bias_table[self.relative_position_index]  # N, N, heads
+        attn = attn + bias.permute(2, 0, 1)  # + heads, N, N
         if allowed is not None:  # allowed: nW, N, N
             attn = attn.view(-1, allowed.shape[0], self.heads, N, N)  # B, nW, heads, N, N
             attn = attn.masked_fill(~allowed[None, :, None], float("-inf")).view(Bw, -1, N, N)
@@ -108,8 +107,7 @@ class WindowAttention(nn.Module):
 
 
 class SwinBlock(nn.Module):
-    def __init__(self, dim: int, resolution: int, heads: int, window: int, shift: int,
-                 drop_prob: float = 0.0):
+    def __init__(self, dim: int, resolution: int, heads: int, window: int, shift: int, drop_prob: float = 0.0):
         super().__init__()
         self.resolution, self.window, self.shift = resolution, window, shift
         self.norm1 = nn.LayerNorm(dim)
@@ -151,14 +149,14 @@ class PatchMerging(nn.Module):
 
 
 class SwinStage(nn.Module):
-    """`blocks` (every second one shifted), then `downsample` (patch merging; None in the last stage)."""
+    """`blocks` (every second one shifted), then `downsample` (patch merging; Identity in the last stage)."""
 
     def __init__(self, dim, resolution, heads, window, drop_probs, downsample):
         super().__init__()
         shift = window // 2 if resolution > window else 0  # a grid of one window has nothing to shift across
         self.blocks = nn.ModuleList(SwinBlock(dim, resolution, heads, window, shift if i % 2 else 0, p)
                                     for i, p in enumerate(drop_probs))
-        self.downsample = PatchMerging(dim, resolution) if downsample else None
+        self.downsample = PatchMerging(dim, resolution) if downsample else nn.Identity()
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,7 +202,6 @@ class SwinTransformer(ImageTower):
         x = self.patch_embed.norm(x)
         for stage in self.layers:
             x = run_blocks(stage.blocks, x, self.grad_checkpointing)  # B, H*W, C
-            if stage.downsample is not None:
-                x = stage.downsample(x)  # B, H*W/4, 2C
+            x = stage.downsample(x)  # B, H*W/4, 2C (the last stage: unchanged)
         x = self.norm(x).mean(dim=1)  # B, width
         return x @ self.proj if project else x  # B, output_dim (or B, width)

@@ -144,8 +144,7 @@ class Tokenizer:
     cache_size: how many distinct words the word cache holds before it starts afresh.
     """
 
-    def __init__(self, merges_path: str | None = None, vocab_size: int | None = None,
-                 cache_size: int = 1_000_000):
+    def __init__(self, merges_path: str | None = None, vocab_size: int | None = None, cache_size: int = 1_000_000):
         merges_path = merges_path or DEFAULT_MERGES_PATH
         max_merges = (vocab_size or CLIP_VOCAB_SIZE) - BASE_VOCAB_SIZE
         if max_merges < 0:

@@ -126,12 +126,10 @@ class MultiheadSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, is_causal: bool = False) -> torch.Tensor:
         B, N, D = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # B, N, 3D
-        qkv = qkv.view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3, B, H, N, d
-        q, k, v = qkv.unbind(0)  # B, H, N, d each
+        q, k, v = qkv.view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # B, H, N, d each
         # is_causal: token i sees tokens 0..i, the same as OpenAI's additive -inf mask above the diagonal
         x = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)  # B, H, N, d
-        x = x.transpose(1, 2).reshape(B, N, D)  # B, N, D
-        return self.out_proj(x)
+        return self.out_proj(x.transpose(1, 2).reshape(B, N, D))  # B, N, D
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -156,8 +154,7 @@ class Transformer(nn.Module):
 
     def __init__(self, width: int, layers: int, heads: int, quick_gelu: bool = False):
         super().__init__()
-        self.resblocks = nn.ModuleList(
-            [ResidualAttentionBlock(width, heads, quick_gelu) for _ in range(layers)])
+        self.resblocks = nn.ModuleList([ResidualAttentionBlock(width, heads, quick_gelu) for _ in range(layers)])
 
     def forward(self, x: torch.Tensor, is_causal: bool = False, grad_checkpointing: bool = False):  # B, N, D
         return run_blocks(self.resblocks, x, grad_checkpointing, is_causal)

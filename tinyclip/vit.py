@@ -54,11 +54,10 @@ def resize_positional_embedding(pos_embed: torch.Tensor, grid_size: int) -> torc
         raise ValueError(f"positional embedding of {grid.shape[0]} grid tokens is not a square grid")
     if old_size == grid_size:
         return pos_embed
-    D = grid.shape[1]
-    grid = grid.reshape(1, old_size, old_size, D).permute(0, 3, 1, 2)  # 1, D, g, g
+    grid = grid.reshape(1, old_size, old_size, -1).permute(0, 3, 1, 2)  # 1, D, g, g
     grid = F.interpolate(grid.float(), size=(grid_size, grid_size), mode="bicubic",
                          align_corners=False, antialias=grid_size < old_size)  # 1, D, G, G
-    grid = grid.permute(0, 2, 3, 1).reshape(grid_size * grid_size, D).to(pos_embed.dtype)
+    grid = grid.permute(0, 2, 3, 1).reshape(grid_size * grid_size, -1).to(pos_embed.dtype)
     return torch.cat([first, grid], dim=0)  # 1 + G*G, D
 
 
