@@ -6,7 +6,7 @@ disagrees refutes it; the findings' caveats quote the result (report.markdown_ta
 """
 from dataclasses import dataclass, field, replace
 
-from findings import AGREES, DISAGREES, NOT_TESTED, compare, run_rules, saturation
+from findings import AGREES, DISAGREES, NOT_TESTED, compare, judged, saturation
 from settings import Grid, Run, Scale, quality_pool_spec, towers
 
 # --- the runs ---------------------------------------------------------------------------------------
@@ -128,8 +128,5 @@ HYPOTHESES = (
 
 def check(points, roles) -> list:
     """Every row of HYPOTHESES judged on the points (roles: findings.roles_for's)."""
-    judged = []
-    for hypothesis in HYPOTHESES:
-        verdict, lines = run_rules(hypothesis.rules, points, hypothesis.study, roles)
-        judged.append(replace(hypothesis, verdict=AS_HYPOTHESIS.get(verdict, verdict), evidence=lines))
-    return judged
+    tested = [judged(hypothesis, points, roles) for hypothesis in HYPOTHESES]
+    return [replace(h, verdict=AS_HYPOTHESIS.get(h.verdict, h.verdict)) for h in tested]
