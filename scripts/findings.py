@@ -306,7 +306,7 @@ def with_effective_robustness(rule):
 class Finding:
     """A row of the table (key, study, claim, caveat, rules), and once judged its verdict and evidence."""
     key: str
-    study: str  # quantity | quality | architecture | strategy | recommendations
+    study: str  # quantity | quality | architecture | strategy | beyond | recommendations
     claim: str  # the paper's finding, in PAPER.md's words
     caveat: str = ""  # why a micro-scale run may not reproduce it (shown unless it agrees)
     rules: list = field(default_factory=list)  # compare, gain, best, equal_compute, saturation: verdicts combine

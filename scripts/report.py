@@ -122,10 +122,10 @@ def write_outputs(out: Path, runs, ids, results, costs, *, grid, scale, scores, 
                  "study named); the same rule decides.", "", hypotheses_table(tested)]
     ranked = {name: path for name, path in (scores or {}).items() if path and Path(path).exists()}
     if micro and ranked:
+        text += ["", "## The quality filter"]
         for name, path in ranked.items():
             share = filter_precision(grid, path)
-            text += ["", "## The quality filter"] * (name == next(iter(ranked))) + [
-                "", f"{name[0].upper() + name[1:]}: {share[0].lower() + share[1:]}"]
+            text += ["", f"{name[0].upper() + name[1:]}: {share[0].lower() + share[1:]}"]
     text += ["", "## Results", ""]
     for study in (s for s in STUDIES if any(p["study"] == s for p in points)):
         text += [f"### {study}", "", points_table(points, study), ""]
