@@ -29,10 +29,8 @@ def hypothesis_runs(grid: Grid, scale: Scale, data: str, seed: int, pool_size=No
     if data == "synthetic":
         runs += [run("H1: no colour words", s, sizes[-1], s, data="synthetic:color_words=0", label_set="shape")
                  for s in ("clip", aug)]
-    for size in sizes:
-        runs += [run("H2: FLIP at CLIP's batch", "clip", size, "clip"),
-                 run("H2: FLIP at CLIP's batch", "flip, doubled batch", size, "flip"),
-                 run("H2: FLIP at CLIP's batch", "flip, CLIP's batch", size, "flip", batch=scale.batch_size)]
+    runs += [run("H2: FLIP at CLIP's batch", s, size, s.split(",")[0], **kw) for size in sizes for s, kw in (
+        ("clip", {}), ("flip, doubled batch", {}), ("flip, CLIP's batch", {"batch": scale.batch_size}))]
     runs += [run("H4: SLIP's projector", s, sizes[-1], s.split(",")[0], **kw) for s, kw in (
         ("clip", {}), ("slip", {}), ("slip, larger projector", {"slip_head": grid.big_slip_head}))]
     runs += [run("H10: no crop", s, sizes[-1], s) for s in ("clip-aug:crop-flip", "clip-aug:flip")]
