@@ -43,10 +43,9 @@ def beats(a, b, metric):
 
 
 def combine(verdicts) -> str:
-    decided = [v for v in verdicts if v != NOT_TESTED]
-    for same in (AGREES, DISAGREES, INCONCLUSIVE):
-        if decided and all(v == same for v in decided):
-            return same
+    decided = {v for v in verdicts if v != NOT_TESTED}
+    if len(decided) == 1:
+        return decided.pop()
     return PARTLY if decided else NOT_TESTED
 
 
@@ -230,18 +229,19 @@ def equal_compute(curve, point, metric="zeroshot"):
     return judge
 
 
-def epochs_of(points, study, size) -> list:
-    return sorted({p["epochs"] for p in select(points, study, dataset_size=size) if p.get("epochs")})
+def subsets(points, study) -> dict:
+    """{data size: its epoch counts, sorted} of a study's points."""
+    sizes = sorted({p["dataset_size"] for p in select(points, study) if p.get("dataset_size")})
+    return {size: sorted({p["epochs"] for p in select(points, study, dataset_size=size) if p.get("epochs")})
+            for size in sizes}
 
 
 def saturation(after, metric):
     """`metric` stops gaining after `after` epochs: on every subset run past `after`, the last epoch count is
     not above `after`'s beyond noise."""
     def judge(points, study, roles):
-        sizes = sorted({p["dataset_size"] for p in select(points, study) if p.get("dataset_size")})
         verdicts, lines = [], []
-        for size in sizes:
-            epochs = epochs_of(points, study, size)
+        for size, epochs in subsets(points, study).items():
             if after not in epochs or epochs[-1] <= after:
                 continue
             at, last = (one(points, study, dataset_size=size, epochs=e) for e in (after, epochs[-1]))
@@ -260,8 +260,7 @@ def keeps_improving(metric, reference):
     gains beyond noise; subsets where the reference still gains do not decide."""
     def judge(points, study, roles):
         verdicts, lines = [], []
-        for size in sorted({p["dataset_size"] for p in select(points, study) if p.get("dataset_size")}):
-            epochs = epochs_of(points, study, size)
+        for size, epochs in subsets(points, study).items():
             if len(epochs) < 2:
                 continue
             before, last = (one(points, study, dataset_size=size, epochs=e) for e in epochs[-2:])
@@ -305,13 +304,12 @@ def with_effective_robustness(rule):
 
 @dataclass(frozen=True)
 class Finding:
-    """A row of the table (key, study, claim, caveat, rules, note), and once judged its verdict and evidence."""
+    """A row of the table (key, study, claim, caveat, rules), and once judged its verdict and evidence."""
     key: str
-    study: str  # quantity | quality | architecture | strategy | recommendations
+    study: str  # quantity | quality | architecture | strategy | beyond | recommendations
     claim: str  # the paper's finding, in PAPER.md's words
     caveat: str = ""  # why a micro-scale run may not reproduce it (shown unless it agrees)
     rules: list = field(default_factory=list)  # compare, gain, best, equal_compute, saturation: verdicts combine
-    note: str = ""  # an evidence line shown always (what the built-in data cannot test)
     verdict: str = NOT_TESTED
     evidence: list = field(default_factory=list)  # lines with the numbers
 
@@ -417,21 +415,17 @@ def roles_for(*, base_arch, vits, resnet=None, swin=None, mixer=None) -> dict:
             "smaller-vits": tuple(vits[:-1]), "resnet": resnet, "swin": swin, "mixer": mixer, "augmented": AUGMENTED}
 
 
-def run_rules(rules, points, study, roles) -> tuple:
-    """(the combined verdict, the evidence lines) of a row's rules."""
-    verdicts, lines = [], []
-    for rule in rules:
-        found, text = rule(points, study, roles)
-        verdicts, lines = verdicts + found, lines + text
-    return combine(verdicts), lines
+def judged(row, points, roles):
+    """The row (a Finding, or a Hypothesis of scripts/hypotheses.py) with its rules' combined verdict and lines."""
+    results = [rule(points, row.study, roles) for rule in row.rules]
+    return replace(row, verdict=combine([v for verdicts, _ in results for v in verdicts]),
+                   evidence=[line for _, lines in results for line in lines])
 
 
 def check_all(points, **towers):
     """Every finding of FINDINGS, then the four recommendations built from them; towers: roles_for's."""
-    roles, checks = roles_for(**towers), []
-    for finding in FINDINGS:
-        verdict, lines = run_rules(finding.rules, points, finding.study, roles)
-        checks.append(replace(finding, verdict=verdict, evidence=lines + [finding.note] * bool(finding.note)))
+    roles = roles_for(**towers)
+    checks = [judged(finding, points, roles) for finding in FINDINGS]
     by_key = {c.key: c for c in checks}
     for key, claim, parts in RECOMMENDATIONS:
         found = [by_key[p] for p in parts]

@@ -6,7 +6,7 @@ disagrees refutes it; the findings' caveats quote the result (report.markdown_ta
 """
 from dataclasses import dataclass, field, replace
 
-from findings import AGREES, DISAGREES, NOT_TESTED, compare, run_rules, saturation
+from findings import AGREES, DISAGREES, NOT_TESTED, compare, judged, saturation
 from settings import Grid, Run, Scale, quality_pool_spec, towers
 
 # --- the runs ---------------------------------------------------------------------------------------
@@ -29,10 +29,8 @@ def hypothesis_runs(grid: Grid, scale: Scale, data: str, seed: int, pool_size=No
     if data == "synthetic":
         runs += [run("H1: no colour words", s, sizes[-1], s, data="synthetic:color_words=0", label_set="shape")
                  for s in ("clip", aug)]
-    for size in sizes:
-        runs += [run("H2: FLIP at CLIP's batch", "clip", size, "clip"),
-                 run("H2: FLIP at CLIP's batch", "flip, doubled batch", size, "flip"),
-                 run("H2: FLIP at CLIP's batch", "flip, CLIP's batch", size, "flip", batch=scale.batch_size)]
+    runs += [run("H2: FLIP at CLIP's batch", s, size, s.split(",")[0], **kw) for size in sizes for s, kw in (
+        ("clip", {}), ("flip, doubled batch", {}), ("flip, CLIP's batch", {"batch": scale.batch_size}))]
     runs += [run("H4: SLIP's projector", s, sizes[-1], s.split(",")[0], **kw) for s, kw in (
         ("clip", {}), ("slip", {}), ("slip, larger projector", {"slip_head": grid.big_slip_head}))]
     runs += [run("H10: no crop", s, sizes[-1], s) for s in ("clip-aug:crop-flip", "clip-aug:flip")]
@@ -128,8 +126,5 @@ HYPOTHESES = (
 
 def check(points, roles) -> list:
     """Every row of HYPOTHESES judged on the points (roles: findings.roles_for's)."""
-    judged = []
-    for hypothesis in HYPOTHESES:
-        verdict, lines = run_rules(hypothesis.rules, points, hypothesis.study, roles)
-        judged.append(replace(hypothesis, verdict=AS_HYPOTHESIS.get(verdict, verdict), evidence=lines))
-    return judged
+    tested = [judged(hypothesis, points, roles) for hypothesis in HYPOTHESES]
+    return [replace(h, verdict=AS_HYPOTHESIS.get(h.verdict, h.verdict)) for h in tested]

@@ -122,10 +122,10 @@ def write_outputs(out: Path, runs, ids, results, costs, *, grid, scale, scores, 
                  "study named); the same rule decides.", "", hypotheses_table(tested)]
     ranked = {name: path for name, path in (scores or {}).items() if path and Path(path).exists()}
     if micro and ranked:
+        text += ["", "## The quality filter"]
         for name, path in ranked.items():
             share = filter_precision(grid, path)
-            text += ["", "## The quality filter"] * (name == next(iter(ranked))) + [
-                "", f"{name[0].upper() + name[1:]}: {share[0].lower() + share[1:]}"]
+            text += ["", f"{name[0].upper() + name[1:]}: {share[0].lower() + share[1:]}"]
     text += ["", "## Results", ""]
     for study in (s for s in STUDIES if any(p["study"] == s for p in points)):
         text += [f"### {study}", "", points_table(points, study), ""]
@@ -264,14 +264,14 @@ def draw_figures(points, out: Path, seeds: int) -> list:
         if not chosen:
             continue
         order = sorted(chosen, key=lambda p: (p["dataset_size"] or 0, p["keep_top"] or 0))
-        settings = list(dict.fromkeys(p["setting"] for p in order))
+        names = list(dict.fromkeys(p["setting"] for p in order))
         panels = [line_chart([Series(s, [(p[x], None if p[m] is None else 100 * (1 - p[m]), 100 * p[m + "_std"])
-                                         for p in chosen if p["setting"] == s]) for s in settings],
+                                         for p in chosen if p["setting"] == s]) for s in names],
                              title=label, x_label=x_label, y_label=y_label)
                   for x, x_label in along for m, (label, y_label) in PANELS.items()]
         path = out / (study + (f"-{regime.strip(':')}" if regime else "") + ".png")
         title = f"{title} (mean ± std over {seeds} seeds)"
-        save(figure(panels, columns=3, title=title, legend=[Series(s) for s in settings]), path)
+        save(figure(panels, columns=3, title=title, legend=[Series(s) for s in names]), path)
         paths.append(path)
     return paths
 
