@@ -323,8 +323,7 @@ def train(args, rank: int, world_size: int, device: torch.device):
                                  "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "step": step,
                                  "samples_seen": step * args.batch_size, "args": vars(args), "rng": rngs,
                                  "data_state": {**loader.state_dict(), "samples_seen": step * args.batch_size,
-                                                "positions": positions}},
-                                path)
+                                                "positions": positions}}, path)
 
     def log(record):  # a JSON line with the wall-clock time and the time since the start (rank 0)
         if rank == 0:

@@ -46,11 +46,10 @@ def gradient_cache_step(model, raw_model, batch: dict, k: int, mask_ratio: float
 
     # 1. every micro-batch's embeddings, no graph kept; remember the RNG each one started from
     rng_states, cached, buffers = [], [], [b.clone() for b in raw_model.buffers()]
-    with torch.no_grad():
+    with torch.no_grad(), autocast(device, precision):
         for mb in micro:
             rng_states.append(ckpt_io.rng_state())
-            with autocast(device, precision):
-                cached.append(embed(mb))
+            cached.append(embed(mb))
         for buffer, value in zip(raw_model.buffers(), buffers):  # BatchNorm's running statistics as they were
             buffer.copy_(value)
     full = [torch.cat(parts).float().requires_grad_() for parts in zip(*cached)]  # the batch's embeddings

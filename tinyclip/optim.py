@@ -39,11 +39,8 @@ def factored_dims(shape, min_dim_size_to_factor=32):
     """
     if len(shape) < 2:
         return None
-    by_size = sorted(range(len(shape)), key=lambda axis: shape[axis])
-    second, largest = by_size[-2], by_size[-1]
-    if shape[second] < min_dim_size_to_factor:
-        return None
-    return second, largest
+    second, largest = sorted(range(len(shape)), key=lambda axis: shape[axis])[-2:]
+    return (second, largest) if shape[second] >= min_dim_size_to_factor else None
 
 
 # -----------------------------------------------------------------------------

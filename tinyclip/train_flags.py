@@ -87,8 +87,7 @@ def parse_args(argv=None):
     g.add_argument("--label-smoothing", type=float, default=0.0,
                    help="label smoothing of the softmax loss (Fini et al. 2023 use 0.1; default 0)")
 
-    g = p.add_argument_group("a tuning stage after the main budget (FLIP's unmasked tuning, CLIPA's full-size "
-                             "tuning)")
+    g = p.add_argument_group("a tuning stage after the main budget (FLIP's unmasked tuning, CLIPA's full-size tuning)")
     g.add_argument("--tune-steps", "--unmasked-steps", type=int, default=0,
                    help="N steps after the main budget, unmasked and at the --tune-* sizes, with their own warmup "
                         "(20%% of them) and cosine (FLIP: about 1%% of the masked run's samples)")
@@ -124,8 +123,7 @@ def parse_args(argv=None):
     g = p.add_argument_group("data and budget")
     g.add_argument("--data", "--train-data", default="synthetic",
                    help="synthetic (built in), pairs.csv/.tsv, or tar shards like 'shards/{00000..00099}.tar'")
-    g.add_argument("--samples-seen", type=int,
-                   help="total training samples: the paper's compute axis (default 30,000)")
+    g.add_argument("--samples-seen", type=int, help="total training samples: the paper's compute axis (default 30,000)")
     g.add_argument("--epochs", type=float, help="the budget in passes over the data (open_clip's)")
     g.add_argument("--dataset-size", type=int, help="train on a fixed seeded subset of N pairs")
     g.add_argument("--keep-top", type=float,
@@ -179,8 +177,7 @@ def parse_args(argv=None):
 
     g = p.add_argument_group("output")
     g.add_argument("--out", default="runs/latest", help="run folder: log.jsonl, checkpoints, ckpt.pt")
-    g.add_argument("--resume", help="'auto' (open_clip: 'latest'): continue from the newest valid checkpoint in "
-                   "--out")
+    g.add_argument("--resume", help="'auto' (open_clip: 'latest'): continue from the newest valid checkpoint in --out")
     g.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps")
     g.add_argument("--keep-checkpoints", type=int, default=2, help="step checkpoints to keep (0: all)")
     g.add_argument("--log-every", type=int, default=10, help="log a JSON line every N steps")
@@ -197,24 +194,21 @@ def parse_args(argv=None):
     for theirs, advice in OPEN_CLIP_FLAGS.items():
         if getattr(args, theirs.lstrip("-").replace("-", "_")) is not None:
             raise ConfigError(f"{theirs} is open_clip's; {advice}")
-    if args.data.split(":")[0] == "synthetic":
-        for name, value in SYNTHETIC_DEFAULTS.items():
-            if getattr(args, name) is None:
-                setattr(args, name, value)
+    defaults = dict(SYNTHETIC_DEFAULTS) if args.data.split(":")[0] == "synthetic" else {}
+    for strategy, flags in STRATEGY_FLAGS.items():
+        for name in flags:
+            if getattr(args, name) is not None and args.strategy != strategy:
+                raise ConfigError(f"{flag(name)} is {strategy}'s; --strategy is {args.strategy}")
+        defaults.update(flags)
+    adafactor = args.optimizer == "adafactor"
+    defaults.update(wd=1e-4 if adafactor else 0.1, beta2=0.999 if adafactor else 0.98, tune_lr=args.lr / 100)
+    for name, value in defaults.items():  # each flag left unset takes its default
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     args.context_length = args.context_length or 77  # OpenAI's, every preset's
     args.precision = {"amp": "fp16", "amp_bf16": "bf16"}.get(args.precision, args.precision)
     args.resume = {"latest": "auto"}.get(args.resume, args.resume)
     args.csv_separator = {"\\t": "\t"}.get(args.csv_separator, args.csv_separator)  # a shell's literal \t: a tab
-    adafactor = args.optimizer == "adafactor"
-    args.wd = args.wd if args.wd is not None else 1e-4 if adafactor else 0.1
-    args.beta2 = args.beta2 if args.beta2 is not None else 0.999 if adafactor else 0.98
-    args.tune_lr = args.tune_lr if args.tune_lr is not None else args.lr / 100
-    for strategy, flags in STRATEGY_FLAGS.items():
-        for name, default in flags.items():
-            if getattr(args, name) is None:
-                setattr(args, name, default)
-            elif args.strategy != strategy:
-                raise ConfigError(f"{flag(name)} is {strategy}'s; --strategy is {args.strategy}")
     return args
 
 
