@@ -185,10 +185,8 @@ def study_sweep(opts, report):
     report["tokenizer"] = measure.bench_tokenizer(opts.tokenizer_texts, max_other_load=opts.max_other_load)
     with tempfile.TemporaryDirectory() as folder:
         measure.write_jpegs(folder, opts.data_images)
-        report["data"], rates = measure.bench_data(folder, opts.data_images, 32, 224, opts.workers,
-                                                   max_other_load=opts.max_other_load)
-    report["loader"] = {"workers": opts.workers, "batch": 32, "image_size": 224, "preset": "none",
-                        "images_per_s": rates}
+        report["data"], report["loader"] = measure.bench_data(folder, opts.data_images, opts.workers,
+                                                              max_other_load=opts.max_other_load)
 
 
 def study_accum(opts, report):
