@@ -111,8 +111,7 @@ def beyond_runs(grid: Grid, scale: Scale, data: str, seed: int, lit_init) -> lis
         tune_steps = max(1, round(grid.tune_fraction * samples / scale.batch_size))
         g = stage_gflops(run("", "", scale.batch_size, reduced=grid.reduced, tune_steps=tune_steps), scale)
         main = whole((budget - tune_steps * scale.batch_size * g["tune"]) / g["main"])
-        runs += [full, run("reduced + tuning", tokens, main, reduced=grid.reduced,
-                           tune_steps=tune_steps)]
+        runs += [full, run("reduced + tuning", tokens, main, reduced=grid.reduced, tune_steps=tune_steps)]
         if lit_init:
             locked = stage_gflops(run("", "", scale.batch_size, init=str(lit_init)), scale)["main"]
             for regime, locked_samples in ((f"equal samples, {samples:,}", samples),
@@ -197,8 +196,8 @@ def stage_gflops(run: Run, scale: Scale) -> dict:
     """Training GFLOPs per sample of each stage of the model train.py builds for such a run, {"main", "tune"}
     (train.stage_gflops: SLIP's projector included, every clip-aug variant counts as clip, a locked tower
     its forward only), counted on the meta device."""
-    like = dataclasses.replace(run, study="", setting="", regime="", seed=0, data="synthetic", dataset_size=None,
-                               samples_seen=batch_size(scale, run), keep_top=None, init=None)
+    like = dataclasses.replace(run, seed=0, data="synthetic", dataset_size=None, samples_seen=batch_size(scale, run),
+                               keep_top=None, init=None)
     return _stage_gflops(tuple(train_argv(like, scale)), run.init is not None)
 
 
