@@ -364,9 +364,8 @@ def main(argv=None):
             sys.exit(f"reproduce.py: error: --data: {error}")
         scores = Path(args.scores or out / "scores.csv")
         if not args.scores:
-            jobs["scorer"] = job(out / "runs" / "scorer", None, [["--openai", args.scorer, "--task", "score", "--data",
-                                                                 args.data, "--out", str(scores), "--precision",
-                                                                 scale.precision]])
+            score = ["--openai", args.scorer, "--task", "score", "--data", args.data, "--out", str(scores)]
+            jobs["scorer"] = job(out / "runs" / "scorer", None, [score + ["--precision", scale.precision]])
     elif "quality" in studies:
         notes.append("The quality study: give --scores (or --scorer weights) to rank the real pairs.")
     # LiT's image tower: a CLIP trained here on a disjoint split of the built-in data, or given
@@ -388,11 +387,11 @@ def main(argv=None):
     robust = {run_id for run_id, run in zip(ids, runs) if run.robust}  # a training shared with a robust run is one
     for run, (run_dir, argv_t), run_cost in zip(runs, trainings, costs):
         evals = eval_argvs(run_dir, scale, args, dataclasses.replace(run, robust=run_dir.name in robust))
-        jobs.setdefault(run_dir.name, job(run_dir, argv_t, evals,
-                                          after=("scorer-strong" if run.scores else "scorer")
-                                          if run.keep_top is not None else "lit-init" if run.init else None,
-                                          drop_checkpoint=synthetic and not args.keep_checkpoints,
-                                          cost=run_cost["total_compute_gflops"]))
+        after = "lit-init" if run.init else None  # a LiT run waits for the tower it locks, a quality run for its scorer
+        if run.keep_top is not None:
+            after = "scorer-strong" if run.scores else "scorer"
+        jobs.setdefault(run_dir.name, job(run_dir, argv_t, evals, after=after, cost=run_cost["total_compute_gflops"],
+                                          drop_checkpoint=synthetic and not args.keep_checkpoints))
     trained = sum(int(j["train"][j["train"].index("--samples-seen") + 1]) for k, j in jobs.items()
                   if k not in ("scorer", "scorer-strong", "lit-init"))
     print(f"{preset}: studies {', '.join(studies)}; {len(runs)} rows, {len(jobs)} trainings, {trained:,} samples to "
