@@ -185,10 +185,8 @@ def study_sweep(opts, report):
     report["tokenizer"] = measure.bench_tokenizer(opts.tokenizer_texts, max_other_load=opts.max_other_load)
     with tempfile.TemporaryDirectory() as folder:
         measure.write_jpegs(folder, opts.data_images)
-        report["data"], rates = measure.bench_data(folder, opts.data_images, 32, 224, opts.workers,
-                                                   max_other_load=opts.max_other_load)
-    report["loader"] = {"workers": opts.workers, "batch": 32, "image_size": 224, "preset": "none",
-                        "images_per_s": rates}
+        report["data"], report["loader"] = measure.bench_data(folder, opts.data_images, opts.workers,
+                                                              max_other_load=opts.max_other_load)
 
 
 def study_accum(opts, report):
@@ -292,13 +290,12 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="a small sweep that finishes in minutes on 2 CPU cores")
     p.add_argument("--archs", type=csv(str), default=["vit-s-16", "vit-b-32"], help="comma-separated presets")
     p.add_argument("--strategies", type=csv(str), default=["clip", "flip"], help="clip, flip, slip, clip-aug")
-    p.add_argument("--precisions", type=csv(str), default=None,
-                   help="fp32, bf16, fp16 (autocast); default fp32,bf16, or fp32 where bf16 is emulated (a CPU "
-                        "without AVX512-BF16 or AMX)")
+    p.add_argument("--precisions", type=csv(str), help="fp32, bf16, fp16 (autocast); default fp32,bf16, or fp32 where "
+                                                       "bf16 is emulated (a CPU without AVX512-BF16 or AMX)")
     p.add_argument("--batch-sizes", type=csv(int), default=[32], help="global batch sizes")
     p.add_argument("--image-size", type=int, default=224, help="input resolution")
     p.add_argument("--context-length", type=int, default=77, help="text tokens (the paper uses 16)")
-    p.add_argument("--text-arch", default=None, help="text tower preset (default: the arch's pairing)")
+    p.add_argument("--text-arch", help="text tower preset (default: the arch's pairing)")
     p.add_argument("--accum-steps", type=int, default=1, help="sweep: gradient-cache micro-batches")
     p.add_argument("--grad-checkpointing", action="store_true", help="sweep: recompute activations")
     p.add_argument("--compile", action="store_true", help="sweep: compile the model (as train.py --compile)")
@@ -318,10 +315,10 @@ def parse_args(argv=None):
                    help="n of the n^3 matmuls that measure the peak (8192 is added on a GPU)")
     p.add_argument("--default-malloc", action="store_true",
                    help="CPU: skip train.keep_freed_memory() (glibc's defaults page-fault activations in every step)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--json", default=None, help="write the full report here")
-    p.add_argument("--markdown", default=None, help="write the markdown tables here")
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--json", help="write the full report here")
+    p.add_argument("--markdown", help="write the markdown tables here")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
     if opts.precisions is None:
         opts.precisions = ["fp32", "bf16"] if measure.native_bf16(device_now()) else ["fp32"]

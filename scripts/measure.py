@@ -164,8 +164,7 @@ def peak_memory_mb(device, base) -> float:
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        peak *= 1 if sys.platform == "darwin" else 1024  # Linux reports KiB
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB: Linux, as memory_now (/proc) needs
     return (peak - base) / 2 ** 20
 
 
@@ -279,11 +278,11 @@ def write_jpegs(folder, count, size=(341, 256)):
         (Path(folder) / f"{i:06d}.txt").write_text(caption + "\n")
 
 
-def bench_data(folder, count, loader_batch, loader_image_size, workers, repeats=2, max_other_load=None):
-    """(rows, loader images/s by layout). Rows: decode + augment images/s of one loader worker (one process, one
-    thread), per preset, the best of `repeats` passes over `count` images: the JPEGs in `folder` at 224 px
-    and the built-in data at 64 px. Then the real training loader, with its workers, timed over 20 batches
-    after start-up, on the folder and on the same pairs as tar shards, indexed and streamed: {layout: rate}."""
+def bench_data(folder, count, workers, loader_batch=32, loader_image_size=224, repeats=2, max_other_load=None):
+    """(rows, loader). Rows: decode + augment images/s of one loader worker (one process, one thread), per
+    preset, the best of `repeats` passes over `count` images: the JPEGs in `folder` at 224 px and the built-in
+    data at 64 px. Loader: the real training loader, with its workers, timed over 20 batches after start-up,
+    on the folder and on the same pairs as tar shards, indexed and streamed: its settings and {layout: rate}."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     files = [p.read_bytes() for p in sorted(Path(folder).glob("*.jpg"))][:count]
@@ -315,4 +314,5 @@ def bench_data(folder, count, loader_batch, loader_image_size, workers, repeats=
             next(stream)
         rates[layout] = 20 * loader_batch / (time.perf_counter() - start)
         del stream
-    return rows, rates
+    return rows, {"workers": workers, "batch": loader_batch, "image_size": loader_image_size, "preset": "none",
+                  "images_per_s": rates}

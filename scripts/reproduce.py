@@ -111,8 +111,7 @@ def beyond_runs(grid: Grid, scale: Scale, data: str, seed: int, lit_init) -> lis
         tune_steps = max(1, round(grid.tune_fraction * samples / scale.batch_size))
         g = stage_gflops(run("", "", scale.batch_size, reduced=grid.reduced, tune_steps=tune_steps), scale)
         main = whole((budget - tune_steps * scale.batch_size * g["tune"]) / g["main"])
-        runs += [full, run("reduced + tuning", tokens, main, reduced=grid.reduced,
-                           tune_steps=tune_steps)]
+        runs += [full, run("reduced + tuning", tokens, main, reduced=grid.reduced, tune_steps=tune_steps)]
         if lit_init:
             locked = stage_gflops(run("", "", scale.batch_size, init=str(lit_init)), scale)["main"]
             for regime, locked_samples in ((f"equal samples, {samples:,}", samples),
@@ -197,8 +196,8 @@ def stage_gflops(run: Run, scale: Scale) -> dict:
     """Training GFLOPs per sample of each stage of the model train.py builds for such a run, {"main", "tune"}
     (train.stage_gflops: SLIP's projector included, every clip-aug variant counts as clip, a locked tower
     its forward only), counted on the meta device."""
-    like = dataclasses.replace(run, study="", setting="", regime="", seed=0, data="synthetic", dataset_size=None,
-                               samples_seen=batch_size(scale, run), keep_top=None, init=None)
+    like = dataclasses.replace(run, seed=0, data="synthetic", dataset_size=None, samples_seen=batch_size(scale, run),
+                               keep_top=None, init=None)
     return _stage_gflops(tuple(train_argv(like, scale)), run.init is not None)
 
 
@@ -365,9 +364,8 @@ def main(argv=None):
             sys.exit(f"reproduce.py: error: --data: {error}")
         scores = Path(args.scores or out / "scores.csv")
         if not args.scores:
-            jobs["scorer"] = job(out / "runs" / "scorer", None, [["--openai", args.scorer, "--task", "score", "--data",
-                                                                 args.data, "--out", str(scores), "--precision",
-                                                                 scale.precision]])
+            score = ["--openai", args.scorer, "--task", "score", "--data", args.data, "--out", str(scores)]
+            jobs["scorer"] = job(out / "runs" / "scorer", None, [score + ["--precision", scale.precision]])
     elif "quality" in studies:
         notes.append("The quality study: give --scores (or --scorer weights) to rank the real pairs.")
     # LiT's image tower: a CLIP trained here on a disjoint split of the built-in data, or given
@@ -389,11 +387,11 @@ def main(argv=None):
     robust = {run_id for run_id, run in zip(ids, runs) if run.robust}  # a training shared with a robust run is one
     for run, (run_dir, argv_t), run_cost in zip(runs, trainings, costs):
         evals = eval_argvs(run_dir, scale, args, dataclasses.replace(run, robust=run_dir.name in robust))
-        jobs.setdefault(run_dir.name, job(run_dir, argv_t, evals,
-                                          after=("scorer-strong" if run.scores else "scorer")
-                                          if run.keep_top is not None else "lit-init" if run.init else None,
-                                          drop_checkpoint=synthetic and not args.keep_checkpoints,
-                                          cost=run_cost["total_compute_gflops"]))
+        after = "lit-init" if run.init else None  # a LiT run waits for the tower it locks, a quality run for its scorer
+        if run.keep_top is not None:
+            after = "scorer-strong" if run.scores else "scorer"
+        jobs.setdefault(run_dir.name, job(run_dir, argv_t, evals, after=after, cost=run_cost["total_compute_gflops"],
+                                          drop_checkpoint=synthetic and not args.keep_checkpoints))
     trained = sum(int(j["train"][j["train"].index("--samples-seen") + 1]) for k, j in jobs.items()
                   if k not in ("scorer", "scorer-strong", "lit-init"))
     print(f"{preset}: studies {', '.join(studies)}; {len(runs)} rows, {len(jobs)} trainings, {trained:,} samples to "

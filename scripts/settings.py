@@ -73,7 +73,7 @@ class Grid:
     strategy_multi_list: tuple = STRATEGIES
     quality_one_epoch: tuple | None = None  # the kept fractions run at one epoch (None: every quality fraction)
     long_epochs: tuple = ()  # Q2, H6: more epoch counts, on the smallest quantity subset only (retrieval saturating)
-    hypotheses: bool = False  # the runs that test the summary's explanations (reproduce.hypothesis_runs)
+    hypotheses: bool = False  # the runs that test the summary's explanations (hypotheses.hypothesis_runs)
     big_slip_head: tuple = (1024, 64)  # the hypotheses' larger SLIP projector (4x the micro one, each way)
     quality_noise: float = 0.4  # synthetic pool: fraction of pairs with a wrong caption
     scorer_data: str = "synthetic:noise=0.1,seed=1"  # a disjoint, cleaner pool (an off-the-shelf CLIP's role)
