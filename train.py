@@ -218,10 +218,7 @@ def main(argv=None):
         if device.type == "cpu":
             keep_freed_memory()
         check_args(args, world_size)
-        result = train(args, rank, world_size, device)
-        if world_size > 1:  # leave together: the rare abort at exit (tests/test_train.py) hit a rank done first
-            dist.barrier()
-        return result
+        return train(args, rank, world_size, device)
     except (ConfigError, FileNotFoundError, FloatingPointError) as e:  # FloatingPointError: a NaN or inf loss
         if rank == 0:
             print(f"train.py: error: {e}", file=sys.stderr)
@@ -435,6 +432,13 @@ def train(args, rank: int, world_size: int, device: torch.device):
 
     # --- the end
     save(out / "ckpt.pt")
+    if world_size > 1:
+        # The last collective is one whose work holds no Python tensor. A gloo worker thread lets go
+        # of a finished all_gather's tensors a moment after the caller has its result; if this process
+        # is already shutting Python down by then, that thread cannot take the GIL and the process
+        # aborts ("terminate called without an active exception"). Rank 0 writes the checkpoint before
+        # it reaches this barrier, which gives the thread that time.
+        dist.barrier()
     bar.close()
     result = evaluate()
     if rank == 0:

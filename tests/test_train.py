@@ -109,10 +109,10 @@ def _weights(out):
 
 def _two_processes(argv, out, cwd):
     """train.py under torchrun with 2 gloo processes into `out`: a fresh folder, or a run to resume.
-    Rarely (a few torchrun runs in a hundred inside the full suite on 2 cores; never reproduced in about
-    60 runs alone), a rank aborts at exit after the run finished ("terminate called without an active
-    exception", SIGABRT); that one crash, and only once, is run again from the same starting folder, so
-    the assertions still need a clean run. PYTHONFAULTHANDLER makes an abort print every thread's stack."""
+    A rank could abort at exit after a finished run ("terminate called without an active exception"):
+    a gloo worker thread let go of an all_gather's tensors while Python was shutting down (train.py's
+    last barrier is the fix). That one crash, should it come back, is run once more from the same
+    starting folder, so the assertions still need a clean run; PYTHONFAULTHANDLER prints the stacks."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     start = out.with_name(out.name + ".start")
