@@ -432,13 +432,8 @@ def train(args, rank: int, world_size: int, device: torch.device):
 
     # --- the end
     save(out / "ckpt.pt")
-    if world_size > 1:
-        # The last collective is one whose work holds no Python tensor. A gloo worker thread lets go
-        # of a finished all_gather's tensors a moment after the caller has its result; if this process
-        # is already shutting Python down by then, that thread cannot take the GIL and the process
-        # aborts ("terminate called without an active exception"). Rank 0 writes the checkpoint before
-        # it reaches this barrier, which gives the thread that time.
-        dist.barrier()
+    if world_size > 1:  # a rank leaving right after an all_gather could abort, gloo freeing its tensors as Python
+        dist.barrier()  # exits; this last collective holds none, and rank 0 reaches it only after writing ckpt.pt
     bar.close()
     result = evaluate()
     if rank == 0:
